@@ -1,0 +1,59 @@
+// AvgPool2x2 — nn.AvgPool2d(2, 2) on NCHW (guided-diffusion's Downsample without conv, and the down-ResBlock's
+// h_upd/x_upd). Summed in PyTorch's order, row by row, then divided by 4.
+//   v1  grid-stride over outputs. 4 reads + 1 write per output.
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuDiffSeg.Kernels;
+
+public static class AvgPool2x2
+{
+    // ---- CPU reference
+
+    public static float[] Reference(float[] x, int planes, int h, int w)
+    {
+        int ho = h / 2, wo = w / 2;
+        var y = new float[planes * ho * wo];
+        for (int p = 0; p < planes; p++)
+        for (int oy = 0; oy < ho; oy++)
+        for (int ox = 0; ox < wo; ox++)
+        {
+            int i = (p * h + 2 * oy) * w + 2 * ox;
+            y[(p * ho + oy) * wo + ox] = (x[i] + x[i + 1] + x[i + w] + x[i + w + 1]) / 4f;
+        }
+        return y;
+    }
+
+    // ---- GPU kernels
+
+    static void Kernel(Index1D index, int stride, int planes, int h, int w, ArrayView<float> x, ArrayView<float> y)
+    {
+        int ho = h / 2, wo = w / 2;
+        int total = planes * ho * wo;
+        for (int o = index; o < total; o += stride)
+        {
+            int ox = o % wo;
+            int oy = o / wo % ho;
+            int p = o / (wo * ho);
+            int i = (p * h + 2 * oy) * w + 2 * ox;
+            y[o] = (x[i] + x[i + 1] + x[i + w] + x[i + w + 1]) / 4f;
+        }
+    }
+
+    // ---- launcher
+
+    /// <summary>x: (N, C, H, W) → y: (N, C, H/2, W/2); odd rows/columns are dropped, as PyTorch does.</summary>
+    public static void Forward(Tensor x, Tensor y)
+    {
+        int planes = x[0] * x[1], h = x[2], w = x[3];
+        if (y.Rank != 4 || y[0] != x[0] || y[1] != x[1] || y[2] != h / 2 || y[3] != w / 2)
+        {
+            throw new ArgumentException($"avg_pool2x2: {x.ShapeString} → {y.ShapeString}");
+        }
+        var dev = x.Device;
+        var k = dev.Kernel("avg_pool2x2", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
+            ArrayView<float>, ArrayView<float>>(Kernel));
+        int threads = dev.StrideThreads(y.Length);
+        k(threads, threads, planes, h, w, x.View, y.View);
+    }
+}

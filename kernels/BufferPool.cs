@@ -1,0 +1,68 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>
+/// Device buffers kept by exact length: a UNet forward asks for the same shapes every time, so after the first
+/// forward no allocation (cuMemAlloc) happens in the hot path. Buffers are owned here and freed by Trim/Dispose.
+/// </summary>
+internal sealed class BufferPool(Accelerator accelerator) : IDisposable
+{
+    readonly Dictionary<long, Stack<MemoryBuffer1D<float, Stride1D.Dense>>> free = new();
+    long heldBytes;
+
+    public long HeldBytes => Interlocked.Read(ref heldBytes);
+    public long PeakHeldBytes { get; private set; }
+
+    public MemoryBuffer1D<float, Stride1D.Dense> Rent(long length)
+    {
+        // ILGPU rejects zero-length allocations; an empty tensor still gets a one-element buffer.
+        long size = Math.Max(1, length);
+        lock (free)
+        {
+            if (free.TryGetValue(size, out var stack) && stack.Count > 0)
+            {
+                return stack.Pop();
+            }
+        }
+        var buffer = accelerator.Allocate1D<float>(size);
+        lock (free)
+        {
+            heldBytes += size * sizeof(float);
+            PeakHeldBytes = Math.Max(PeakHeldBytes, heldBytes);
+        }
+        return buffer;
+    }
+
+    public void Return(MemoryBuffer1D<float, Stride1D.Dense> buffer)
+    {
+        lock (free)
+        {
+            if (!free.TryGetValue(buffer.Length, out var stack))
+            {
+                free[buffer.Length] = stack = new Stack<MemoryBuffer1D<float, Stride1D.Dense>>();
+            }
+            stack.Push(buffer);
+        }
+    }
+
+    public void Trim()
+    {
+        lock (free)
+        {
+            foreach (var stack in free.Values)
+            {
+                while (stack.Count > 0)
+                {
+                    var b = stack.Pop();
+                    heldBytes -= b.Length * sizeof(float);
+                    b.Dispose();
+                }
+            }
+            free.Clear();
+        }
+    }
+
+    public void Dispose() => Trim();
+}

@@ -1,0 +1,231 @@
+using System.Runtime.InteropServices;
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.CPU;
+using ILGPU.Runtime.Cuda;
+
+namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>Which accelerator to run on. Auto takes CUDA when a device is present, else ILGPU's CPU accelerator.</summary>
+public enum DeviceChoice
+{
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// <summary>
+/// One ILGPU context and accelerator, the kernels loaded on it, and a pool of device buffers.
+/// Every op's launcher takes a ComputeDevice; all work goes to its default stream, in order,
+/// so a pooled buffer may be reused by a later launch without waiting for the earlier ones.
+/// </summary>
+public sealed class ComputeDevice : IDisposable
+{
+    static int resolverInstalled;
+
+    readonly Dictionary<string, object> kernelCache = new();
+    readonly BufferPool pool;
+
+    public Context Context { get; }
+    public Accelerator Accelerator { get; }
+    public bool IsCuda => Accelerator.AcceleratorType == AcceleratorType.Cuda;
+    public bool IsCpu => Accelerator.AcceleratorType == AcceleratorType.CPU;
+
+    /// <summary>Bytes held on the device by this pool (in use + cached), and the peak of that since creation.</summary>
+    public long PoolBytes => pool.HeldBytes;
+    public long PeakPoolBytes => pool.PeakHeldBytes;
+
+    ComputeDevice(Context context, Accelerator accelerator)
+    {
+        Context = context;
+        Accelerator = accelerator;
+        pool = new BufferPool(accelerator);
+    }
+
+    /// <summary>Creates the context and accelerator. Throws DeviceUnavailableException when CUDA is forced but absent.</summary>
+    public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false)
+    {
+        InstallLibCudaResolver();
+        var context = Context.Create(builder =>
+        {
+            builder.Optimize(OptimizationLevel.O2).EnableAlgorithms();
+            if (choice != DeviceChoice.Cpu)
+            {
+                builder.Cuda();
+            }
+            // The Nvidia-shaped simulator (warp 32, up to 1024 threads a group) keeps warp-size assumptions honest.
+            builder.CPU(CPUDeviceKind.Nvidia);
+            if (profiling)
+            {
+                builder.Profiling();
+            }
+        });
+        try
+        {
+            var cudaDevices = context.GetCudaDevices();
+            var cpuDevices = context.GetCPUDevices();
+            Device? cuda = cudaDevices.Count > 0 ? cudaDevices[0] : null;
+            Device? cpu = cpuDevices.Count > 0 ? cpuDevices[0] : null;
+            Device? device = choice switch
+            {
+                DeviceChoice.Cpu => cpu,
+                DeviceChoice.Cuda => cuda,
+                _ => cuda ?? cpu,
+            };
+            if (device is null)
+            {
+                throw new DeviceUnavailableException(choice == DeviceChoice.Cuda
+                    ? "no CUDA device found (is the NVIDIA driver's libcuda.so.1 installed?)"
+                    : "no ILGPU device found");
+            }
+            return new ComputeDevice(context, device.CreateAccelerator(context));
+        }
+        catch
+        {
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>True when a CUDA device can be opened on this machine.</summary>
+    public static bool CudaAvailable()
+    {
+        InstallLibCudaResolver();
+        try
+        {
+            using var context = Context.Create(b => b.Cuda());
+            return context.GetCudaDevices().Count > 0;
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>One line naming the device, for logs and benchmark results.</summary>
+    public string Describe()
+    {
+        if (Accelerator is CudaAccelerator cuda)
+        {
+            return $"{cuda.Name} (CUDA, compute {cuda.Architecture.Major}.{cuda.Architecture.Minor}, " +
+                   $"{cuda.MemorySize / (1024.0 * 1024 * 1024):F1} GiB, driver {cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor})";
+        }
+        return $"ILGPU CPU accelerator ({Environment.ProcessorCount} cores, warp {Accelerator.WarpSize})";
+    }
+
+    // ILGPU imports "cuda"; .NET probes libcuda.so but not the driver's libcuda.so.1, so without this a
+    // driver-only machine silently shows no CUDA device. ILGPU installs its own resolver on WSL.
+    static void InstallLibCudaResolver()
+    {
+        if (Interlocked.Exchange(ref resolverInstalled, 1) == 1 || !OperatingSystem.IsLinux() || IsWsl())
+        {
+            return;
+        }
+        try
+        {
+            NativeLibrary.SetDllImportResolver(typeof(Context).Assembly, (name, _, _) =>
+            {
+                if (name != "cuda")
+                {
+                    return IntPtr.Zero;
+                }
+                foreach (var candidate in new[] { "libcuda.so.1", "libcuda.so" })
+                {
+                    if (NativeLibrary.TryLoad(candidate, out var handle))
+                    {
+                        return handle;
+                    }
+                }
+                return IntPtr.Zero;
+            });
+        }
+        catch (InvalidOperationException)
+        {
+            // A resolver was already set for ILGPU's assembly by the host; keep it.
+        }
+    }
+
+    static bool IsWsl()
+    {
+        try
+        {
+            return File.Exists("/proc/version") &&
+                   File.ReadAllText("/proc/version").Contains("microsoft", StringComparison.OrdinalIgnoreCase);
+        }
+        catch (IOException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Loads a kernel once per device; later calls return the cached launcher delegate.</summary>
+    public T Kernel<T>(string key, Func<Accelerator, T> load) where T : Delegate
+    {
+        lock (kernelCache)
+        {
+            if (!kernelCache.TryGetValue(key, out var cached))
+            {
+                cached = load(Accelerator);
+                kernelCache[key] = cached;
+            }
+            return (T)cached;
+        }
+    }
+
+    /// <summary>
+    /// Thread count for a grid-stride kernel over <paramref name="items"/> work items. On a GPU enough threads
+    /// to fill every SM; on the CPU accelerator few, because each simulated thread costs about a microsecond
+    /// to schedule while its loop body runs at JIT speed.
+    /// </summary>
+    public int StrideThreads(long items)
+    {
+        long cap = IsCpu ? 256 : (long)Accelerator.NumMultiprocessors * Accelerator.MaxNumThreadsPerMultiprocessor;
+        return (int)Math.Max(1, Math.Min(items, cap));
+    }
+
+    /// <summary>A pooled, uninitialised tensor. Dispose it to hand the buffer back to the pool.</summary>
+    public Tensor Allocate(params int[] shape) => new(this, shape, pool.Rent(Tensor.Count(shape)), pooled: true);
+
+    /// <summary>A pooled tensor filled with zeros.</summary>
+    public Tensor Zeros(params int[] shape)
+    {
+        var t = Allocate(shape);
+        t.View.MemSetToZero();
+        return t;
+    }
+
+    /// <summary>A device tensor holding <paramref name="data"/> (copied now, synchronously).</summary>
+    public Tensor Upload(ReadOnlySpan<float> data, params int[] shape)
+    {
+        var t = Allocate(shape);
+        if (data.Length != t.Length)
+        {
+            t.Dispose();
+            throw new ArgumentException($"data has {data.Length} values but shape ({string.Join(", ", shape)}) needs {t.Length}");
+        }
+        t.CopyFrom(data);
+        return t;
+    }
+
+    /// <summary>A scratch buffer from the pool, for kernels that need intermediate storage.</summary>
+    internal MemoryBuffer1D<float, Stride1D.Dense> RentScratch(long length) => pool.Rent(length);
+
+    internal void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
+
+    internal void ReturnToPool(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
+
+    /// <summary>Frees every cached (not in use) buffer.</summary>
+    public void TrimPool() => pool.Trim();
+
+    public void Synchronize() => Accelerator.Synchronize();
+
+    public void Dispose()
+    {
+        pool.Dispose();
+        Accelerator.Dispose();
+        Context.Dispose();
+    }
+}
+
+/// <summary>Thrown when the requested accelerator cannot be opened.</summary>
+public sealed class DeviceUnavailableException(string message) : Exception(message);

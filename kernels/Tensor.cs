@@ -1,0 +1,122 @@
+using ILGPU;
+using ILGPU.Runtime;
+
+namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>
+/// A dense fp32 tensor on a device (row-major, NCHW for images). It owns its buffer: Dispose hands it back
+/// to the device's pool. <see cref="Alias"/> gives a non-owning view with another shape.
+/// </summary>
+public sealed class Tensor : IDisposable
+{
+    readonly ComputeDevice device;
+    MemoryBuffer1D<float, Stride1D.Dense>? buffer;
+    readonly bool owner;
+    readonly ArrayView<float> view;
+
+    internal Tensor(ComputeDevice device, int[] shape, MemoryBuffer1D<float, Stride1D.Dense> buffer, bool pooled)
+    {
+        this.device = device;
+        Shape = (int[])shape.Clone();
+        Length = checked((int)Count(shape));
+        this.buffer = buffer;
+        owner = pooled;
+        view = buffer.View.SubView(0, Length);
+    }
+
+    Tensor(ComputeDevice device, int[] shape, ArrayView<float> view)
+    {
+        this.device = device;
+        Shape = shape;
+        Length = (int)view.Length;
+        this.view = view;
+        owner = false;
+    }
+
+    public ComputeDevice Device => device;
+    public int[] Shape { get; }
+    public int Length { get; }
+    public int Rank => Shape.Length;
+    public int this[int dim] => Shape[dim < 0 ? Shape.Length + dim : dim];
+
+    public ArrayView<float> View
+    {
+        get
+        {
+            if (owner && buffer is null)
+            {
+                throw new ObjectDisposedException(nameof(Tensor));
+            }
+            return view;
+        }
+    }
+
+    public static long Count(IReadOnlyList<int> shape)
+    {
+        long n = 1;
+        foreach (var d in shape)
+        {
+            if (d < 0)
+            {
+                throw new ArgumentException($"negative dimension in shape ({string.Join(", ", shape)})");
+            }
+            n *= d;
+        }
+        return n;
+    }
+
+    /// <summary>The same memory seen with another shape of equal element count. Does not own the memory.</summary>
+    public Tensor Alias(params int[] shape)
+    {
+        if (Count(shape) != Length)
+        {
+            throw new ArgumentException($"cannot view {ShapeString} as ({string.Join(", ", shape)})");
+        }
+        return new Tensor(device, (int[])shape.Clone(), View);
+    }
+
+    /// <summary>A contiguous slice along dimension 0, e.g. one image of a batch. Does not own the memory.</summary>
+    public Tensor Slice0(int index)
+    {
+        int inner = Length / Shape[0];
+        return new Tensor(device, Shape[1..], View.SubView((long)index * inner, inner));
+    }
+
+    public string ShapeString => "(" + string.Join(", ", Shape) + ")";
+
+    public void CopyFrom(ReadOnlySpan<float> data)
+    {
+        if (data.Length != Length)
+        {
+            throw new ArgumentException($"copying {data.Length} values into a tensor of {Length}");
+        }
+        View.AsDense().CopyFromCPU(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(data), data.Length);
+    }
+
+    /// <summary>Copies to the host; waits for queued work on the device first.</summary>
+    public float[] ToArray()
+    {
+        var host = new float[Length];
+        CopyTo(host);
+        return host;
+    }
+
+    public void CopyTo(Span<float> host)
+    {
+        if (host.Length != Length)
+        {
+            throw new ArgumentException($"copying a tensor of {Length} values into {host.Length}");
+        }
+        device.Synchronize();
+        View.AsDense().CopyToCPU(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(host), host.Length);
+    }
+
+    public void Dispose()
+    {
+        if (owner && buffer is not null)
+        {
+            device.ReturnToPool(buffer);
+            buffer = null;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Tests;
+
+/// <summary>One CPU-accelerator device for the whole run: contexts cost ~150 ms and kernels compile once per device.</summary>
+public sealed class CpuDeviceFixture : IDisposable
+{
+    public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu);
+
+    public void Dispose() => Device.Dispose();
+}
+
+/// <summary>The CUDA device when this machine has one; null otherwise, and the CUDA test classes skip.</summary>
+public sealed class CudaDeviceFixture : IDisposable
+{
+    public ComputeDevice? Device { get; } = ComputeDevice.CudaAvailable() ? ComputeDevice.Create(DeviceChoice.Cuda) : null;
+
+    public void Dispose() => Device?.Dispose();
+}
+
+// Device tests run one class at a time: the ILGPU accelerators are not meant for concurrent launches from
+// several test threads, and the CPU accelerator already uses every core.
+[CollectionDefinition("cpu")]
+public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>;
+
+[CollectionDefinition("cuda")]
+public sealed class CudaCollection : ICollectionFixture<CudaDeviceFixture>;

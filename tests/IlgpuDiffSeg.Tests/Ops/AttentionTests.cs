@@ -1,0 +1,40 @@
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Tests.Ops;
+
+public abstract class AttentionTests(ComputeDevice? device)
+{
+    // Tolerance: NMSE ≤ 1e-10 — two fp32 GEMMs and an fp32 softmax against a double reference.
+    const double NmseBound = 1e-10;
+
+    [SkippableTheory]
+    [InlineData(2, 8, 16, 2, true)]
+    [InlineData(2, 8, 16, 2, false)]
+    [InlineData(1, 12, 9, 3, true)]
+    [InlineData(1, 12, 9, 3, false)]
+    public void MatchesReference(int n, int channels, int t, int heads, bool legacy)
+    {
+        Skip.If(device is null, "no CUDA device");
+        var qkv = TestData.Uniform(n * 3 * channels * t, 11, 2f);
+        using var dq = device!.Upload(qkv, n, 3 * channels, t);
+        using var dy = device.Allocate(n, channels, t);
+        Attention.Forward(dq, dy, heads, legacy);
+        TensorAssert.NmseBelow(Attention.Reference(qkv, n, channels, t, heads, legacy), dy.ToArray(), NmseBound, "attention");
+    }
+
+    [Fact]
+    public void OrdersDifferOnTheSameInput()
+    {
+        // Guards the layouts against collapsing into one: with several heads the two orders must disagree.
+        var qkv = TestData.Uniform(3 * 8 * 4, 12);
+        var a = Attention.Reference(qkv, 1, 8, 4, 2, true);
+        var b = Attention.Reference(qkv, 1, 8, 4, 2, false);
+        Assert.True(TensorAssert.Nmse(a, b) > 1e-3);
+    }
+}
+
+[Collection("cpu")]
+public sealed class AttentionTestsCpu(CpuDeviceFixture f) : AttentionTests(f.Device);
+
+[Collection("cuda")]
+public sealed class AttentionTestsCuda(CudaDeviceFixture f) : AttentionTests(f.Device);

@@ -1,0 +1,111 @@
+using IlgpuDiffSeg.Kernels;
+using K = IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Tests.Ops;
+
+/// <summary>SiLU, Add, nearest ×2 upsampling, 2×2 average pooling, channel concatenation, softmax, timestep embedding.</summary>
+public abstract class ElementwiseTests(ComputeDevice? device)
+{
+    [SkippableFact]
+    public void Silu()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: atol 1e-6 + rtol 1e-6 (exp is ex2.approx on the GPU: ~2 ulp).
+        var x = TestData.Uniform(1000, 1, 12f);
+        using var dx = device!.Upload(x, x.Length);
+        using var dy = device.Allocate(x.Length);
+        K.Silu.Forward(dx, dy);
+        TensorAssert.Close(K.Silu.Reference(x), dy.ToArray(), 1e-6, 1e-6, "silu");
+    }
+
+    [SkippableFact]
+    public void Add()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: exact (one fp32 rounding in both).
+        var a = TestData.Uniform(77, 1);
+        var b = TestData.Uniform(77, 2);
+        using var da = device!.Upload(a, 77);
+        using var db = device.Upload(b, 77);
+        using var dy = device.Allocate(77);
+        K.Add.Forward(da, db, dy);
+        TensorAssert.Close(K.Add.Reference(a, b), dy.ToArray(), 0, 0, "add");
+    }
+
+    [SkippableFact]
+    public void UpsampleNearest2x()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: exact (a copy).
+        var x = TestData.Uniform(2 * 3 * 4 * 5, 3);
+        using var dx = device!.Upload(x, 2, 3, 4, 5);
+        using var dy = device.Allocate(2, 3, 8, 10);
+        K.UpsampleNearest2x.Forward(dx, dy);
+        TensorAssert.Close(K.UpsampleNearest2x.Reference(x, 6, 4, 5), dy.ToArray(), 0, 0, "upsample nearest");
+    }
+
+    [SkippableFact]
+    public void AvgPool2x2()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: exact (same summation order, division by 4 is exact).
+        var x = TestData.Uniform(2 * 3 * 6 * 8, 4);
+        using var dx = device!.Upload(x, 2, 3, 6, 8);
+        using var dy = device.Allocate(2, 3, 3, 4);
+        K.AvgPool2x2.Forward(dx, dy);
+        TensorAssert.Close(K.AvgPool2x2.Reference(x, 6, 6, 8), dy.ToArray(), 0, 0, "avg pool");
+    }
+
+    [SkippableFact]
+    public void ConcatChannels()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: exact (a copy).
+        var a = TestData.Uniform(2 * 3 * 10, 5);
+        var b = TestData.Uniform(2 * 5 * 10, 6);
+        using var da = device!.Upload(a, 2, 3, 2, 5);
+        using var db = device.Upload(b, 2, 5, 2, 5);
+        using var dy = device.Allocate(2, 8, 2, 5);
+        K.ConcatChannels.Forward(da, db, dy);
+        TensorAssert.Close(K.ConcatChannels.Reference(a, 3, b, 5, 2, 10), dy.ToArray(), 0, 0, "concat");
+    }
+
+    [SkippableFact]
+    public void Softmax()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: atol 1e-7 + rtol 1e-5 (exp approximations; probabilities ≤ 1).
+        var x = TestData.Uniform(7 * 33, 7, 20f);
+        using var dx = device!.Upload(x, 7, 33);
+        using var dy = device.Allocate(7, 33);
+        K.Softmax.Forward(device, dx.View, dy.View, 7, 33);
+        TensorAssert.Close(K.Softmax.Reference(x, 7, 33), dy.ToArray(), 1e-7, 1e-5, "softmax");
+    }
+
+    [SkippableTheory]
+    [InlineData(32)]
+    [InlineData(33)]
+    public void TimestepEmbedding(int dim)
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Tolerance: atol 1e-6. Both sides round the same fp32 argument once from double cos/sin;
+        // PyTorch's fp32 cos/sin agree to ≤ 1 ulp.
+        var t = new float[] { 0, 1, 37, 74, 250, 999 };
+        using var dt = device!.Upload(t, t.Length);
+        using var dy = device.Allocate(t.Length, dim);
+        K.TimestepEmbedding.Forward(dt, dy);
+        var expected = new float[t.Length * dim];
+        var even = K.TimestepEmbedding.Reference(t, dim / 2 * 2);
+        for (int n = 0; n < t.Length; n++)
+        {
+            Array.Copy(even, n * (dim / 2 * 2), expected, n * dim, dim / 2 * 2);
+        }
+        TensorAssert.Close(expected, dy.ToArray(), 1e-6, 0, "timestep embedding");
+    }
+}
+
+[Collection("cpu")]
+public sealed class ElementwiseTestsCpu(CpuDeviceFixture f) : ElementwiseTests(f.Device);
+
+[Collection("cuda")]
+public sealed class ElementwiseTestsCuda(CudaDeviceFixture f) : ElementwiseTests(f.Device);

@@ -1,0 +1,77 @@
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Tests.Ops;
+
+public abstract class GemmTests(ComputeDevice? device)
+{
+    // Tolerance: NMSE ≤ 1e-10 (fp32 sums of ≤ 70 products vs a double reference give ~1e-14).
+    const double NmseBound = 1e-10;
+
+    [SkippableTheory]
+    [InlineData(5, 7, 9, false, false, 1)]
+    [InlineData(5, 7, 9, false, false, 2)]
+    [InlineData(6, 3, 70, true, false, 2)]
+    [InlineData(9, 10, 4, false, true, 2)]
+    [InlineData(4, 4, 1, true, true, 2)]
+    public void RowMajorWithBiasAndResidualAndRelu(int m, int n, int k, bool transA, bool transB, int version)
+    {
+        Skip.If(device is null, "no CUDA device");
+        var s = GemmShape.RowMajor(m, n, k, transA, transB);
+        s.BiasRow = 1;
+        s.Act = (int)Activation.Relu;
+        s.Alpha = 0.5f;
+        var a = TestData.Uniform(m * k, 1);
+        var b = TestData.Uniform(k * n, 2);
+        var bias = TestData.Uniform(m, 3);
+        var r = TestData.Uniform(m * n, 4);
+        using var da = device!.Upload(a, m * k);
+        using var db = device.Upload(b, k * n);
+        using var dbias = device.Upload(bias, m);
+        using var dc = device.Upload(r, m * n);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, version);
+        s.HasBias = s.HasResidual = 1;
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, "gemm");
+    }
+
+    [SkippableFact]
+    public void TwoBatchDimensionsWithOffsets()
+    {
+        Skip.If(device is null, "no CUDA device");
+        // C[b0,b1] = A[b0,b1]·B[b0] where B is shared across b1 (batch stride 0) and A is read transposed.
+        var s = new GemmShape
+        {
+            M = 3, N = 5, K = 4, Batch0 = 2, Batch1 = 3, Alpha = 1f,
+            AOffset = 2, ABatch0 = 40, ABatch1 = 12, ARow = 1, ACol = 3,
+            BOffset = 1, BBatch0 = 20, BBatch1 = 0, BRow = 5, BCol = 1,
+            COffset = 0, CBatch0 = 45, CBatch1 = 15, CRow = 5, CCol = 1,
+        };
+        var a = TestData.Uniform(90, 5);
+        var b = TestData.Uniform(41, 6);
+        using var da = device!.Upload(a, a.Length);
+        using var db = device.Upload(b, b.Length);
+        using var dc = device.Zeros(90);
+        Gemm.Run(device, s, da.View, db.View, dc.View);
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, null, null, s, 90), dc.ToArray(), NmseBound, "batched gemm");
+    }
+
+    [SkippableFact]
+    public void LinearMatchesTorchLayout()
+    {
+        Skip.If(device is null, "no CUDA device");
+        var x = TestData.Uniform(6 * 10, 7);
+        var w = TestData.Uniform(7 * 10, 8);
+        var b = TestData.Uniform(7, 9);
+        using var dx = device!.Upload(x, 6, 10);
+        using var dw = device.Upload(w, 7, 10);
+        using var db = device.Upload(b, 7);
+        using var dy = device.Allocate(6, 7);
+        Linear.Forward(dx, dw, db, dy, Activation.Relu);
+        TensorAssert.NmseBelow(Linear.Reference(x, w, b, 6, 10, 7, relu: true), dy.ToArray(), NmseBound, "linear");
+    }
+}
+
+[Collection("cpu")]
+public sealed class GemmTestsCpu(CpuDeviceFixture f) : GemmTests(f.Device);
+
+[Collection("cuda")]
+public sealed class GemmTestsCuda(CudaDeviceFixture f) : GemmTests(f.Device);
