@@ -1,4 +1,5 @@
-// Add — y = a + b, element-wise (residual connections that are not fused into a conv or GEMM epilogue).
+// Add — y = a + b, element-wise (residual connections that are not fused into a conv or GEMM epilogue), and
+// its broadcast form y[n,c,:] = x[n,c,:] + b[n,c] (a ResBlock without scale-shift adds emb_out that way).
 //   v1  grid-stride element-wise. 2 reads + 1 write per element.
 using ILGPU;
 using ILGPU.Runtime;
@@ -11,6 +12,9 @@ public static class Add
 
     public static float[] Reference(float[] a, float[] b) => a.Zip(b, (p, q) => p + q).ToArray();
 
+    public static float[] ChannelBiasReference(float[] x, float[] bias, int spatial) =>
+        x.Select((v, i) => v + bias[i / spatial]).ToArray();
+
     // ---- GPU kernels
 
     static void Kernel(Index1D index, int stride, int n, ArrayView<float> a, ArrayView<float> b, ArrayView<float> y)
@@ -18,6 +22,15 @@ public static class Add
         for (int i = index; i < n; i += stride)
         {
             y[i] = a[i] + b[i];
+        }
+    }
+
+    static void ChannelBiasKernel(Index1D index, int stride, int n, int spatial, ArrayView<float> x, ArrayView<float> bias,
+        ArrayView<float> y)
+    {
+        for (int i = index; i < n; i += stride)
+        {
+            y[i] = x[i] + bias[i / spatial];
         }
     }
 
@@ -34,5 +47,20 @@ public static class Add
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(a.Length);
         k(threads, threads, a.Length, a.View, b.View, y.View);
+    }
+
+    /// <summary>y[n, c, ...] = x[n, c, ...] + bias[n, c]; y may alias x.</summary>
+    public static void ChannelBias(Tensor x, Tensor bias, Tensor y)
+    {
+        int nc = x[0] * x[1];
+        if (bias.Length != nc || y.Length != x.Length)
+        {
+            throw new ArgumentException($"add channel bias: {x.ShapeString} + {bias.ShapeString} → {y.ShapeString}");
+        }
+        var dev = x.Device;
+        var k = dev.Kernel("add_channel_bias", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>>(ChannelBiasKernel));
+        int threads = dev.StrideThreads(x.Length);
+        k(threads, threads, x.Length, x.Length / nc, x.View, bias.View, y.View);
     }
 }

@@ -1,0 +1,257 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace IlgpuDiffSeg.Model;
+
+/// <summary>
+/// guided-diffusion's model and diffusion flags (script_util.model_and_diffusion_defaults), with its names and
+/// defaults, read from the FLAGS.json a user already has for a checkpoint.
+/// </summary>
+public sealed class AdmFlags
+{
+    public int ImageSize { get; set; } = 64;
+    public int NumChannels { get; set; } = 128;
+    public int NumResBlocks { get; set; } = 2;
+    public int NumHeads { get; set; } = 4;
+    public int NumHeadsUpsample { get; set; } = -1;
+    public int NumHeadChannels { get; set; } = -1;
+    public string AttentionResolutions { get; set; } = "16,8";
+    public string ChannelMult { get; set; } = "";
+    public double Dropout { get; set; }
+    public bool ClassCond { get; set; }
+    public bool UseCheckpoint { get; set; }
+    public bool UseScaleShiftNorm { get; set; } = true;
+    public bool ResblockUpdown { get; set; }
+    public bool UseFp16 { get; set; }
+    public bool UseNewAttentionOrder { get; set; }
+    public bool LearnSigma { get; set; }
+    public int DiffusionSteps { get; set; } = 1000;
+    public string NoiseSchedule { get; set; } = "linear";
+    public string TimestepRespacing { get; set; } = "";
+    public bool UseKl { get; set; }
+    public bool PredictXstart { get; set; }
+    public bool RescaleTimesteps { get; set; }
+    public bool RescaleLearnedSigmas { get; set; }
+
+    public const int InChannels = 3;
+    public const int ImageNetClasses = 1000;
+    public int OutChannels => LearnSigma ? 6 : 3;
+    public int NumClasses => ClassCond ? ImageNetClasses : 0;
+    public int TimeEmbedDim => 4 * NumChannels;
+
+    /// <summary>Channel multipliers per level; "" picks guided-diffusion's default for the image size.</summary>
+    public double[] ChannelMultipliers()
+    {
+        if (ChannelMult.Trim() == "")
+        {
+            return ImageSize switch
+            {
+                512 => [0.5, 1, 1, 2, 2, 4, 4],
+                256 => [1, 1, 2, 2, 4, 4],
+                128 => [1, 1, 2, 3, 4],
+                64 => [1, 2, 3, 4],
+                _ => throw new DiffSegException($"channel_mult is empty and image_size {ImageSize} has no default " +
+                                                "(guided-diffusion knows 64, 128, 256, 512); set channel_mult"),
+            };
+        }
+        return ParseInts(ChannelMult, "channel_mult").Select(v => (double)v).ToArray();
+    }
+
+    /// <summary>Downsample rates (image_size / resolution) at which attention blocks are placed.</summary>
+    public HashSet<int> AttentionDownsampleRates()
+    {
+        if (AttentionResolutions.Trim() == "")
+        {
+            return [];
+        }
+        return ParseInts(AttentionResolutions, "attention_resolutions").Select(r => r > 0
+            ? ImageSize / r
+            : throw new DiffSegException($"attention_resolutions has the non-positive value {r}")).ToHashSet();
+    }
+
+    static int[] ParseInts(string list, string name)
+    {
+        try
+        {
+            return list.Split(',').Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture)).ToArray();
+        }
+        catch (FormatException)
+        {
+            throw new DiffSegException($"{name} \"{list}\" is not a comma-separated list of integers");
+        }
+    }
+
+    static readonly Dictionary<string, (Type type, Action<AdmFlags, object> set, Func<AdmFlags, object> get)> Fields = new()
+    {
+        ["image_size"] = (typeof(int), (f, v) => f.ImageSize = (int)v, f => f.ImageSize),
+        ["num_channels"] = (typeof(int), (f, v) => f.NumChannels = (int)v, f => f.NumChannels),
+        ["num_res_blocks"] = (typeof(int), (f, v) => f.NumResBlocks = (int)v, f => f.NumResBlocks),
+        ["num_heads"] = (typeof(int), (f, v) => f.NumHeads = (int)v, f => f.NumHeads),
+        ["num_heads_upsample"] = (typeof(int), (f, v) => f.NumHeadsUpsample = (int)v, f => f.NumHeadsUpsample),
+        ["num_head_channels"] = (typeof(int), (f, v) => f.NumHeadChannels = (int)v, f => f.NumHeadChannels),
+        ["attention_resolutions"] = (typeof(string), (f, v) => f.AttentionResolutions = (string)v, f => f.AttentionResolutions),
+        ["channel_mult"] = (typeof(string), (f, v) => f.ChannelMult = (string)v, f => f.ChannelMult),
+        ["dropout"] = (typeof(double), (f, v) => f.Dropout = (double)v, f => f.Dropout),
+        ["class_cond"] = (typeof(bool), (f, v) => f.ClassCond = (bool)v, f => f.ClassCond),
+        ["use_checkpoint"] = (typeof(bool), (f, v) => f.UseCheckpoint = (bool)v, f => f.UseCheckpoint),
+        ["use_scale_shift_norm"] = (typeof(bool), (f, v) => f.UseScaleShiftNorm = (bool)v, f => f.UseScaleShiftNorm),
+        ["resblock_updown"] = (typeof(bool), (f, v) => f.ResblockUpdown = (bool)v, f => f.ResblockUpdown),
+        ["use_fp16"] = (typeof(bool), (f, v) => f.UseFp16 = (bool)v, f => f.UseFp16),
+        ["use_new_attention_order"] = (typeof(bool), (f, v) => f.UseNewAttentionOrder = (bool)v, f => f.UseNewAttentionOrder),
+        ["learn_sigma"] = (typeof(bool), (f, v) => f.LearnSigma = (bool)v, f => f.LearnSigma),
+        ["diffusion_steps"] = (typeof(int), (f, v) => f.DiffusionSteps = (int)v, f => f.DiffusionSteps),
+        ["noise_schedule"] = (typeof(string), (f, v) => f.NoiseSchedule = (string)v, f => f.NoiseSchedule),
+        ["timestep_respacing"] = (typeof(string), (f, v) => f.TimestepRespacing = (string)v, f => f.TimestepRespacing),
+        ["use_kl"] = (typeof(bool), (f, v) => f.UseKl = (bool)v, f => f.UseKl),
+        ["predict_xstart"] = (typeof(bool), (f, v) => f.PredictXstart = (bool)v, f => f.PredictXstart),
+        ["rescale_timesteps"] = (typeof(bool), (f, v) => f.RescaleTimesteps = (bool)v, f => f.RescaleTimesteps),
+        ["rescale_learned_sigmas"] = (typeof(bool), (f, v) => f.RescaleLearnedSigmas = (bool)v, f => f.RescaleLearnedSigmas),
+    };
+
+    /// <summary>The flag names guided-diffusion knows.</summary>
+    public static IEnumerable<string> Names => Fields.Keys;
+
+    public static AdmFlags Load(string path)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw DiffSegException.For(path, "file not found");
+        }
+        return Parse(text, path);
+    }
+
+    /// <summary>Parses a JSON object of flags; <paramref name="source"/> names it in errors.</summary>
+    public static AdmFlags Parse(string json, string source)
+    {
+        JsonObject obj;
+        try
+        {
+            obj = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("the top level is not an object");
+        }
+        catch (JsonException e)
+        {
+            throw DiffSegException.For(source, $"not valid JSON ({e.Message})");
+        }
+        return FromJson(obj, source);
+    }
+
+    public static AdmFlags FromJson(JsonObject obj, string source)
+    {
+        var flags = new AdmFlags();
+        foreach (var (key, node) in obj)
+        {
+            if (!Fields.TryGetValue(key, out var field))
+            {
+                string? near = Fields.Keys.OrderBy(k => Distance(k, key)).First();
+                string hint = Distance(near, key) <= 3 ? $" (did you mean '{near}'?)" : "";
+                throw DiffSegException.For(source, $"unknown flag '{key}'{hint}");
+            }
+            field.set(flags, Coerce(node, field.type, key, source));
+        }
+        return flags;
+    }
+
+    // Users copy flags from shell scripts, so "True", "256" and [32, 16, 8] are accepted where the
+    // intent is plain; anything else is a type error naming the flag.
+    static object Coerce(JsonNode? node, Type type, string key, string source)
+    {
+        string expected = type == typeof(int) ? "an integer" : type == typeof(double) ? "a number" :
+            type == typeof(bool) ? "true or false" : "a string";
+        try
+        {
+            if (node is JsonValue v)
+            {
+                var kind = v.GetValueKind();
+                if (type == typeof(int) && kind == JsonValueKind.Number && v.TryGetValue(out int i))
+                {
+                    return i;
+                }
+                if (type == typeof(int) && kind == JsonValueKind.String &&
+                    int.TryParse(v.GetValue<string>(), NumberStyles.Integer, CultureInfo.InvariantCulture, out i))
+                {
+                    return i;
+                }
+                if (type == typeof(double) && kind == JsonValueKind.Number)
+                {
+                    return v.GetValue<double>();
+                }
+                if (type == typeof(double) && kind == JsonValueKind.String &&
+                    double.TryParse(v.GetValue<string>(), NumberStyles.Float, CultureInfo.InvariantCulture, out var d))
+                {
+                    return d;
+                }
+                if (type == typeof(bool) && kind is JsonValueKind.True or JsonValueKind.False)
+                {
+                    return v.GetValue<bool>();
+                }
+                if (type == typeof(bool) && kind == JsonValueKind.String)
+                {
+                    switch (v.GetValue<string>().Trim().ToLowerInvariant())
+                    {
+                        case "true" or "yes" or "1": return true;
+                        case "false" or "no" or "0": return false;
+                    }
+                }
+                if (type == typeof(string) && kind == JsonValueKind.String)
+                {
+                    return v.GetValue<string>();
+                }
+                if (type == typeof(string) && kind == JsonValueKind.Number)
+                {
+                    return v.ToJsonString();
+                }
+            }
+            if (node is JsonArray a && type == typeof(string) && a.All(e => e is JsonValue ev && ev.GetValueKind() == JsonValueKind.Number))
+            {
+                return string.Join(",", a.Select(e => e!.ToJsonString()));
+            }
+        }
+        catch (Exception e) when (e is FormatException or InvalidOperationException)
+        {
+            // fall through to the type error
+        }
+        throw DiffSegException.For(source, $"flag '{key}' is {node?.ToJsonString() ?? "null"}, expected {expected}");
+    }
+
+    static int Distance(string a, string b)
+    {
+        var d = new int[a.Length + 1, b.Length + 1];
+        for (int i = 0; i <= a.Length; i++)
+        {
+            d[i, 0] = i;
+        }
+        for (int j = 0; j <= b.Length; j++)
+        {
+            d[0, j] = j;
+        }
+        for (int i = 1; i <= a.Length; i++)
+        for (int j = 1; j <= b.Length; j++)
+        {
+            d[i, j] = Math.Min(Math.Min(d[i - 1, j] + 1, d[i, j - 1] + 1), d[i - 1, j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1));
+        }
+        return d[a.Length, b.Length];
+    }
+
+    /// <summary>All flags as a JSON object with guided-diffusion's names (stored in converted checkpoints).</summary>
+    public string ToJson()
+    {
+        var o = new JsonObject();
+        foreach (var (key, field) in Fields)
+        {
+            o[key] = field.get(this) switch
+            {
+                int i => JsonValue.Create(i),
+                double d => JsonValue.Create(d),
+                bool b => JsonValue.Create(b),
+                var s => JsonValue.Create((string)s),
+            };
+        }
+        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+}

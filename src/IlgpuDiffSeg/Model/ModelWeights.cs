@@ -1,0 +1,144 @@
+using IlgpuDiffSeg.IO;
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Model;
+
+/// <summary>Checking a set of named tensors against a model, converting official checkpoints, loading converted ones.</summary>
+public static class ModelWeights
+{
+    public const string FormatTag = "ilgpudiffseg-adm-v1";
+
+    /// <summary>
+    /// Throws, naming <paramref name="source"/>, when the tensors are not exactly the model's parameters: a missing
+    /// key, an unexpected key, or a shape the flags contradict. Hints name the flag that usually explains it.
+    /// </summary>
+    public static void CheckAgainst(UNetModel model, IReadOnlyDictionary<string, int[]> available, string source)
+    {
+        var expected = model.Parameters().ToDictionary(p => p.Name);
+        var missing = expected.Keys.Where(k => !available.ContainsKey(k)).ToList();
+        var unexpected = available.Keys.Where(k => !expected.ContainsKey(k)).ToList();
+        if (missing.Count > 0)
+        {
+            throw DiffSegException.For(source, $"missing key '{missing[0]}'{More(missing)} that the flags require{Hint(missing, model.Flags)}");
+        }
+        if (unexpected.Count > 0)
+        {
+            throw DiffSegException.For(source, $"unexpected key '{unexpected[0]}'{More(unexpected)}, not part of the model the flags " +
+                                               $"describe{Hint(unexpected, model.Flags)}");
+        }
+        foreach (var (name, p) in expected)
+        {
+            var shape = available[name];
+            if (!shape.SequenceEqual(p.Shape))
+            {
+                string hint = name.StartsWith("out.2.", StringComparison.Ordinal) && shape.Length > 0 && shape[0] != p.Shape[0]
+                    ? $" (learn_sigma is {(model.Flags.LearnSigma ? "true" : "false")} in the flags)"
+                    : " (check num_channels, channel_mult, num_res_blocks, attention_resolutions, use_scale_shift_norm)";
+                throw DiffSegException.For(source, $"'{name}' has shape ({string.Join(", ", shape)}), the flags give {p.ShapeString}{hint}");
+            }
+        }
+    }
+
+    static string More(List<string> keys) => keys.Count > 1 ? $" (and {keys.Count - 1} more)" : "";
+
+    static string Hint(List<string> keys, AdmFlags flags)
+    {
+        if (keys.Any(k => k.StartsWith("label_emb.", StringComparison.Ordinal)))
+        {
+            return $" (class_cond is {(flags.ClassCond ? "true" : "false")} in the flags)";
+        }
+        if (keys.Any(k => k.Contains(".qkv.", StringComparison.Ordinal) || k.Contains(".proj_out.", StringComparison.Ordinal)))
+        {
+            return " (check attention_resolutions)";
+        }
+        if (keys.Any(k => k.Contains(".op.", StringComparison.Ordinal) || k.EndsWith(".conv.weight", StringComparison.Ordinal)))
+        {
+            return " (check resblock_updown)";
+        }
+        return "";
+    }
+
+    /// <summary>
+    /// Converts an official guided-diffusion checkpoint (PyTorch zip) to safetensors, after checking every key and shape
+    /// against the flags. The flags are stored in the file's metadata. Writes nothing on failure.
+    /// </summary>
+    public static void Convert(string checkpointPath, string flagsPath, string outputPath, Action<string>? log = null)
+    {
+        var flags = AdmFlags.Load(flagsPath);
+        var model = BuildChecked(flags, flagsPath);
+        using var ckpt = TorchCheckpoint.Open(checkpointPath);
+        var byName = new Dictionary<string, TorchTensor>();
+        foreach (var t in ckpt.Tensors)
+        {
+            byName[t.Name] = t;
+        }
+        CheckAgainst(model, byName.ToDictionary(kv => kv.Key, kv => kv.Value.Shape), checkpointPath);
+        var sources = model.Parameters()
+            .Select(p => new SafetensorSource(p.Name, p.Shape, span => ckpt.ReadFloat32(byName[p.Name], span)))
+            .ToList();
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = FormatTag,
+            ["flags"] = flags.ToJson(),
+            ["source"] = Path.GetFileName(checkpointPath),
+            ["parameters"] = model.ParameterCount.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        };
+        log?.Invoke($"{checkpointPath}: {sources.Count} tensors, {model.ParameterCount:N0} parameters match the flags");
+        int lastShown = -1;
+        SafetensorsFile.Write(outputPath, sources, metadata, (done, total) =>
+        {
+            int pct = done * 100 / total;
+            if (log is not null && pct / 10 != lastShown / 10)
+            {
+                lastShown = pct;
+                log($"  writing {outputPath}: {pct}%");
+            }
+        });
+    }
+
+    /// <summary>Builds the model the flags describe, naming the flags' source in any error.</summary>
+    public static UNetModel BuildChecked(AdmFlags flags, string flagsSource)
+    {
+        try
+        {
+            return new UNetModel(flags);
+        }
+        catch (DiffSegException e)
+        {
+            throw DiffSegException.For(flagsSource, e.Message);
+        }
+    }
+
+    /// <summary>Reads the flags stored by <see cref="Convert"/> in a safetensors file's metadata.</summary>
+    public static AdmFlags FlagsOf(SafetensorsFile file)
+    {
+        if (!file.Metadata.TryGetValue("flags", out var json))
+        {
+            throw DiffSegException.For(file.Path, "has no model flags in its metadata; convert the checkpoint with " +
+                                                  "'diffseg convert MODEL.pt --flags FLAGS.json -o MODEL.safetensors'");
+        }
+        return AdmFlags.Parse(json, file.Path + " (metadata)");
+    }
+
+    /// <summary>Opens a converted model and uploads its weights to the device (memory-mapped, no full copy in RAM).</summary>
+    public static UNetModel Load(string path, ComputeDevice dev)
+    {
+        using var file = SafetensorsFile.Open(path);
+        var model = BuildChecked(FlagsOf(file), path);
+        CheckAgainst(model, file.Entries.ToDictionary(e => e.Name, e => e.Shape), path);
+        try
+        {
+            foreach (var p in model.Parameters())
+            {
+                file.TryGet(p.Name, out var entry);
+                p.Value = dev.Upload(file.GetFloat32(entry), p.Shape);
+            }
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+        return model;
+    }
+}

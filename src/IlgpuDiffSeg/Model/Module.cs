@@ -1,0 +1,197 @@
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Model;
+
+/// <summary>A weight of the model, known by its state_dict name and shape before any value is loaded.</summary>
+public sealed class Parameter(string name, int[] shape)
+{
+    public string Name { get; } = name;
+    public int[] Shape { get; } = shape;
+    public long Count => Tensor.Count(Shape);
+    public string ShapeString => "(" + string.Join(", ", Shape) + ")";
+
+    /// <summary>The device copy; set by the weight loader.</summary>
+    public Tensor? Value { get; internal set; }
+
+    public Tensor T => Value ?? throw new InvalidOperationException($"weight '{Name}' is not loaded");
+}
+
+/// <summary>
+/// A piece of the model with a state_dict prefix (e.g. "input_blocks.1.0."). Parameters are listed in PyTorch's
+/// registration order: own parameters first, then each child's.
+/// </summary>
+public abstract class Module(string prefix)
+{
+    readonly List<Parameter> own = new();
+    readonly List<Module> children = new();
+
+    public string Prefix { get; } = prefix;
+
+    protected Parameter Param(string localName, params int[] shape)
+    {
+        var p = new Parameter(Prefix + localName, shape);
+        own.Add(p);
+        return p;
+    }
+
+    protected T Add<T>(T child) where T : Module
+    {
+        children.Add(child);
+        return child;
+    }
+
+    public IEnumerable<Parameter> Parameters()
+    {
+        foreach (var p in own)
+        {
+            yield return p;
+        }
+        foreach (var c in children)
+        {
+            foreach (var p in c.Parameters())
+            {
+                yield return p;
+            }
+        }
+    }
+}
+
+/// <summary>Something a TimestepEmbedSequential runs: given x and SiLU(emb), returns a new tensor (the caller owns it).</summary>
+public interface IBlockLayer
+{
+    Tensor Forward(Tensor x, Tensor embSilu);
+}
+
+/// <summary>guided-diffusion's normalization(): GroupNorm32(32, C), affine.</summary>
+public sealed class GroupNormLayer : Module
+{
+    public GroupNormLayer(string prefix, int channels) : base(prefix)
+    {
+        if (channels % Kernels.GroupNorm.DefaultGroups != 0)
+        {
+            throw new DiffSegException($"{prefix.TrimEnd('.')}: GroupNorm32 needs a channel count divisible by 32, got {channels}");
+        }
+        Channels = channels;
+        Weight = Param("weight", channels);
+        Bias = Param("bias", channels);
+    }
+
+    public int Channels { get; }
+    public Parameter Weight { get; }
+    public Parameter Bias { get; }
+
+    public Tensor Forward(Tensor x, bool silu, Tensor? scaleShift = null)
+    {
+        var y = x.Device.Allocate(x.Shape);
+        Kernels.GroupNorm.Forward(x, Weight.T, Bias.T, y, silu, scaleShift);
+        return y;
+    }
+}
+
+/// <summary>conv_nd(2, cin, cout, k, padding=k/2, stride).</summary>
+public sealed class Conv2dLayer : Module, IBlockLayer
+{
+    public Conv2dLayer(string prefix, int inChannels, int outChannels, int kernel, int stride = 1) : base(prefix)
+    {
+        InChannels = inChannels;
+        OutChannels = outChannels;
+        Stride = stride;
+        Weight = Param("weight", outChannels, inChannels, kernel, kernel);
+        Bias = Param("bias", outChannels);
+    }
+
+    public int InChannels { get; }
+    public int OutChannels { get; }
+    public int Stride { get; }
+    public Parameter Weight { get; }
+    public Parameter Bias { get; }
+
+    public Tensor Forward(Tensor x, Tensor? residual = null)
+    {
+        int k = Weight.Shape[2], pad = k / 2;
+        var y = x.Device.Allocate(x[0], OutChannels, (x[2] + 2 * pad - k) / Stride + 1, (x[3] + 2 * pad - k) / Stride + 1);
+        Conv2d.Forward(x, Weight.T, Bias.T, y, Stride, residual);
+        return y;
+    }
+
+    Tensor IBlockLayer.Forward(Tensor x, Tensor embSilu) => Forward(x);
+}
+
+/// <summary>conv_nd(1, cin, cout, 1): the attention's qkv and proj_out; weights (cout, cin, 1).</summary>
+public sealed class Conv1x1Layer : Module
+{
+    public Conv1x1Layer(string prefix, int inChannels, int outChannels) : base(prefix)
+    {
+        OutChannels = outChannels;
+        Weight = Param("weight", outChannels, inChannels, 1);
+        Bias = Param("bias", outChannels);
+    }
+
+    public int OutChannels { get; }
+    public Parameter Weight { get; }
+    public Parameter Bias { get; }
+
+    /// <summary>x: (N, Cin, H, W) → (N, Cout, H, W), treating H·W as the 1-d length T.</summary>
+    public Tensor Forward(Tensor x, Tensor? residual = null)
+    {
+        var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
+        using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
+        Conv2d.Forward(x, w, Bias.T, y, 1, residual);
+        return y;
+    }
+}
+
+/// <summary>nn.Linear(in, out).</summary>
+public sealed class LinearLayer : Module
+{
+    public LinearLayer(string prefix, int inFeatures, int outFeatures) : base(prefix)
+    {
+        OutFeatures = outFeatures;
+        Weight = Param("weight", outFeatures, inFeatures);
+        Bias = Param("bias", outFeatures);
+    }
+
+    public int OutFeatures { get; }
+    public Parameter Weight { get; }
+    public Parameter Bias { get; }
+
+    public Tensor Forward(Tensor x)
+    {
+        var y = x.Device.Allocate(x[0], OutFeatures);
+        Kernels.Linear.Forward(x, Weight.T, Bias.T, y);
+        return y;
+    }
+}
+
+/// <summary>nn.Embedding(num, dim): the class-label embedding of class-conditional models.</summary>
+public sealed class EmbeddingLayer : Module
+{
+    public EmbeddingLayer(string prefix, int count, int dim) : base(prefix)
+    {
+        Count = count;
+        Dim = dim;
+        Weight = Param("weight", count, dim);
+    }
+
+    public int Count { get; }
+    public int Dim { get; }
+    public Parameter Weight { get; }
+
+    /// <summary>Rows of the table for <paramref name="labels"/>, as (N, dim); device-to-device copies only.</summary>
+    public Tensor Forward(ComputeDevice dev, IReadOnlyList<long> labels)
+    {
+        var y = dev.Allocate(labels.Count, Dim);
+        for (int i = 0; i < labels.Count; i++)
+        {
+            if (labels[i] < 0 || labels[i] >= Count)
+            {
+                y.Dispose();
+                throw new DiffSegException($"class label {labels[i]} is outside [0, {Count})");
+            }
+            Weight.T.View.SubView(labels[i] * Dim, Dim).CopyTo(y.View.SubView((long)i * Dim, Dim));
+        }
+        return y;
+    }
+}

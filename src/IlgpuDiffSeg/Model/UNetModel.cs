@@ -1,0 +1,284 @@
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Model;
+
+/// <summary>What a decoder block produces: channels and the factor by which it is smaller than the image.</summary>
+public sealed record BlockInfo(int Index, int Channels, int Downsample);
+
+/// <summary>The result of a forward pass: the model output (unless skipped) and the captured decoder blocks.</summary>
+public sealed class UNetOutputs : IDisposable
+{
+    public Tensor? Output { get; internal set; }
+    public SortedDictionary<int, Tensor> Blocks { get; } = new();
+
+    public void Dispose()
+    {
+        Output?.Dispose();
+        foreach (var b in Blocks.Values)
+        {
+            b.Dispose();
+        }
+        Blocks.Clear();
+    }
+}
+
+/// <summary>
+/// The ADM UNet (guided-diffusion unet.UNetModel), built from <see cref="AdmFlags"/> as script_util.create_model
+/// builds it; every weight has its state_dict name. In eval mode only (dropout is the identity).
+/// </summary>
+public sealed class UNetModel : Module, IDisposable
+{
+    readonly LinearLayer timeEmbed0;
+    readonly LinearLayer timeEmbed2;
+    readonly EmbeddingLayer? labelEmb;
+    readonly List<TimestepEmbedSequential> inputBlocks = new();
+    readonly TimestepEmbedSequential middleBlock;
+    readonly List<TimestepEmbedSequential> outputBlocks = new();
+    readonly GroupNormLayer outNorm;
+    readonly Conv2dLayer outConv;
+    readonly List<BlockInfo> outputInfo = new();
+    readonly int levels;
+
+    public AdmFlags Flags { get; }
+    public int ModelChannels { get; }
+
+    /// <summary>Channels and scale of each decoder block (output_blocks[i]).</summary>
+    public IReadOnlyList<BlockInfo> OutputBlocks => outputInfo;
+
+    public UNetModel(AdmFlags flags) : base("")
+    {
+        Flags = flags;
+        if (flags.ImageSize <= 0 || flags.NumChannels <= 0 || flags.NumResBlocks < 0)
+        {
+            throw new DiffSegException($"image_size {flags.ImageSize}, num_channels {flags.NumChannels} and num_res_blocks " +
+                                       $"{flags.NumResBlocks} must be positive");
+        }
+        var mult = flags.ChannelMultipliers();
+        var attentionDs = flags.AttentionDownsampleRates();
+        int mc = ModelChannels = flags.NumChannels;
+        int embDim = flags.TimeEmbedDim;
+        int headsUp = flags.NumHeadsUpsample == -1 ? flags.NumHeads : flags.NumHeadsUpsample;
+        bool ss = flags.UseScaleShiftNorm;
+        levels = mult.Length;
+
+        timeEmbed0 = Add(new LinearLayer("time_embed.0.", mc, embDim));
+        timeEmbed2 = Add(new LinearLayer("time_embed.2.", embDim, embDim));
+        if (flags.ClassCond)
+        {
+            labelEmb = Add(new EmbeddingLayer("label_emb.", flags.NumClasses, embDim));
+        }
+
+        int ch = (int)(mult[0] * mc);
+        int inputCh = ch;
+        NewInput().Then(p => new Conv2dLayer(p, AdmFlags.InChannels, ch, 3), ch);
+        var skipChannels = new Stack<int>();
+        skipChannels.Push(ch);
+        int ds = 1;
+        for (int level = 0; level < mult.Length; level++)
+        {
+            for (int r = 0; r < flags.NumResBlocks; r++)
+            {
+                int outCh = (int)(mult[level] * mc);
+                int inCh = ch;
+                var block = NewInput().Then(p => new ResBlock(p, inCh, embDim, outCh, ss), outCh);
+                ch = outCh;
+                if (attentionDs.Contains(ds))
+                {
+                    int c = ch;
+                    block.Then(p => new AttentionBlock(p, c, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder), c);
+                }
+                skipChannels.Push(ch);
+            }
+            if (level != mult.Length - 1)
+            {
+                int c = ch;
+                if (flags.ResblockUpdown)
+                {
+                    NewInput().Then(p => new ResBlock(p, c, embDim, c, ss, down: true), c);
+                }
+                else
+                {
+                    NewInput().Then(p => new Downsample(p, c, useConv: true, c), c);
+                }
+                skipChannels.Push(ch);
+                ds *= 2;
+            }
+        }
+
+        int midCh = ch;
+        middleBlock = Add(new TimestepEmbedSequential("middle_block."))
+            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss), midCh)
+            .Then(p => new AttentionBlock(p, midCh, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder), midCh)
+            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss), midCh);
+
+        for (int level = mult.Length - 1; level >= 0; level--)
+        {
+            for (int i = 0; i <= flags.NumResBlocks; i++)
+            {
+                int inCh = ch + skipChannels.Pop();
+                int outCh = (int)(mc * mult[level]);
+                var block = Add(new TimestepEmbedSequential($"output_blocks.{outputBlocks.Count}."))
+                    .Then(p => new ResBlock(p, inCh, embDim, outCh, ss), outCh);
+                outputBlocks.Add(block);
+                ch = outCh;
+                if (attentionDs.Contains(ds))
+                {
+                    int c = ch;
+                    block.Then(p => new AttentionBlock(p, c, headsUp, flags.NumHeadChannels, flags.UseNewAttentionOrder), c);
+                }
+                if (level > 0 && i == flags.NumResBlocks)
+                {
+                    int c = ch;
+                    if (flags.ResblockUpdown)
+                    {
+                        block.Then(p => new ResBlock(p, c, embDim, c, ss, up: true), c);
+                    }
+                    else
+                    {
+                        block.Then(p => new Upsample(p, c, useConv: true, c), c);
+                    }
+                    ds /= 2;
+                }
+                outputInfo.Add(new BlockInfo(outputBlocks.Count - 1, ch, ds));
+            }
+        }
+
+        outNorm = Add(new GroupNormLayer("out.0.", ch));
+        outConv = Add(new Conv2dLayer("out.2.", inputCh, flags.OutChannels, 3));
+    }
+
+    TimestepEmbedSequential NewInput()
+    {
+        var block = Add(new TimestepEmbedSequential($"input_blocks.{inputBlocks.Count}."));
+        inputBlocks.Add(block);
+        return block;
+    }
+
+    /// <summary>Total number of weights.</summary>
+    public long ParameterCount => Parameters().Sum(p => p.Count);
+
+    /// <summary>
+    /// Runs the UNet on x (N, 3, H, W) at timesteps t (N floats, on the device). Decoder blocks named in
+    /// <paramref name="capture"/> are returned; with <paramref name="computeOutput"/> false the pass stops after the
+    /// last captured block (feature extraction never needs the remaining decoder or the output head).
+    /// </summary>
+    public UNetOutputs Forward(Tensor x, Tensor t, IReadOnlyList<long>? classLabels = null, IReadOnlyCollection<int>? capture = null,
+        bool computeOutput = true)
+    {
+        var dev = x.Device;
+        int n = x[0];
+        int factor = 1 << (levels - 1);
+        if (x.Rank != 4 || x[1] != AdmFlags.InChannels || x[2] % factor != 0 || x[3] % factor != 0)
+        {
+            throw new DiffSegException($"input {x.ShapeString} must be (N, 3, H, W) with H and W divisible by {factor}");
+        }
+        if (t.Length != n)
+        {
+            throw new DiffSegException($"{t.Length} timesteps for a batch of {n}");
+        }
+        if (Flags.ClassCond != (classLabels is not null))
+        {
+            throw new DiffSegException(Flags.ClassCond ? "this model is class-conditional: class labels (y) are required"
+                : "this model is not class-conditional: class labels (y) must not be given");
+        }
+        if (classLabels is not null && classLabels.Count != n)
+        {
+            throw new DiffSegException($"{classLabels.Count} class labels for a batch of {n}");
+        }
+        var wanted = new SortedSet<int>(capture ?? []);
+        foreach (var b in wanted)
+        {
+            if (b < 0 || b >= outputBlocks.Count)
+            {
+                throw new DiffSegException($"decoder block {b} does not exist: this model has output blocks 0..{outputBlocks.Count - 1}");
+            }
+        }
+        int lastNeeded = computeOutput || wanted.Count == 0 ? outputBlocks.Count - 1 : wanted.Max;
+
+        var result = new UNetOutputs();
+        var skips = new Stack<Tensor>();
+        Tensor? h = null;
+        try
+        {
+            using var embSilu = Embed(t, classLabels, n);
+            h = x;
+            foreach (var block in inputBlocks)
+            {
+                h = block.Forward(h, embSilu);
+                skips.Push(h);
+            }
+            h = middleBlock.Forward(h, embSilu);
+            for (int i = 0; i <= lastNeeded; i++)
+            {
+                Tensor cat;
+                using (var skip = skips.Pop())
+                {
+                    cat = dev.Allocate(n, h[1] + skip[1], h[2], h[3]);
+                    ConcatChannels.Forward(h, skip, cat);
+                }
+                if (!result.Blocks.ContainsValue(h))
+                {
+                    h.Dispose();
+                }
+                using (cat)
+                {
+                    h = outputBlocks[i].Forward(cat, embSilu);
+                }
+                if (wanted.Contains(i))
+                {
+                    result.Blocks[i] = h;
+                }
+            }
+            if (computeOutput)
+            {
+                using var normed = outNorm.Forward(h, silu: true);
+                result.Output = outConv.Forward(normed);
+            }
+            return result;
+        }
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+        finally
+        {
+            if (h is not null && !ReferenceEquals(h, x) && !result.Blocks.ContainsValue(h) && !skips.Contains(h))
+            {
+                h.Dispose();
+            }
+            while (skips.Count > 0)
+            {
+                skips.Pop().Dispose();
+            }
+        }
+    }
+
+    /// <summary>SiLU(time_embed(timestep_embedding(t)) [+ label_emb(y)]): every ResBlock's emb_layers starts with SiLU.</summary>
+    Tensor Embed(Tensor t, IReadOnlyList<long>? classLabels, int n)
+    {
+        var dev = t.Device;
+        using var sinusoid = dev.Allocate(n, ModelChannels);
+        TimestepEmbedding.Forward(t, sinusoid);
+        using var hidden = timeEmbed0.Forward(sinusoid);
+        Silu.Forward(hidden, hidden);
+        using var emb = timeEmbed2.Forward(hidden);
+        if (labelEmb is not null && classLabels is not null)
+        {
+            using var label = labelEmb.Forward(dev, classLabels);
+            Kernels.Add.Forward(emb, label, emb);
+        }
+        var embSilu = dev.Allocate(n, Flags.TimeEmbedDim);
+        Silu.Forward(emb, embSilu);
+        return embSilu;
+    }
+
+    public void Dispose()
+    {
+        foreach (var p in Parameters())
+        {
+            p.Value?.Dispose();
+            p.Value = null;
+        }
+    }
+}
