@@ -1,6 +1,77 @@
+using System.CommandLine;
+using IlgpuDiffSeg.Kernels;
+
 namespace IlgpuDiffSeg.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static int Main(string[] args)
+    {
+        var root = new RootCommand("IlgpuDiffSeg: label-efficient semantic segmentation with diffusion models (DDPM-seg), on ILGPU.");
+        root.Options.Add(CommonOptions.Device);
+        root.Subcommands.Add(InfoCommand.Create());
+        root.Subcommands.Add(ConvertCommand.Create());
+        root.Subcommands.Add(UNetCommand.Create());
+        return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    }
+
+    /// <summary>
+    /// Runs a command body and turns every failure into one line on stderr and exit code 1: a user's mistake is
+    /// reported as "error: FILE: problem", never as a stack trace (DIFFSEG_DEBUG=1 shows one for bugs).
+    /// </summary>
+    public static int Run(Action body)
+    {
+        try
+        {
+            body();
+            return 0;
+        }
+        catch (DiffSegException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+        }
+        catch (DeviceUnavailableException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("DIFFSEG_DEBUG") != "1")
+        {
+            Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]} (set DIFFSEG_DEBUG=1 for details)");
+            return 2;
+        }
+        return 1;
+    }
+}
+
+/// <summary>Options shared by several commands.</summary>
+public static class CommonOptions
+{
+    public static readonly Option<string> Device = new("--device")
+    {
+        Description = "Accelerator: auto (CUDA if present, else CPU), cpu (ILGPU's CPU accelerator) or cuda",
+        DefaultValueFactory = _ => "auto",
+        Recursive = true,
+    };
+
+    static CommonOptions() => Device.AcceptOnlyFromAmong("auto", "cpu", "cuda");
+
+    public static DeviceChoice DeviceChoiceOf(ParseResult r) => r.GetValue(Device) switch
+    {
+        "cpu" => DeviceChoice.Cpu,
+        "cuda" => DeviceChoice.Cuda,
+        _ => DeviceChoice.Auto,
+    };
+
+    public static ComputeDevice OpenDevice(ParseResult r)
+    {
+        var dev = ComputeDevice.Create(DeviceChoiceOf(r));
+        Console.Error.WriteLine($"device: {dev.Describe()}");
+        return dev;
+    }
+
+    public static Option<string> Required(string name, string description) => new(name) { Description = description, Required = true };
 }
