@@ -19,7 +19,7 @@ public static class UNetCommand
         var cmd = new Command("unet", "Run one forward pass of the UNet on a batch") { model, x, t, y, output, blocksDir };
         cmd.SetAction(r => Program.Run(() =>
         {
-            var run = UNetRun.Prepare(r.GetValue(model)!, r.GetValue(x)!, r.GetValue(t)!, r.GetValue(y));
+            var run = UNetRun.Prepare(r.GetValue(model)!, r.GetValue(x)!, r.GetValue(t)!, r.GetValue(y), r.GetValue(output)!);
             string? dir = r.GetValue(blocksDir);
             using var dev = CommonOptions.OpenDevice(r);
             var result = run.Execute(dev, capture: dir is not null, Console.Error.WriteLine);

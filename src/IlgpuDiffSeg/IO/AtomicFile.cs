@@ -6,14 +6,25 @@ namespace IlgpuDiffSeg.IO;
 /// </summary>
 public static class AtomicFile
 {
-    public static void Write(string path, Action<Stream> write)
+    /// <summary>Fails early, before any long work, when <paramref name="path"/> could not be written.</summary>
+    public static void CheckWritable(string path)
     {
-        string full = Path.GetFullPath(path);
-        string? dir = Path.GetDirectoryName(full);
+        string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null && !Directory.Exists(dir))
         {
             throw DiffSegException.For(path, "the folder does not exist");
         }
+        if (Directory.Exists(path))
+        {
+            throw DiffSegException.For(path, "is a folder, expected a file name");
+        }
+    }
+
+    public static void Write(string path, Action<Stream> write)
+    {
+        CheckWritable(path);
+        string full = Path.GetFullPath(path);
+        string? dir = Path.GetDirectoryName(full);
         string temp = Path.Combine(dir ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
         try
         {

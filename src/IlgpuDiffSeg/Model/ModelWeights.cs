@@ -17,14 +17,13 @@ public static class ModelWeights
         var expected = model.Parameters().ToDictionary(p => p.Name);
         var missing = expected.Keys.Where(k => !available.ContainsKey(k)).ToList();
         var unexpected = available.Keys.Where(k => !expected.ContainsKey(k)).ToList();
-        if (missing.Count > 0)
+        if (missing.Count > 0 || unexpected.Count > 0)
         {
-            throw DiffSegException.For(source, $"missing key '{missing[0]}'{More(missing)} that the flags require{Hint(missing, model.Flags)}");
-        }
-        if (unexpected.Count > 0)
-        {
-            throw DiffSegException.For(source, $"unexpected key '{unexpected[0]}'{More(unexpected)}, not part of the model the flags " +
-                                               $"describe{Hint(unexpected, model.Flags)}");
+            string what = missing.Count > 0
+                ? $"missing key '{missing[0]}'{More(missing)} that the flags require" +
+                  (unexpected.Count > 0 ? $", and {unexpected.Count} unexpected (e.g. '{unexpected[0]}')" : "")
+                : $"unexpected key '{unexpected[0]}'{More(unexpected)}, not part of the model the flags describe";
+            throw DiffSegException.For(source, what + Hint(missing.Concat(unexpected).ToList(), model.Flags));
         }
         foreach (var (name, p) in expected)
         {
@@ -64,6 +63,7 @@ public static class ModelWeights
     /// </summary>
     public static void Convert(string checkpointPath, string flagsPath, string outputPath, Action<string>? log = null)
     {
+        AtomicFile.CheckWritable(outputPath);
         var flags = AdmFlags.Load(flagsPath);
         var model = BuildChecked(flags, flagsPath);
         using var ckpt = TorchCheckpoint.Open(checkpointPath);

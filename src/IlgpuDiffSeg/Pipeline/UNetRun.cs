@@ -28,8 +28,9 @@ public sealed class UNetRun
 
     public sealed record Result(float[] Output, int[] OutputShape, SortedDictionary<int, (float[] Values, int[] Shape)> Blocks);
 
-    public static UNetRun Prepare(string modelPath, string xPath, string tPath, string? yPath)
+    public static UNetRun Prepare(string modelPath, string xPath, string tPath, string? yPath, string outputPath)
     {
+        AtomicFile.CheckWritable(outputPath);
         if (!File.Exists(modelPath))
         {
             throw DiffSegException.For(modelPath, "file not found");
