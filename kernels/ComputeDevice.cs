@@ -208,9 +208,9 @@ public sealed class ComputeDevice : IDisposable
     }
 
     /// <summary>A scratch buffer from the pool, for kernels that need intermediate storage.</summary>
-    internal MemoryBuffer1D<float, Stride1D.Dense> RentScratch(long length) => pool.Rent(length);
+    public MemoryBuffer1D<float, Stride1D.Dense> RentScratch(long length) => pool.Rent(length);
 
-    internal void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
+    public void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
 
     internal void ReturnToPool(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
 

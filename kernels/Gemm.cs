@@ -25,7 +25,7 @@ public struct GemmShape
     public int AOffset, ABatch0, ABatch1, ARow, ACol;
     public int BOffset, BBatch0, BBatch1, BRow, BCol;
     public int COffset, CBatch0, CBatch1, CRow, CCol;
-    public int BiasRow, BiasCol, HasBias, HasResidual, Act;
+    public int BiasBatch0, BiasBatch1, BiasRow, BiasCol, HasBias, HasResidual, Act;
     public float Alpha;
 
     /// <summary>Plain row-major C[M,N] = A[M,K]·B[K,N], optionally transposed operands, one batch.</summary>
@@ -63,7 +63,7 @@ public static class Gemm
                        b[s.BOffset + b0 * s.BBatch0 + b1 * s.BBatch1 + k * s.BRow + j * s.BCol];
             }
             int o = s.COffset + b0 * s.CBatch0 + b1 * s.CBatch1 + i * s.CRow + j * s.CCol;
-            double v = s.Alpha * acc + (bias is null ? 0 : bias[i * s.BiasRow + j * s.BiasCol]) + (residual is null ? 0 : residual[o]);
+            double v = s.Alpha * acc + (bias is null ? 0 : bias[b0 * s.BiasBatch0 + b1 * s.BiasBatch1 + i * s.BiasRow + j * s.BiasCol]) + (residual is null ? 0 : residual[o]);
             c[o] = (float)(s.Act == (int)Activation.Relu ? Math.Max(v, 0) : v);
         }
         return c;
@@ -71,12 +71,12 @@ public static class Gemm
 
     // ---- GPU kernels
 
-    static float Epilogue(GemmShape s, ArrayView<float> bias, ArrayView<float> residual, int i, int j, int o, float acc)
+    static float Epilogue(GemmShape s, ArrayView<float> bias, int biasBase, ArrayView<float> residual, int i, int j, int o, float acc)
     {
         float v = s.Alpha * acc;
         if (s.HasBias != 0)
         {
-            v += bias[i * s.BiasRow + j * s.BiasCol];
+            v += bias[biasBase + i * s.BiasRow + j * s.BiasCol];
         }
         if (s.HasResidual != 0)
         {
@@ -103,7 +103,7 @@ public static class Gemm
                 acc += a[aBase + k * s.ACol] * b[bBase + k * s.BRow];
             }
             int o = s.COffset + b0 * s.CBatch0 + b1 * s.CBatch1 + i * s.CRow + j * s.CCol;
-            c[o] = Epilogue(s, bias, residual, i, j, o, acc);
+            c[o] = Epilogue(s, bias, b0 * s.BiasBatch0 + b1 * s.BiasBatch1, residual, i, j, o, acc);
         }
     }
 
@@ -142,14 +142,15 @@ public static class Gemm
                 c30 += x3 * y0; c31 += x3 * y1; c32 += x3 * y2; c33 += x3 * y3;
             }
             int cBase = s.COffset + b0 * s.CBatch0 + b1 * s.CBatch1;
-            StoreRow(s, bias, residual, c, cBase, i0, j0, c00, c01, c02, c03);
-            StoreRow(s, bias, residual, c, cBase, i0 + 1, j0, c10, c11, c12, c13);
-            StoreRow(s, bias, residual, c, cBase, i0 + 2, j0, c20, c21, c22, c23);
-            StoreRow(s, bias, residual, c, cBase, i0 + 3, j0, c30, c31, c32, c33);
+            int biasBase = b0 * s.BiasBatch0 + b1 * s.BiasBatch1;
+            StoreRow(s, bias, biasBase, residual, c, cBase, i0, j0, c00, c01, c02, c03);
+            StoreRow(s, bias, biasBase, residual, c, cBase, i0 + 1, j0, c10, c11, c12, c13);
+            StoreRow(s, bias, biasBase, residual, c, cBase, i0 + 2, j0, c20, c21, c22, c23);
+            StoreRow(s, bias, biasBase, residual, c, cBase, i0 + 3, j0, c30, c31, c32, c33);
         }
     }
 
-    static void StoreRow(GemmShape s, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> c, int cBase,
+    static void StoreRow(GemmShape s, ArrayView<float> bias, int biasBase, ArrayView<float> residual, ArrayView<float> c, int cBase,
         int i, int j0, float v0, float v1, float v2, float v3)
     {
         if (i >= s.M)
@@ -157,18 +158,19 @@ public static class Gemm
             return;
         }
         int row = cBase + i * s.CRow;
-        Store(s, bias, residual, c, row, i, j0, v0);
-        Store(s, bias, residual, c, row, i, j0 + 1, v1);
-        Store(s, bias, residual, c, row, i, j0 + 2, v2);
-        Store(s, bias, residual, c, row, i, j0 + 3, v3);
+        Store(s, bias, biasBase, residual, c, row, i, j0, v0);
+        Store(s, bias, biasBase, residual, c, row, i, j0 + 1, v1);
+        Store(s, bias, biasBase, residual, c, row, i, j0 + 2, v2);
+        Store(s, bias, biasBase, residual, c, row, i, j0 + 3, v3);
     }
 
-    static void Store(GemmShape s, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> c, int row, int i, int j, float v)
+    static void Store(GemmShape s, ArrayView<float> bias, int biasBase, ArrayView<float> residual, ArrayView<float> c, int row, int i,
+        int j, float v)
     {
         if (j < s.N)
         {
             int o = row + j * s.CCol;
-            c[o] = Epilogue(s, bias, residual, i, j, o, v);
+            c[o] = Epilogue(s, bias, biasBase, residual, i, j, o, v);
         }
     }
 

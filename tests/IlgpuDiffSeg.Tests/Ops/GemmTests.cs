@@ -37,21 +37,24 @@ public abstract class GemmTests(ComputeDevice? device)
     public void TwoBatchDimensionsWithOffsets()
     {
         Skip.If(device is null, "no CUDA device");
-        // C[b0,b1] = A[b0,b1]·B[b0] where B is shared across b1 (batch stride 0) and A is read transposed.
+        // C[b0,b1] = A[b0,b1]·B[b0] + bias[b0,b1] where B is shared across b1 (batch stride 0) and A is read transposed.
         var s = new GemmShape
         {
             M = 3, N = 5, K = 4, Batch0 = 2, Batch1 = 3, Alpha = 1f,
             AOffset = 2, ABatch0 = 40, ABatch1 = 12, ARow = 1, ACol = 3,
             BOffset = 1, BBatch0 = 20, BBatch1 = 0, BRow = 5, BCol = 1,
             COffset = 0, CBatch0 = 45, CBatch1 = 15, CRow = 5, CCol = 1,
+            BiasBatch0 = 5, BiasBatch1 = 1, BiasCol = 1,
         };
         var a = TestData.Uniform(90, 5);
         var b = TestData.Uniform(41, 6);
         using var da = device!.Upload(a, a.Length);
         using var db = device.Upload(b, b.Length);
+        var bias = TestData.Uniform(12, 7);
+        using var dbias = device.Upload(bias, 12);
         using var dc = device.Zeros(90);
-        Gemm.Run(device, s, da.View, db.View, dc.View);
-        TensorAssert.NmseBelow(Gemm.Reference(a, b, null, null, s, 90), dc.ToArray(), NmseBound, "batched gemm");
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View);
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, 90), dc.ToArray(), NmseBound, "batched gemm with batched bias");
     }
 
     [SkippableFact]

@@ -1,0 +1,168 @@
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Classifier;
+
+/// <summary>
+/// Trains every member of a <see cref="PixelEnsemble"/> together, as ddpm-segmentation's train loop trains each one:
+/// cross-entropy, Adam (lr 1e-3, β 0.9/0.999, eps 1e-8), BatchNorm in training mode, and the original's stopping rule
+/// per member. One batch feeds all members; a stopped member is frozen (no updates, no running-stat changes) while the
+/// others go on. An iteration is a fixed sequence of kernel launches with no host synchronisation.
+/// </summary>
+public sealed class EnsembleTrainer : IDisposable
+{
+    readonly PixelEnsemble e;
+    readonly ComputeDevice dev;
+    readonly MlpLayout L;
+    readonly int rows;
+    readonly List<MemoryBuffer1D<float, Stride1D.Dense>> owned = new();
+    readonly MemoryBuffer1D<float, Stride1D.Dense> grads, adamM, adamV;
+    readonly MemoryBuffer1D<float, Stride1D.Dense> a1, xhat1, n1, rstd1, a2, xhat2, n2, rstd2;
+    readonly MemoryBuffer1D<float, Stride1D.Dense> logits, dlogits, dn2, dz2, dn1, dz1;
+    readonly MemoryBuffer1D<float, Stride1D.Dense> stopState, active, loss, correct;
+
+    /// <summary>Optimizer steps taken so far (Adam's t for every member still training).</summary>
+    public long Steps { get; set; }
+
+    public int BatchSize => rows;
+
+    public EnsembleTrainer(PixelEnsemble ensemble, int batchSize)
+    {
+        e = ensemble;
+        dev = ensemble.Device;
+        L = ensemble.Layout;
+        rows = batchSize;
+        int m = L.Members;
+        grads = Alloc((long)m * L.Size);
+        adamM = Alloc((long)m * L.Size);
+        adamV = Alloc((long)m * L.Size);
+        a1 = Alloc(m * rows * L.Hidden1);
+        xhat1 = Alloc(m * rows * L.Hidden1);
+        n1 = Alloc(m * rows * L.Hidden1);
+        dn1 = Alloc(m * rows * L.Hidden1);
+        dz1 = Alloc(m * rows * L.Hidden1);
+        rstd1 = Alloc(m * L.Hidden1);
+        a2 = Alloc(m * rows * L.Hidden2);
+        xhat2 = Alloc(m * rows * L.Hidden2);
+        n2 = Alloc(m * rows * L.Hidden2);
+        dn2 = Alloc(m * rows * L.Hidden2);
+        dz2 = Alloc(m * rows * L.Hidden2);
+        rstd2 = Alloc(m * L.Hidden2);
+        logits = Alloc(m * rows * L.Classes);
+        dlogits = Alloc(m * rows * L.Classes);
+        stopState = Alloc(3 * m);
+        active = Alloc(m);
+        loss = Alloc(m);
+        correct = Alloc(m);
+        adamM.MemSetToZero();
+        adamV.MemSetToZero();
+        var state = new float[3 * m];
+        for (int i = 0; i < m; i++)
+        {
+            state[3 * i] = EarlyStopping.InitialBest;
+            state[3 * i + 2] = 1f;
+        }
+        stopState.View.CopyFromCPU(state);
+        active.View.CopyFromCPU(Enumerable.Repeat(1f, m).ToArray());
+    }
+
+    MemoryBuffer1D<float, Stride1D.Dense> Alloc(long n)
+    {
+        var b = dev.Accelerator.Allocate1D<float>(n);
+        owned.Add(b);
+        return b;
+    }
+
+    /// <summary>
+    /// One optimisation step of every active member on the batch x: (B, D) row-major, labels y: (B). The original's
+    /// order: forward, loss, backward, Adam step, then the stopping rule on this step's loss.
+    /// </summary>
+    public void Step(ArrayView<float> x, ArrayView<int> y, int epoch)
+    {
+        int m = L.Members;
+        var p = e.Parameters.View;
+        var g = grads.View;
+        // forward
+        e.Linear(x, L.In, 1, 0, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
+        BatchNorm1d.TrainForward(dev, e.Norm1(rows), a1.View, p, e.RunningMean1.View, e.RunningVar1.View, active.View, xhat1.View,
+            rstd1.View, n1.View);
+        e.Linear(n1.View, L.Hidden1, 1, rows * L.Hidden1, rows, L.Hidden1, L.Hidden2, L.W2, L.B2, a2.View, Activation.Relu);
+        BatchNorm1d.TrainForward(dev, e.Norm2(rows), a2.View, p, e.RunningMean2.View, e.RunningVar2.View, active.View, xhat2.View,
+            rstd2.View, n2.View);
+        e.Linear(n2.View, L.Hidden2, 1, rows * L.Hidden2, rows, L.Hidden2, L.Classes, L.W3, L.B3, logits.View, Activation.None);
+        CrossEntropy.ForwardBackward(dev, m, rows, L.Classes, L.Size, L.B3, logits.View, y, dlogits.View, g, loss.View, correct.View);
+
+        // backward: dW = dYᵀ·X (per member), dX = dY·W
+        WeightGrad(dlogits.View, L.Classes, n2.View, L.Hidden2, rows * L.Hidden2, L.W3);
+        InputGrad(dlogits.View, L.Classes, L.W3, L.Hidden2, dn2.View);
+        BatchNorm1d.Backward(dev, e.Norm2(rows), a2.View, xhat2.View, rstd2.View, dn2.View, p, g, dz2.View);
+        WeightGrad(dz2.View, L.Hidden2, n1.View, L.Hidden1, rows * L.Hidden1, L.W2);
+        InputGrad(dz2.View, L.Hidden2, L.W2, L.Hidden1, dn1.View);
+        BatchNorm1d.Backward(dev, e.Norm1(rows), a1.View, xhat1.View, rstd1.View, dn1.View, p, g, dz1.View);
+        WeightGrad(dz1.View, L.Hidden1, x, L.In, 0, L.W1);
+
+        Steps++;
+        Adam.Step(dev, AdamStep.At(Steps), m, L.Size, active.View, p, g, adamM.View, adamV.View);
+        EarlyStopping.Update(dev, m, epoch, stopState.View, loss.View, active.View);
+    }
+
+    /// <summary>grad W (out, in) of every member = dyᵀ (out, B) · x (B, in); x shared by all members when xBatchStride is 0.</summary>
+    void WeightGrad(ArrayView<float> dy, int outFeatures, ArrayView<float> x, int inFeatures, int xBatchStride, int weightOffset)
+    {
+        var s = new GemmShape
+        {
+            M = outFeatures, N = inFeatures, K = rows, Batch0 = L.Members, Batch1 = 1, Alpha = 1f,
+            ARow = 1, ACol = outFeatures, ABatch0 = rows * outFeatures,
+            BRow = inFeatures, BCol = 1, BBatch0 = xBatchStride,
+            CRow = inFeatures, CCol = 1, CBatch0 = L.Size,
+        };
+        Gemm.Run(dev, s, dy, x, grads.From(weightOffset));
+    }
+
+    /// <summary>dx (B, in) of every member = dy (B, out) · W (out, in).</summary>
+    void InputGrad(ArrayView<float> dy, int outFeatures, int weightOffset, int inFeatures, ArrayView<float> dx)
+    {
+        var s = new GemmShape
+        {
+            M = rows, N = inFeatures, K = outFeatures, Batch0 = L.Members, Batch1 = 1, Alpha = 1f,
+            ARow = outFeatures, ACol = 1, ABatch0 = rows * outFeatures,
+            BRow = inFeatures, BCol = 1, BBatch0 = L.Size,
+            CRow = inFeatures, CCol = 1, CBatch0 = rows * inFeatures,
+        };
+        Gemm.Run(dev, s, dy, e.Parameters.From(weightOffset), dx);
+    }
+
+    public float[] LastLoss() => Read(loss);
+
+    public float[] LastCorrect() => Read(correct);
+
+    public bool[] Active() => Read(active).Select(a => a != 0f).ToArray();
+
+    public float[] Gradients() => Read(grads);
+
+    float[] Read(MemoryBuffer1D<float, Stride1D.Dense> b)
+    {
+        dev.Synchronize();
+        var host = new float[b.Length];
+        b.View.CopyToCPU(host);
+        return host;
+    }
+
+    /// <summary>Optimizer and stopping-rule state, for resuming an interrupted run.</summary>
+    public IEnumerable<(string Name, MemoryBuffer1D<float, Stride1D.Dense> Buffer)> State()
+    {
+        yield return ("adam.exp_avg", adamM);
+        yield return ("adam.exp_avg_sq", adamV);
+        yield return ("stopping.state", stopState);
+        yield return ("stopping.active", active);
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in owned)
+        {
+            b.Dispose();
+        }
+    }
+}

@@ -1,0 +1,278 @@
+using System.Globalization;
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuDiffSeg.IO;
+using IlgpuDiffSeg.Kernels;
+using MathNet.Numerics.Distributions;
+using MathNet.Numerics.Random;
+
+namespace IlgpuDiffSeg.Classifier;
+
+/// <summary>
+/// Where each weight of one member lives in the packed parameter vector. The member is ddpm-segmentation's
+/// pixel_classifier: Linear(D, H1) → ReLU → BatchNorm1d(H1) → Linear(H1, H2) → ReLU → BatchNorm1d(H2) → Linear(H2, C).
+/// </summary>
+public sealed record MlpLayout(int Members, int In, int Hidden1, int Hidden2, int Classes)
+{
+    public int W1 => 0;
+    public int B1 => W1 + Hidden1 * In;
+    public int Gamma1 => B1 + Hidden1;
+    public int Beta1 => Gamma1 + Hidden1;
+    public int W2 => Beta1 + Hidden1;
+    public int B2 => W2 + Hidden2 * Hidden1;
+    public int Gamma2 => B2 + Hidden2;
+    public int Beta2 => Gamma2 + Hidden2;
+    public int W3 => Beta2 + Hidden2;
+    public int B3 => W3 + Classes * Hidden2;
+
+    /// <summary>Parameters per member (the packed stride).</summary>
+    public int Size => B3 + Classes;
+
+    /// <summary>The original's sizes: 128/32 hidden units below 30 classes, 256/128 from 30 on.</summary>
+    public static MlpLayout ForClasses(int members, int inFeatures, int classes) =>
+        classes < 30 ? new(members, inFeatures, 128, 32, classes) : new(members, inFeatures, 256, 128, classes);
+
+    /// <summary>(state_dict name within a member, offset, shape) of every parameter, in the original's key names.</summary>
+    public IEnumerable<(string Name, int Offset, int[] Shape)> Parameters()
+    {
+        yield return ("layers.0.weight", W1, [Hidden1, In]);
+        yield return ("layers.0.bias", B1, [Hidden1]);
+        yield return ("layers.2.weight", Gamma1, [Hidden1]);
+        yield return ("layers.2.bias", Beta1, [Hidden1]);
+        yield return ("layers.3.weight", W2, [Hidden2, Hidden1]);
+        yield return ("layers.3.bias", B2, [Hidden2]);
+        yield return ("layers.5.weight", Gamma2, [Hidden2]);
+        yield return ("layers.5.bias", Beta2, [Hidden2]);
+        yield return ("layers.6.weight", W3, [Classes, Hidden2]);
+        yield return ("layers.6.bias", B3, [Classes]);
+    }
+}
+
+/// <summary>
+/// The ensemble's weights and BatchNorm running statistics on the device, all members packed in one buffer so that
+/// each layer of every member is one batched GEMM launch.
+/// </summary>
+public sealed class PixelEnsemble : IDisposable
+{
+    public ComputeDevice Device { get; }
+    public MlpLayout Layout { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> Parameters { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> RunningMean1 { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> RunningVar1 { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> RunningMean2 { get; }
+    public MemoryBuffer1D<float, Stride1D.Dense> RunningVar2 { get; }
+    public long BatchesTracked { get; set; }
+
+    /// <summary>Free-form description stored with the weights (steps, blocks, config).</summary>
+    public Dictionary<string, string> Metadata { get; } = new();
+
+    PixelEnsemble(ComputeDevice device, MlpLayout layout)
+    {
+        Device = device;
+        Layout = layout;
+        var acc = device.Accelerator;
+        Parameters = acc.Allocate1D<float>((long)layout.Members * layout.Size);
+        RunningMean1 = acc.Allocate1D<float>(layout.Members * layout.Hidden1);
+        RunningVar1 = acc.Allocate1D<float>(layout.Members * layout.Hidden1);
+        RunningMean2 = acc.Allocate1D<float>(layout.Members * layout.Hidden2);
+        RunningVar2 = acc.Allocate1D<float>(layout.Members * layout.Hidden2);
+    }
+
+    /// <summary>
+    /// The original's init_weights('normal', 0.02): Linear weights N(0, 0.02²), biases 0; BatchNorm1d keeps PyTorch's
+    /// defaults (γ 1, β 0, running mean 0, running variance 1). Member m draws from its own stream of <paramref name="seed"/>.
+    /// </summary>
+    public static PixelEnsemble CreateRandom(ComputeDevice device, MlpLayout layout, int seed)
+    {
+        var e = new PixelEnsemble(device, layout);
+        var host = new float[(long)layout.Members * layout.Size];
+        for (int m = 0; m < layout.Members; m++)
+        {
+            var normal = new Normal(0, 0.02, new MersenneTwister(unchecked(seed * 1000003 + m)));
+            var member = host.AsSpan(m * layout.Size, layout.Size);
+            FillNormal(member.Slice(layout.W1, layout.Hidden1 * layout.In), normal);
+            FillNormal(member.Slice(layout.W2, layout.Hidden2 * layout.Hidden1), normal);
+            FillNormal(member.Slice(layout.W3, layout.Classes * layout.Hidden2), normal);
+            member.Slice(layout.Gamma1, layout.Hidden1).Fill(1f);
+            member.Slice(layout.Gamma2, layout.Hidden2).Fill(1f);
+        }
+        e.Parameters.View.CopyFromCPU(host);
+        e.RunningMean1.MemSetToZero();
+        e.RunningMean2.MemSetToZero();
+        e.RunningVar1.View.CopyFromCPU(Enumerable.Repeat(1f, layout.Members * layout.Hidden1).ToArray());
+        e.RunningVar2.View.CopyFromCPU(Enumerable.Repeat(1f, layout.Members * layout.Hidden2).ToArray());
+        return e;
+    }
+
+    static void FillNormal(Span<float> span, Normal normal)
+    {
+        for (int i = 0; i < span.Length; i++)
+        {
+            span[i] = (float)normal.Sample();
+        }
+    }
+
+    public BatchNormShape Norm1(int rows) => new()
+    {
+        Members = Layout.Members, Rows = rows, Features = Layout.Hidden1, MemberStride = Layout.Size,
+        GammaOffset = Layout.Gamma1, BetaOffset = Layout.Beta1, LinearBiasOffset = Layout.B1,
+        Eps = BatchNorm1d.DefaultEps, Momentum = BatchNorm1d.DefaultMomentum,
+    };
+
+    public BatchNormShape Norm2(int rows) => new()
+    {
+        Members = Layout.Members, Rows = rows, Features = Layout.Hidden2, MemberStride = Layout.Size,
+        GammaOffset = Layout.Gamma2, BetaOffset = Layout.Beta2, LinearBiasOffset = Layout.B2,
+        Eps = BatchNorm1d.DefaultEps, Momentum = BatchNorm1d.DefaultMomentum,
+    };
+
+    /// <summary>
+    /// Every member's linear layer on a batch of rows: y[m] = act(x[m]·W[m]ᵀ + b[m]). <paramref name="xBatchStride"/>
+    /// is 0 when all members read the same input. y: (M, rows, out).
+    /// </summary>
+    public void Linear(ArrayView<float> x, int xRowStride, int xColStride, int xBatchStride, int rows, int inFeatures, int outFeatures,
+        int weightOffset, int biasOffset, ArrayView<float> y, Activation act)
+    {
+        var s = new GemmShape
+        {
+            M = rows, N = outFeatures, K = inFeatures, Batch0 = Layout.Members, Batch1 = 1, Alpha = 1f, Act = (int)act,
+            ARow = xRowStride, ACol = xColStride, ABatch0 = xBatchStride,
+            BRow = 1, BCol = inFeatures, BBatch0 = Layout.Size,
+            CRow = outFeatures, CCol = 1, CBatch0 = rows * outFeatures,
+            BiasCol = 1, BiasBatch0 = Layout.Size,
+        };
+        Gemm.Run(Device, s, x, Parameters.From(weightOffset), y, Parameters.From(biasOffset));
+    }
+
+    /// <summary>
+    /// Logits of every member for <paramref name="rows"/> pixels in eval mode. The input is addressed as
+    /// x[r·rowStride + c·colStride] — (pixels, D) rows, or a (D, H·W) feature map with rowStride 1, colStride H·W.
+    /// </summary>
+    public void Logits(ArrayView<float> x, int rowStride, int colStride, int rows, ArrayView<float> logits)
+    {
+        var L = Layout;
+        var a1 = Device.RentScratch((long)L.Members * rows * L.Hidden1);
+        var a2 = Device.RentScratch((long)L.Members * rows * L.Hidden2);
+        try
+        {
+            Linear(x, rowStride, colStride, 0, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
+            HiddenLayers(a1.View, rows, a2.View, logits);
+        }
+        finally
+        {
+            Device.ReturnScratch(a1);
+            Device.ReturnScratch(a2);
+        }
+    }
+
+    /// <summary>Everything after the first Linear+ReLU (eval mode): BN1 → Linear → ReLU → BN2 → Linear. a1 is overwritten.</summary>
+    public void HiddenLayers(ArrayView<float> a1, int rows, ArrayView<float> a2, ArrayView<float> logits)
+    {
+        var L = Layout;
+        BatchNorm1d.EvalForward(Device, Norm1(rows), a1, Parameters.View, RunningMean1.View, RunningVar1.View, a1);
+        Linear(a1, L.Hidden1, 1, rows * L.Hidden1, rows, L.Hidden1, L.Hidden2, L.W2, L.B2, a2, Activation.Relu);
+        BatchNorm1d.EvalForward(Device, Norm2(rows), a2, Parameters.View, RunningMean2.View, RunningVar2.View, a2);
+        Linear(a2, L.Hidden2, 1, rows * L.Hidden2, rows, L.Hidden2, L.Classes, L.W3, L.B3, logits, Activation.None);
+    }
+
+    public void Save(string path)
+    {
+        var L = Layout;
+        var host = new float[Parameters.Length];
+        Parameters.View.CopyToCPU(host);
+        var stats = new[] { RunningMean1, RunningVar1, RunningMean2, RunningVar2 }.Select(b =>
+        {
+            var a = new float[b.Length];
+            b.View.CopyToCPU(a);
+            return a;
+        }).ToArray();
+        var sources = new List<SafetensorSource>();
+        for (int m = 0; m < L.Members; m++)
+        {
+            int member = m;
+            foreach (var (name, offset, shape) in L.Parameters())
+            {
+                sources.Add(new($"member.{m}.{name}", shape,
+                    span => host.AsSpan(member * L.Size + offset, span.Length).CopyTo(span)));
+            }
+            sources.Add(new($"member.{m}.layers.2.running_mean", [L.Hidden1], s => stats[0].AsSpan(member * L.Hidden1, L.Hidden1).CopyTo(s)));
+            sources.Add(new($"member.{m}.layers.2.running_var", [L.Hidden1], s => stats[1].AsSpan(member * L.Hidden1, L.Hidden1).CopyTo(s)));
+            sources.Add(new($"member.{m}.layers.5.running_mean", [L.Hidden2], s => stats[2].AsSpan(member * L.Hidden2, L.Hidden2).CopyTo(s)));
+            sources.Add(new($"member.{m}.layers.5.running_var", [L.Hidden2], s => stats[3].AsSpan(member * L.Hidden2, L.Hidden2).CopyTo(s)));
+        }
+        var meta = new Dictionary<string, string>(Metadata)
+        {
+            ["format"] = "ilgpudiffseg-ensemble-v1",
+            ["members"] = L.Members.ToString(CultureInfo.InvariantCulture),
+            ["in_features"] = L.In.ToString(CultureInfo.InvariantCulture),
+            ["hidden"] = $"{L.Hidden1},{L.Hidden2}",
+            ["classes"] = L.Classes.ToString(CultureInfo.InvariantCulture),
+            ["num_batches_tracked"] = BatchesTracked.ToString(CultureInfo.InvariantCulture),
+        };
+        SafetensorsFile.Write(path, sources, meta);
+    }
+
+    public static PixelEnsemble Load(string path, ComputeDevice device)
+    {
+        using var file = SafetensorsFile.Open(path);
+        if (!file.Metadata.TryGetValue("format", out var format) || format != "ilgpudiffseg-ensemble-v1")
+        {
+            throw DiffSegException.For(path, "is not a pixel-classifier ensemble written by 'diffseg train'");
+        }
+        int Meta(string key) => int.Parse(file.Metadata[key], CultureInfo.InvariantCulture);
+        var hidden = file.Metadata["hidden"].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
+        var layout = new MlpLayout(Meta("members"), Meta("in_features"), hidden[0], hidden[1], Meta("classes"));
+        var e = new PixelEnsemble(device, layout);
+        try
+        {
+            var host = new float[(long)layout.Members * layout.Size];
+            var stats = new[] { new float[e.RunningMean1.Length], new float[e.RunningVar1.Length], new float[e.RunningMean2.Length],
+                new float[e.RunningVar2.Length] };
+            for (int m = 0; m < layout.Members; m++)
+            {
+                foreach (var (name, offset, shape) in layout.Parameters())
+                {
+                    Read($"member.{m}.{name}", shape, host.AsSpan(m * layout.Size + offset));
+                }
+                Read($"member.{m}.layers.2.running_mean", [layout.Hidden1], stats[0].AsSpan(m * layout.Hidden1));
+                Read($"member.{m}.layers.2.running_var", [layout.Hidden1], stats[1].AsSpan(m * layout.Hidden1));
+                Read($"member.{m}.layers.5.running_mean", [layout.Hidden2], stats[2].AsSpan(m * layout.Hidden2));
+                Read($"member.{m}.layers.5.running_var", [layout.Hidden2], stats[3].AsSpan(m * layout.Hidden2));
+            }
+            e.Parameters.View.CopyFromCPU(host);
+            e.RunningMean1.View.CopyFromCPU(stats[0]);
+            e.RunningVar1.View.CopyFromCPU(stats[1]);
+            e.RunningMean2.View.CopyFromCPU(stats[2]);
+            e.RunningVar2.View.CopyFromCPU(stats[3]);
+            e.BatchesTracked = long.Parse(file.Metadata.GetValueOrDefault("num_batches_tracked", "0"), CultureInfo.InvariantCulture);
+            foreach (var (k, v) in file.Metadata)
+            {
+                e.Metadata[k] = v;
+            }
+            return e;
+        }
+        catch
+        {
+            e.Dispose();
+            throw;
+        }
+
+        void Read(string name, int[] shape, Span<float> destination)
+        {
+            if (!file.TryGet(name, out var entry) || !entry.Shape.SequenceEqual(shape))
+            {
+                throw DiffSegException.For(path, $"tensor '{name}' is missing or not of shape ({string.Join(", ", shape)})");
+            }
+            file.GetFloat32(entry).CopyTo(destination);
+        }
+    }
+
+    public void Dispose()
+    {
+        Parameters.Dispose();
+        RunningMean1.Dispose();
+        RunningVar1.Dispose();
+        RunningMean2.Dispose();
+        RunningVar2.Dispose();
+    }
+}
