@@ -12,6 +12,10 @@ public static class Program
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(ConvertCommand.Create());
         root.Subcommands.Add(UNetCommand.Create());
+        root.Subcommands.Add(PipelineCommands.Features());
+        root.Subcommands.Add(PipelineCommands.Train());
+        root.Subcommands.Add(PipelineCommands.Evaluate());
+        root.Subcommands.Add(PipelineCommands.Predict());
         return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
 

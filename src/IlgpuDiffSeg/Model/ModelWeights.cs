@@ -120,6 +120,31 @@ public static class ModelWeights
         return AdmFlags.Parse(json, file.Path + " (metadata)");
     }
 
+    /// <summary>
+    /// Random weights by the recipe of the shared fixtures (weights N(0, 1/fan_in), GroupNorm gains 1 + 0.1·N, every
+    /// other vector 0.1·N), uploaded to the device. For benchmarks and demos that need no trained model.
+    /// </summary>
+    public static void InitializeRandom(UNetModel model, ComputeDevice dev, int seed)
+    {
+        var rng = new MathNet.Numerics.Random.MersenneTwister(seed);
+        foreach (var p in model.Parameters())
+        {
+            var values = new float[p.Count];
+            bool norm = p.Name.EndsWith(".weight", StringComparison.Ordinal) && p.Shape.Length == 1;
+            double scale = p.Shape.Length > 1 ? 1 / Math.Sqrt(p.Count / p.Shape[0]) : 0.1;
+            if (p.Name.StartsWith("label_emb.", StringComparison.Ordinal))
+            {
+                scale = 1;
+            }
+            for (int i = 0; i < values.Length; i++)
+            {
+                values[i] = (float)((norm ? 1 : 0) + scale * MathNet.Numerics.Distributions.Normal.Sample(rng, 0, 1));
+            }
+            p.Value?.Dispose();
+            p.Value = dev.Upload(values, p.Shape);
+        }
+    }
+
     /// <summary>Opens a converted model and uploads its weights to the device (memory-mapped, no full copy in RAM).</summary>
     public static UNetModel Load(string path, ComputeDevice dev)
     {

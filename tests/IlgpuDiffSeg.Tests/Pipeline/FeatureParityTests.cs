@@ -60,7 +60,11 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
         using var c = device.Upload(coef, 2, 2);
         using var y = device.Allocate(2, 3, 2, 5);
         QSample.Forward(a, b, c, y);
-        TensorAssert.Close(QSample.Reference(x0, noise, coef), y.ToArray(), 0, 0, "q_sample");
+        TensorAssert.Close(QSample.Reference(x0, noise, coef), y.ToArray(), 0, 0, "q_sample, shared noise");
+        var perStep = TestData.Uniform(60, 3);
+        using var ps = device.Upload(perStep, 2, 3, 2, 5);
+        QSample.Forward(a, ps, c, y);
+        TensorAssert.Close(QSample.Reference(x0, perStep, coef), y.ToArray(), 0, 0, "q_sample, noise per step");
     }
 }
 

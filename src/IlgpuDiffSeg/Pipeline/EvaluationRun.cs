@@ -1,0 +1,39 @@
+using IlgpuDiffSeg.Data;
+using IlgpuDiffSeg.IO;
+using IlgpuDiffSeg.Kernels;
+
+namespace IlgpuDiffSeg.Pipeline;
+
+/// <summary>
+/// `diffseg evaluate`: labels every test image with the trained ensemble, accumulates IoU as the original does, and
+/// writes predictions/&lt;stem&gt;.npy (int64) and visualizations/&lt;stem&gt;.png into exp_dir, as the original's evaluation does.
+/// </summary>
+public static class EvaluationRun
+{
+    public static IoUAccumulator Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
+    {
+        var images = TrainingRun.SelectImages(cfg.TestingPath, cfg.TestingNumber, requireMasks: true);
+        using var segmenter = Segmenter.Open(cfg, dev);
+        log($"evaluating {images.Count} images from {cfg.TestingPath}: {segmenter.Describe()}");
+        string predictions = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "predictions")).FullName;
+        string pictures = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "visualizations")).FullName;
+        var iou = new IoUAccumulator(cfg.NumberClass, cfg.IgnoreLabel);
+        var progress = new Progress(log, "test images", images.Count);
+        var uncertainties = new List<double>();
+        for (int i = 0; i < images.Count; i++)
+        {
+            var (imagePath, maskPath) = images[i];
+            var x0 = ImageData.LoadImage(imagePath, cfg.ImageSize, out var originalSize);
+            var truth = ImageData.LoadMask(maskPath!, originalSize, cfg.ImageSize, cfg.NumberClass, cfg.IgnoreLabel);
+            var seg = segmenter.Predict(x0, i);
+            iou.Add(seg.Labels, truth);
+            uncertainties.Add(seg.Uncertainty);
+            string stem = Path.GetFileNameWithoutExtension(imagePath);
+            Npy.Write(Path.Combine(predictions, stem + ".npy"), seg.Labels.Select(v => (long)v).ToArray(), [cfg.ImageSize, cfg.ImageSize]);
+            Visualization.SaveLabels(Path.Combine(pictures, stem + ".png"), seg.Labels, cfg.ImageSize);
+            progress.Report(i + 1, $"{Path.GetFileName(imagePath)} uncertainty {seg.Uncertainty:F4}");
+        }
+        log($"mean uncertainty {uncertainties.Average():F4}; predictions in {predictions}");
+        return iou;
+    }
+}

@@ -1,0 +1,150 @@
+using System.Globalization;
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuDiffSeg.Classifier;
+using IlgpuDiffSeg.Diffusion;
+using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
+
+namespace IlgpuDiffSeg.Pipeline;
+
+/// <summary>A segmentation of one image: class per pixel, Jensen–Shannon uncertainty per pixel, and the image's score.</summary>
+public sealed record Segmentation(int[] Labels, float[] Js, double Uncertainty);
+
+/// <summary>
+/// A trained experiment ready to label images: the UNet, the feature recipe, the ensemble and the noise.
+/// Prediction follows the original's predict_labels (REFERENCE §A10).
+/// </summary>
+public sealed class Segmenter : IDisposable
+{
+    readonly ExperimentConfig cfg;
+    readonly ComputeDevice dev;
+    readonly UNetModel model;
+    readonly FeatureExtractor extractor;
+    readonly PixelEnsemble ensemble;
+    readonly NoiseSource noise;
+
+    Segmenter(ExperimentConfig cfg, ComputeDevice dev, UNetModel model, FeatureExtractor extractor, PixelEnsemble ensemble, NoiseSource noise)
+    {
+        this.cfg = cfg;
+        this.dev = dev;
+        this.model = model;
+        this.extractor = extractor;
+        this.ensemble = ensemble;
+        this.noise = noise;
+    }
+
+    public PixelEnsemble Ensemble => ensemble;
+
+    public static Segmenter Open(ExperimentConfig cfg, ComputeDevice dev)
+    {
+        string path = Path.Combine(cfg.ExpDir, TrainingRun.EnsembleFile);
+        if (!File.Exists(path))
+        {
+            throw DiffSegException.For(path, $"not found: train first with 'diffseg train --config {cfg.SourcePath}'");
+        }
+        var model = ModelWeights.Load(cfg.ModelPath, dev);
+        try
+        {
+            var extractor = CreateExtractor(model, cfg);
+            var ensemble = PixelEnsemble.Load(path, dev);
+            if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
+            {
+                ensemble.Dispose();
+                throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
+                                                 $"the config gives {extractor.Channels} and {cfg.NumberClass}");
+            }
+            return new Segmenter(cfg, dev, model, extractor, ensemble, NoiseSource.Create(cfg));
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The feature recipe of an experiment, checked against its dim[2] and the model's decoder blocks.</summary>
+    public static FeatureExtractor CreateExtractor(UNetModel model, ExperimentConfig cfg)
+    {
+        FeatureExtractor extractor;
+        try
+        {
+            extractor = new FeatureExtractor(model, cfg.Steps, cfg.Blocks);
+        }
+        catch (DiffSegException e)
+        {
+            throw DiffSegException.For(cfg.SourcePath, e.Message);
+        }
+        if (cfg.Dim[2] != extractor.Channels)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"dim[2] is {cfg.Dim[2]} but blocks [{string.Join(",", cfg.Blocks)}] at " +
+                                                       $"{cfg.Steps.Length} steps give {extractor.Channels} feature channels");
+        }
+        int factor = 1 << (model.Flags.ChannelMultipliers().Length - 1);
+        if (cfg.ImageSize % factor != 0)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"image size {cfg.ImageSize} (dim[0]) is not divisible by {factor}, as the UNet needs");
+        }
+        return extractor;
+    }
+
+    /// <summary>The training-feature store the config asks for.</summary>
+    public static ITrainingFeatures CreateTrainingStore(ExperimentConfig cfg, ComputeDevice dev, FeatureExtractor extractor, int images) =>
+        new MaterializedTrainingFeatures(dev, extractor, images, cfg.ImageSize);
+
+    /// <summary>Features of one image, in the form the config's feature path uses.</summary>
+    IImageFeatures ImageFeatures(Tensor image, Tensor eps) => new MaterializedImageFeatures(extractor.Extract(image, eps));
+
+    /// <summary>Labels one image, given as (3, S, S) floats in [-1, 1]; <paramref name="index"/> picks the noise when not shared.</summary>
+    public Segmentation Predict(float[] x0, int index)
+    {
+        int size = cfg.ImageSize, pixels = size * size;
+        var L = ensemble.Layout;
+        int chunk = Math.Min(pixels, dev.IsCpu ? 4096 : 16384);
+        var labels = new int[pixels];
+        var js = new float[pixels];
+        using var image = dev.Upload(x0, 3, size, size);
+        using var eps = noise.For(dev, 1_000_000 + index);
+        using var features = ImageFeatures(image, eps);
+        var logits = dev.RentScratch((long)L.Members * chunk * L.Classes);
+        using var chunkLabels = dev.Accelerator.Allocate1D<int>(chunk);
+        var chunkJs = dev.RentScratch(chunk);
+        try
+        {
+            for (int start = 0; start < pixels; start += chunk)
+            {
+                int count = Math.Min(chunk, pixels - start);
+                features.Logits(ensemble, start, count, logits.View);
+                EnsembleVote.Forward(dev, L.Members, count, L.Classes, logits.View, chunkLabels.View, chunkJs.View);
+                ((ArrayView<int>)chunkLabels.View).CopyToHost(labels.AsSpan(start, count));
+                ((ArrayView<float>)chunkJs.View).CopyToHost(js.AsSpan(start, count));
+            }
+        }
+        finally
+        {
+            dev.ReturnScratch(logits);
+            dev.ReturnScratch(chunkJs);
+        }
+        return new Segmentation(labels, js, UncertaintyScore(js));
+    }
+
+    /// <summary>The original's image score: the mean of the largest int(pixels / 10) Jensen–Shannon values.</summary>
+    public static double UncertaintyScore(float[] js)
+    {
+        int top = js.Length / 10;
+        if (top == 0)
+        {
+            return js.Length == 0 ? 0 : js.Average(v => (double)v);
+        }
+        return js.OrderByDescending(v => v).Take(top).Average(v => (double)v);
+    }
+
+    public string Describe() => string.Create(CultureInfo.InvariantCulture,
+        $"{ensemble.Layout.Members} members, {extractor.Channels}-dim features, {ensemble.Layout.Classes} classes; noise {noise.Description}");
+
+    public void Dispose()
+    {
+        ensemble.Dispose();
+        model.Dispose();
+    }
+}

@@ -1,0 +1,234 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using ILGPU;
+using ILGPU.Runtime;
+using IlgpuDiffSeg.Classifier;
+using IlgpuDiffSeg.Data;
+using IlgpuDiffSeg.Diffusion;
+using IlgpuDiffSeg.IO;
+using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
+
+namespace IlgpuDiffSeg.Pipeline;
+
+/// <summary>What a training run produced, for the caller's summary.</summary>
+public sealed record TrainingSummary(string EnsemblePath, int Images, long LabelledPixels, long Iterations, int Epochs, double Seconds,
+    float[] FinalLoss, long PeakDeviceBytes);
+
+/// <summary>
+/// `diffseg train`: ddpm-segmentation's prepare_data + train (REFERENCE §A7–A9) on the device. Features of every training
+/// image are extracted once; labelled pixels of all images are shuffled together each epoch into batches (drop_last);
+/// every ensemble member trains on the same batches. The state is saved at each epoch's end and every few minutes, so an
+/// interrupted run picks up where it stopped.
+/// </summary>
+public static class TrainingRun
+{
+    public const string EnsembleFile = "ensemble.safetensors";
+    public const string StateFile = "training_state.safetensors";
+    static readonly TimeSpan CheckpointEvery = TimeSpan.FromMinutes(3);
+    const int PollEvery = 25;
+
+    public static TrainingSummary Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
+    {
+        var started = DateTime.UtcNow;
+        var images = SelectImages(cfg.TrainingPath, cfg.TrainingNumber, requireMasks: true);
+        using var model = ModelWeights.Load(cfg.ModelPath, dev);
+        var extractor = Segmenter.CreateExtractor(model, cfg);
+        var noise = NoiseSource.Create(cfg);
+        AtomicFile.CheckWritable(Path.Combine(Directory.CreateDirectory(cfg.ExpDir).FullName, EnsembleFile));
+        log($"training on {images.Count} images from {cfg.TrainingPath}; {cfg}; features {extractor.Channels}-dim " +
+            $"({cfg.FeaturePath} path); noise {noise.Description}");
+
+        int size = cfg.ImageSize, pixels = size * size;
+        var labels = new byte[(long)images.Count * pixels];
+        using var features = Segmenter.CreateTrainingStore(cfg, dev, extractor, images.Count);
+        var extraction = new Progress(log, "features", images.Count);
+        for (int i = 0; i < images.Count; i++)
+        {
+            var (imagePath, maskPath) = images[i];
+            var x0 = ImageData.LoadImage(imagePath, size, out var originalSize);
+            var mask = ImageData.LoadMask(maskPath!, originalSize, size, cfg.NumberClass, cfg.IgnoreLabel);
+            int removed = ImageData.RemoveSmallAnnotations(mask, cfg.NumberClass, cfg.IgnoreLabel);
+            if (removed > 0)
+            {
+                log($"  {Path.GetFileName(imagePath)}: {removed} class(es) under 20 pixels relabelled as ignored");
+            }
+            mask.CopyTo(labels, (long)i * pixels);
+            using var image = dev.Upload(x0, 3, size, size);
+            using var eps = noise.For(dev, i);
+            features.Add(i, image, eps);
+            extraction.Report(i + 1, Path.GetFileName(imagePath));
+        }
+        var ids = Enumerable.Range(0, labels.Length).Where(g => labels[g] != cfg.IgnoreLabel).ToArray();
+        int perEpoch = ids.Length / cfg.BatchSize;
+        if (perEpoch == 0)
+        {
+            throw new DiffSegException($"{cfg.TrainingPath}: only {ids.Length} labelled pixels, fewer than batch_size {cfg.BatchSize}");
+        }
+        log($"{ids.Length:N0} labelled pixels → {perEpoch:N0} iterations per epoch; feature store {features.DeviceBytes / 1e6:F0} MB on the device");
+
+        var layout = MlpLayout.ForClasses(cfg.ModelNum, features.Channels, cfg.NumberClass);
+        using var ensemble = PixelEnsemble.CreateRandom(dev, layout, cfg.Seed);
+        using var trainer = new EnsembleTrainer(ensemble, cfg.BatchSize);
+        string fingerprint = Fingerprint(cfg, images, features.Channels, noise);
+        string statePath = Path.Combine(cfg.ExpDir, StateFile);
+        var (startEpoch, startIteration) = TryResume(statePath, fingerprint, ensemble, trainer, log);
+
+        using var deviceLabels = dev.Accelerator.Allocate1D(labels);
+        using var order = dev.Accelerator.Allocate1D<int>(perEpoch * cfg.BatchSize);
+        using var x = dev.Accelerator.Allocate1D<float>((long)cfg.BatchSize * features.Channels);
+        using var y = dev.Accelerator.Allocate1D<int>(cfg.BatchSize);
+        var lastCheckpoint = DateTime.UtcNow;
+        int epoch = startEpoch;
+        bool anyActive = trainer.Active().Any(a => a);
+        float[] loss = new float[cfg.ModelNum];
+        for (; epoch < cfg.MaxEpochs && anyActive; epoch++)
+        {
+            var shuffled = Shuffle(ids, cfg.Seed, epoch);
+            order.View.CopyFromCPU(shuffled.AsSpan(0, perEpoch * cfg.BatchSize).ToArray());
+            var progress = new Progress(log, $"epoch {epoch} iteration", perEpoch);
+            int first = epoch == startEpoch ? startIteration : 0;
+            for (int it = first; it < perEpoch; it++)
+            {
+                features.Gather(order.From((long)it * cfg.BatchSize), cfg.BatchSize, deviceLabels.View, x.View, y.View);
+                trainer.Step(x.View, y.View, epoch);
+                if ((it + 1) % PollEvery == 0 || it == perEpoch - 1)
+                {
+                    var active = trainer.Active();
+                    anyActive = active.Any(a => a);
+                    loss = trainer.LastLoss();
+                    var correct = trainer.LastCorrect();
+                    var live = Enumerable.Range(0, active.Length).Where(m => active[m]).ToArray();
+                    string stats = live.Length == 0 ? "all members stopped"
+                        : string.Create(CultureInfo.InvariantCulture, $"loss {live.Average(m => loss[m]):F4} · acc " +
+                            $"{live.Average(m => correct[m]) * 100.0 / cfg.BatchSize:F1}% · {live.Length}/{active.Length} members training");
+                    progress.Report(it + 1, stats);
+                    if (!anyActive)
+                    {
+                        break;
+                    }
+                    if (DateTime.UtcNow - lastCheckpoint > CheckpointEvery)
+                    {
+                        SaveState(statePath, fingerprint, ensemble, trainer, epoch, it + 1);
+                        lastCheckpoint = DateTime.UtcNow;
+                    }
+                }
+            }
+            if (anyActive)
+            {
+                SaveState(statePath, fingerprint, ensemble, trainer, epoch + 1, 0);
+                lastCheckpoint = DateTime.UtcNow;
+            }
+        }
+        ensemble.BatchesTracked = trainer.Steps;
+        ensemble.Metadata["steps"] = string.Join(",", cfg.Steps);
+        ensemble.Metadata["blocks"] = string.Join(",", cfg.Blocks);
+        ensemble.Metadata["number_class"] = cfg.NumberClass.ToString(CultureInfo.InvariantCulture);
+        ensemble.Metadata["ignore_label"] = cfg.IgnoreLabel.ToString(CultureInfo.InvariantCulture);
+        ensemble.Metadata["image_size"] = cfg.ImageSize.ToString(CultureInfo.InvariantCulture);
+        ensemble.Metadata["training_images"] = images.Count.ToString(CultureInfo.InvariantCulture);
+        ensemble.Metadata["noise"] = noise.Description;
+        string ensemblePath = Path.Combine(cfg.ExpDir, EnsembleFile);
+        ensemble.Save(ensemblePath);
+        File.Delete(statePath);
+        return new TrainingSummary(ensemblePath, images.Count, ids.Length, trainer.Steps, epoch, (DateTime.UtcNow - started).TotalSeconds,
+            trainer.LastLoss(), dev.PeakPoolBytes);
+    }
+
+    /// <summary>Images of a folder, sorted, the first <paramref name="count"/> (all when 0), each with its mask.</summary>
+    public static List<(string Image, string? Mask)> SelectImages(string folder, int count, bool requireMasks)
+    {
+        var paths = ImageData.ListImages(folder);
+        if (count > 0)
+        {
+            paths = paths.Take(count).ToList();
+        }
+        if (paths.Count == 0)
+        {
+            throw DiffSegException.For(folder, "contains no images (jpg, jpeg, png, gif)");
+        }
+        var result = paths.Select(p => (p, ImageData.MaskPathFor(p))).ToList();
+        var missing = result.FirstOrDefault(r => r.Item2 is null);
+        if (requireMasks && missing.p is not null)
+        {
+            throw DiffSegException.For(missing.p, "has no mask beside it (expected the same name with .npy, or _mask.png)");
+        }
+        return result;
+    }
+
+    /// <summary>The labelled pixel ids in this epoch's order: a seeded Fisher–Yates shuffle, the same on every resume.</summary>
+    static int[] Shuffle(int[] ids, int seed, int epoch)
+    {
+        var a = (int[])ids.Clone();
+        var rng = new Random(unchecked(seed * 100_003 + epoch));
+        for (int i = a.Length - 1; i > 0; i--)
+        {
+            int j = rng.Next(i + 1);
+            (a[i], a[j]) = (a[j], a[i]);
+        }
+        return a;
+    }
+
+    static string Fingerprint(ExperimentConfig cfg, List<(string Image, string? Mask)> images, int channels, NoiseSource noise)
+    {
+        var model = new FileInfo(cfg.ModelPath);
+        var text = string.Join("|", model.FullName, model.Length, model.LastWriteTimeUtc.Ticks, string.Join(",", cfg.Steps),
+            string.Join(",", cfg.Blocks), cfg.NumberClass, cfg.IgnoreLabel, cfg.ModelNum, cfg.BatchSize, cfg.Seed, channels,
+            noise.Description, string.Join(",", images.Select(i => i.Image)));
+        return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
+    }
+
+    static IEnumerable<(string Name, MemoryBuffer1D<float, Stride1D.Dense> Buffer)> StateBuffers(PixelEnsemble e, EnsembleTrainer t) =>
+        new[]
+        {
+            ("ensemble.parameters", e.Parameters), ("ensemble.running_mean1", e.RunningMean1), ("ensemble.running_var1", e.RunningVar1),
+            ("ensemble.running_mean2", e.RunningMean2), ("ensemble.running_var2", e.RunningVar2),
+        }.Concat(t.State());
+
+    static void SaveState(string path, string fingerprint, PixelEnsemble e, EnsembleTrainer t, int epoch, int iteration)
+    {
+        e.Device.Synchronize();
+        var sources = StateBuffers(e, t).Select(b =>
+        {
+            var host = new float[b.Buffer.Length];
+            b.Buffer.View.CopyToCPU(host);
+            return new SafetensorSource(b.Name, [host.Length], span => host.CopyTo(span));
+        }).ToList();
+        SafetensorsFile.Write(path, sources, new Dictionary<string, string>
+        {
+            ["fingerprint"] = fingerprint,
+            ["epoch"] = epoch.ToString(CultureInfo.InvariantCulture),
+            ["iteration"] = iteration.ToString(CultureInfo.InvariantCulture),
+            ["steps"] = t.Steps.ToString(CultureInfo.InvariantCulture),
+        });
+    }
+
+    static (int Epoch, int Iteration) TryResume(string path, string fingerprint, PixelEnsemble e, EnsembleTrainer t, Action<string> log)
+    {
+        if (!File.Exists(path))
+        {
+            return (0, 0);
+        }
+        using var file = SafetensorsFile.Open(path);
+        if (file.Metadata.GetValueOrDefault("fingerprint") != fingerprint)
+        {
+            log($"{path}: saved state is from a different configuration; starting afresh");
+            return (0, 0);
+        }
+        foreach (var (name, buffer) in StateBuffers(e, t))
+        {
+            if (!file.TryGet(name, out var entry) || entry.Count != buffer.Length)
+            {
+                log($"{path}: saved state lacks '{name}'; starting afresh");
+                return (0, 0);
+            }
+            buffer.View.CopyFromCPU(file.GetFloat32(entry).ToArray());
+        }
+        t.Steps = long.Parse(file.Metadata["steps"], CultureInfo.InvariantCulture);
+        int epoch = int.Parse(file.Metadata["epoch"], CultureInfo.InvariantCulture);
+        int iteration = int.Parse(file.Metadata["iteration"], CultureInfo.InvariantCulture);
+        log($"resuming from {path}: epoch {epoch}, iteration {iteration} ({t.Steps} steps done)");
+        return (epoch, iteration);
+    }
+}
