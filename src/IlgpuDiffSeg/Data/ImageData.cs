@@ -125,6 +125,45 @@ public static class ImageData
         }
     }
 
+    /// <summary>Height and width of an image file without decoding it (the shape for a .npy).</summary>
+    public static int[] ImageSize(string path)
+    {
+        if (path.EndsWith(".npy", StringComparison.OrdinalIgnoreCase))
+        {
+            var a = Npy.Read(path);
+            Npy.CheckShape(path, a, [3, -1, -1]);
+            return [a.Shape[1], a.Shape[2]];
+        }
+        IImageInfo? info;
+        try
+        {
+            info = Image.Identify(path);
+        }
+        catch (Exception e) when (e is InvalidImageContentException or NotSupportedException or UnknownImageFormatException)
+        {
+            info = null;
+        }
+        if (info is null)
+        {
+            throw DiffSegException.For(path, "unreadable image (not a PNG, JPEG or GIF)");
+        }
+        return [info.Height, info.Width];
+    }
+
+    /// <summary>
+    /// Checks an image and its mask before any long work starts: the image is readable and square, the mask as large
+    /// and holding only class ids or the ignore label.
+    /// </summary>
+    public static void Validate(string imagePath, string maskPath, int classes, int ignoreLabel)
+    {
+        var size = ImageSize(imagePath);
+        if (size[0] != size[1])
+        {
+            throw DiffSegException.For(imagePath, $"is {size[1]}×{size[0]}; only square images are supported");
+        }
+        LoadMask(maskPath, size, size[0], classes, ignoreLabel);
+    }
+
     /// <summary>
     /// A label mask (.npy of integers, or an 8-bit grayscale PNG whose values are class ids) as (size·size) bytes,
     /// resized by nearest neighbour like cv2.INTER_NEAREST. Values must be class ids below

@@ -133,10 +133,16 @@ public sealed class AdmFlags
         try
         {
             obj = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("the top level is not an object");
+            // Objects are built lazily; counting builds it, so duplicate keys fail here.
+            _ = obj.Count;
         }
         catch (JsonException e)
         {
             throw DiffSegException.For(source, $"not valid JSON ({e.Message})");
+        }
+        catch (ArgumentException e)
+        {
+            throw DiffSegException.For(source, $"not valid JSON ({e.Message.Split(" (Parameter")[0]})");
         }
         return FromJson(obj, source);
     }

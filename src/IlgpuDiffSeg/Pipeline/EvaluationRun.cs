@@ -13,6 +13,10 @@ public static class EvaluationRun
     public static IoUAccumulator Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
     {
         var images = TrainingRun.SelectImages(cfg.TestingPath, cfg.TestingNumber, requireMasks: true);
+        foreach (var (image, mask) in images)
+        {
+            ImageData.Validate(image, mask!, cfg.NumberClass, cfg.IgnoreLabel);
+        }
         using var segmenter = Segmenter.Open(cfg, dev);
         log($"evaluating {images.Count} images from {cfg.TestingPath}: {segmenter.Describe()}");
         string predictions = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "predictions")).FullName;

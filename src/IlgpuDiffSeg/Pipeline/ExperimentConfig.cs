@@ -46,6 +46,8 @@ public sealed class ExperimentConfig
         try
         {
             o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("the top level is not an object");
+            // Objects are built lazily; counting builds it, so duplicate keys fail here.
+            _ = o.Count;
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {
@@ -54,6 +56,10 @@ public sealed class ExperimentConfig
         catch (JsonException e)
         {
             throw DiffSegException.For(path, $"not valid JSON ({e.Message})");
+        }
+        catch (ArgumentException e)
+        {
+            throw DiffSegException.For(path, $"not valid JSON ({e.Message.Split(" (Parameter")[0]})");
         }
         var reader = new Reader(path, o);
         string baseDir = Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".";

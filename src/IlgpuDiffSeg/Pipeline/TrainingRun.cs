@@ -32,9 +32,13 @@ public static class TrainingRun
     public static TrainingSummary Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
     {
         var started = DateTime.UtcNow;
-        var images = SelectImages(cfg.TrainingPath, cfg.TrainingNumber, requireMasks: true);
         using var model = ModelWeights.Load(cfg.ModelPath, dev);
         var extractor = Segmenter.CreateExtractor(model, cfg);
+        var images = SelectImages(cfg.TrainingPath, cfg.TrainingNumber, requireMasks: true);
+        foreach (var (image, mask) in images)
+        {
+            ImageData.Validate(image, mask!, cfg.NumberClass, cfg.IgnoreLabel);
+        }
         var noise = NoiseSource.Create(cfg);
         AtomicFile.CheckWritable(Path.Combine(Directory.CreateDirectory(cfg.ExpDir).FullName, EnsembleFile));
         log($"training on {images.Count} images from {cfg.TrainingPath}; {cfg}; features {extractor.Channels}-dim " +
