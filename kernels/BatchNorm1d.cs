@@ -6,8 +6,8 @@
 //   eval forward   y = (x − running_mean)/√(running_var + eps)·γ + β.
 //   backward       dγ = Σ dy·x̂, dβ = Σ dy, dx = γ/σ/B·(B·dy − dβ − x̂·dγ); fused with the ReLU before the norm
 //                  (dz = dx where the ReLU output x > 0) and the bias gradient of the Linear before it (Σ_b dz).
-// One thread per (member, feature), looping over the B rows: B = 64 in training, so this is latency-, not
-// bandwidth-bound; M·F ≈ 1280 threads.
+// One (member, feature) per grid-stride step, looping over the B rows: B = 64 in training, so this is latency-, not
+// bandwidth-bound; M·F ≈ 1280 items.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -102,7 +102,17 @@ public static class BatchNorm1d
 
     // ---- GPU kernels
 
-    static void TrainKernel(Index1D index, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
+    static void TrainKernel(Index1D index, int stride, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
+        ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> active, ArrayView<float> xhat,
+        ArrayView<float> rstdOut, ArrayView<float> y)
+    {
+        for (int item = index; item < s.Members * s.Features; item += stride)
+        {
+            TrainItem(item, s, x, parameters, runningMean, runningVar, active, xhat, rstdOut, y);
+        }
+    }
+
+    static void TrainItem(int index, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> active, ArrayView<float> xhat,
         ArrayView<float> rstdOut, ArrayView<float> y)
     {
@@ -154,7 +164,16 @@ public static class BatchNorm1d
         }
     }
 
-    static void BackwardKernel(Index1D index, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
+    static void BackwardKernel(Index1D index, int stride, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat,
+        ArrayView<float> rstd, ArrayView<float> dy, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<float> dz)
+    {
+        for (int item = index; item < s.Members * s.Features; item += stride)
+        {
+            BackwardItem(item, s, x, xhat, rstd, dy, parameters, grads, dz);
+        }
+    }
+
+    static void BackwardItem(int index, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<float> dz)
     {
         int m = index / s.Features;
@@ -188,10 +207,11 @@ public static class BatchNorm1d
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> active, ArrayView<float> xhat,
         ArrayView<float> rstd, ArrayView<float> y)
     {
-        var k = dev.Kernel("batch_norm1d.train", a => a.LoadAutoGroupedStreamKernel<Index1D, BatchNormShape, ArrayView<float>,
+        var k = dev.Kernel("batch_norm1d.train", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(TrainKernel));
-        k(s.Members * s.Features, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y);
+        int threads = dev.StrideThreads(s.Members * s.Features);
+        k(threads, threads, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y);
     }
 
     public static void EvalForward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
@@ -206,8 +226,9 @@ public static class BatchNorm1d
     public static void Backward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<float> dz)
     {
-        var k = dev.Kernel("batch_norm1d.backward", a => a.LoadAutoGroupedStreamKernel<Index1D, BatchNormShape, ArrayView<float>,
+        var k = dev.Kernel("batch_norm1d.backward", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
-        k(s.Members * s.Features, s, x, xhat, rstd, dy, parameters, grads, dz);
+        int threads = dev.StrideThreads(s.Members * s.Features);
+        k(threads, threads, s, x, xhat, rstd, dy, parameters, grads, dz);
     }
 }

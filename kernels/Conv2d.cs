@@ -182,6 +182,64 @@ public static class Conv2d
         }
     }
 
+    // ---- CPU backend
+
+    const int HostColumns = 4096;
+
+    static unsafe void RunOnHost(ComputeDevice dev, ConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor? residual, Tensor y)
+    {
+        dev.Synchronize();
+        float* px = (float*)x.View.LoadEffectiveAddressAsPtr();
+        float* pw = (float*)w.View.LoadEffectiveAddressAsPtr();
+        float* pb = bias is null ? null : (float*)bias.View.LoadEffectiveAddressAsPtr();
+        float* pr = residual is null ? null : (float*)residual.View.LoadEffectiveAddressAsPtr();
+        float* py = (float*)y.View.LoadEffectiveAddressAsPtr();
+        int kk = s.K * s.K, rows = s.Cin * kk, pixels = s.Ho * s.Wo;
+        bool direct = s.K == 1 && s.Stride == 1 && s.Pad == 0;
+        int columns = Math.Min(pixels, HostColumns);
+        var cols = direct ? [] : GC.AllocateUninitializedArray<float>(rows * columns, pinned: true);
+        fixed (float* pc = cols)
+        {
+            nint colPtr = (nint)pc, xPtr = (nint)px;
+            for (int n = 0; n < s.N; n++)
+            {
+                for (int p0 = 0; p0 < pixels; p0 += columns)
+                {
+                    int count = Math.Min(columns, pixels - p0);
+                    float* xn = px + (long)n * s.Cin * s.H * s.W;
+                    var g = new GemmShape
+                    {
+                        M = s.Cout, N = count, K = rows, Batch0 = 1, Batch1 = 1, Alpha = 1f,
+                        ARow = rows, ACol = 1,
+                        BRow = direct ? pixels : count, BCol = 1,
+                        CRow = pixels, CCol = 1, COffset = n * s.Cout * pixels + p0,
+                        BiasRow = 1, HasBias = s.HasBias, HasResidual = s.HasResidual,
+                    };
+                    if (!direct)
+                    {
+                        int nn = n, start = p0;
+                        Parallel.For(0, rows, r => Im2ColRow(s, (float*)xPtr + (long)nn * s.Cin * s.H * s.W, r, start, count,
+                            (float*)colPtr + (long)r * count));
+                    }
+                    HostGemm.Run(g, pw, direct ? xn + p0 : pc, py, pb, pr);
+                }
+            }
+        }
+    }
+
+    /// <summary>Row r = (ci, ky, kx) of the column matrix for output pixels [p0, p0 + count).</summary>
+    static unsafe void Im2ColRow(ConvShape s, float* x, int r, int p0, int count, float* dst)
+    {
+        int kx = r % s.K, ky = r / s.K % s.K, ci = r / (s.K * s.K);
+        float* plane = x + (long)ci * s.H * s.W;
+        for (int q = 0; q < count; q++)
+        {
+            int p = p0 + q, oy = p / s.Wo, ox = p % s.Wo;
+            int iy = oy * s.Stride - s.Pad + ky, ix = ox * s.Stride - s.Pad + kx;
+            dst[q] = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? plane[iy * s.W + ix] : 0f;
+        }
+    }
+
     // ---- launcher
 
     /// <summary>y = conv(x, w) + b (+ residual). Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
@@ -203,6 +261,11 @@ public static class Conv2d
         }
         s.HasBias = bias is null ? 0 : 1;
         s.HasResidual = residual is null ? 0 : 1;
+        if (dev.UseHostKernels)
+        {
+            RunOnHost(dev, s, x, w, bias, residual, y);
+            return;
+        }
         var empty = y.View.SubView(0, 0);
         var biasView = bias?.View ?? empty;
         var residualView = residual?.View ?? empty;

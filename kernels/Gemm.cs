@@ -186,6 +186,11 @@ public static class Gemm
         }
         s.HasBias = bias.HasValue ? 1 : 0;
         s.HasResidual = residual.HasValue ? 1 : 0;
+        if (dev.UseHostKernels)
+        {
+            RunOnHost(dev, s, a, b, c, bias, residual);
+            return;
+        }
         var empty = c.SubView(0, 0);
         if (version == 1)
         {
@@ -201,5 +206,15 @@ public static class Gemm
             int threads = dev.StrideThreads(s.Batches * ((s.M + 3) / 4) * ((s.N + 3) / 4));
             k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
         }
+    }
+
+    /// <summary>The CPU backend: HostGemm on the CPU accelerator's memory, after the queued kernels finished.</summary>
+    static unsafe void RunOnHost(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
+        ArrayView<float>? bias, ArrayView<float>? residual)
+    {
+        dev.Synchronize();
+        HostGemm.Run(s, (float*)a.LoadEffectiveAddressAsPtr(), (float*)b.LoadEffectiveAddressAsPtr(), (float*)c.LoadEffectiveAddressAsPtr(),
+            bias is { } bv ? (float*)bv.LoadEffectiveAddressAsPtr() : null,
+            residual is { } rv ? (float*)rv.LoadEffectiveAddressAsPtr() : null);
     }
 }

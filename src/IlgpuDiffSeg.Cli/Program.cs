@@ -9,6 +9,7 @@ public static class Program
     {
         var root = new RootCommand("IlgpuDiffSeg: label-efficient semantic segmentation with diffusion models (DDPM-seg), on ILGPU.");
         root.Options.Add(CommonOptions.Device);
+        root.Options.Add(CommonOptions.CpuBackend);
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(ConvertCommand.Create());
         root.Subcommands.Add(UNetCommand.Create());
@@ -61,7 +62,19 @@ public static class CommonOptions
         Recursive = true,
     };
 
-    static CommonOptions() => Device.AcceptOnlyFromAmong("auto", "cpu", "cuda");
+    public static readonly Option<string> CpuBackend = new("--cpu-backend")
+    {
+        Description = "Without a GPU: simd runs convolutions and matrix products on the host's SIMD units (fast); ilgpu runs " +
+                      "every op as an ILGPU kernel on the CPU accelerator",
+        DefaultValueFactory = _ => "simd",
+        Recursive = true,
+    };
+
+    static CommonOptions()
+    {
+        Device.AcceptOnlyFromAmong("auto", "cpu", "cuda");
+        CpuBackend.AcceptOnlyFromAmong("simd", "ilgpu");
+    }
 
     public static DeviceChoice DeviceChoiceOf(ParseResult r) => r.GetValue(Device) switch
     {
@@ -73,6 +86,7 @@ public static class CommonOptions
     public static ComputeDevice OpenDevice(ParseResult r)
     {
         var dev = ComputeDevice.Create(DeviceChoiceOf(r));
+        dev.HostKernels = r.GetValue(CpuBackend) == "simd";
         Console.Error.WriteLine($"device: {dev.Describe()}");
         return dev;
     }

@@ -10,6 +10,21 @@ public sealed class CpuDeviceFixture : IDisposable
     public void Dispose() => Device.Dispose();
 }
 
+/// <summary>The CPU accelerator with the host SIMD backend for Gemm and Conv2d (what `--device cpu` uses).</summary>
+public sealed class CpuSimdDeviceFixture : IDisposable
+{
+    public ComputeDevice Device { get; } = CreateDevice();
+
+    static ComputeDevice CreateDevice()
+    {
+        var d = ComputeDevice.Create(DeviceChoice.Cpu);
+        d.HostKernels = true;
+        return d;
+    }
+
+    public void Dispose() => Device.Dispose();
+}
+
 /// <summary>The CUDA device when this machine has one; null otherwise, and the CUDA test classes skip.</summary>
 public sealed class CudaDeviceFixture : IDisposable
 {
@@ -21,7 +36,7 @@ public sealed class CudaDeviceFixture : IDisposable
 // Device tests run one class at a time: the ILGPU accelerators are not meant for concurrent launches from
 // several test threads, and the CPU accelerator already uses every core.
 [CollectionDefinition("cpu")]
-public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>;
+public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>, ICollectionFixture<CpuSimdDeviceFixture>;
 
 [CollectionDefinition("cuda")]
 public sealed class CudaCollection : ICollectionFixture<CudaDeviceFixture>;

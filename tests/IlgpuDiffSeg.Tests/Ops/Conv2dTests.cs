@@ -14,6 +14,8 @@ public abstract class Conv2dTests(ComputeDevice? device)
     [InlineData(2, 5, 9, 7, 6, 3, 2, 1)]
     [InlineData(2, 6, 5, 11, 7, 1, 1, 2)]
     [InlineData(1, 6, 5, 11, 7, 1, 1, 1)]
+    [InlineData(1, 16, 70, 66, 9, 3, 1, 2)]
+    [InlineData(1, 8, 66, 70, 20, 3, 2, 2)]
     public void MatchesReference(int n, int cin, int h, int w, int cout, int k, int stride, int version)
     {
         Skip.If(device is null, "no CUDA device");
@@ -36,6 +38,9 @@ public abstract class Conv2dTests(ComputeDevice? device)
 
 [Collection("cpu")]
 public sealed class Conv2dTestsCpu(CpuDeviceFixture f) : Conv2dTests(f.Device);
+
+[Collection("cpu")]
+public sealed class Conv2dTestsCpuSimd(CpuSimdDeviceFixture f) : Conv2dTests(f.Device);
 
 [Collection("cuda")]
 public sealed class Conv2dTestsCuda(CudaDeviceFixture f) : Conv2dTests(f.Device);

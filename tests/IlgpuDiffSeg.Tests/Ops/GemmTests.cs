@@ -33,6 +33,28 @@ public abstract class GemmTests(ComputeDevice? device)
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, "gemm");
     }
 
+    [SkippableTheory]
+    [InlineData(150, 300, 700, false, false)]
+    [InlineData(73, 259, 257, true, false)]
+    [InlineData(7, 515, 64, false, true)]
+    public void LargeShapesCrossEveryBlockBoundary(int m, int n, int k, bool transA, bool transB)
+    {
+        Skip.If(device is null, "no CUDA device");
+        // Sizes straddle the host backend's 6×16 micro-tiles, 72×256 tiles and 256-deep K blocks.
+        var s = GemmShape.RowMajor(m, n, k, transA, transB);
+        s.BiasCol = 1;
+        var a = TestData.Uniform(m * k, 31);
+        var b = TestData.Uniform(k * n, 32);
+        var bias = TestData.Uniform(n, 33);
+        using var da = device!.Upload(a, m * k);
+        using var db = device.Upload(b, k * n);
+        using var dbias = device.Upload(bias, n);
+        using var dc = device.Allocate(m * n);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View);
+        s.HasBias = 1;
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, m * n), dc.ToArray(), NmseBound, "large gemm");
+    }
+
     [SkippableFact]
     public void TwoBatchDimensionsWithOffsets()
     {
@@ -75,6 +97,9 @@ public abstract class GemmTests(ComputeDevice? device)
 
 [Collection("cpu")]
 public sealed class GemmTestsCpu(CpuDeviceFixture f) : GemmTests(f.Device);
+
+[Collection("cpu")]
+public sealed class GemmTestsCpuSimd(CpuSimdDeviceFixture f) : GemmTests(f.Device);
 
 [Collection("cuda")]
 public sealed class GemmTestsCuda(CudaDeviceFixture f) : GemmTests(f.Device);
