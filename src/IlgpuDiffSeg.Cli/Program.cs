@@ -17,6 +17,7 @@ public static class Program
         root.Subcommands.Add(PipelineCommands.Train());
         root.Subcommands.Add(PipelineCommands.Evaluate());
         root.Subcommands.Add(PipelineCommands.Predict());
+        root.Subcommands.Add(DemoCommand.Create());
         return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
 

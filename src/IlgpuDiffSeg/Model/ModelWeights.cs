@@ -145,6 +145,23 @@ public static class ModelWeights
         }
     }
 
+    /// <summary>Writes a model's current weights as a converted checkpoint (flags in the metadata, as Convert writes).</summary>
+    public static void Save(UNetModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    {
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = FormatTag,
+            ["flags"] = model.Flags.ToJson(),
+            ["parameters"] = model.ParameterCount.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        };
+        foreach (var (k, v) in extraMetadata ?? new Dictionary<string, string>())
+        {
+            metadata[k] = v;
+        }
+        var sources = model.Parameters().Select(p => new SafetensorSource(p.Name, p.Shape, span => p.T.CopyTo(span))).ToList();
+        SafetensorsFile.Write(path, sources, metadata);
+    }
+
     /// <summary>Opens a converted model and uploads its weights to the device (memory-mapped, no full copy in RAM).</summary>
     public static UNetModel Load(string path, ComputeDevice dev)
     {
