@@ -7,13 +7,9 @@ namespace IlgpuDiffSeg.Kernels;
 /// Device buffers kept by exact length: a UNet forward asks for the same shapes every time, so after the first
 /// forward no allocation (cuMemAlloc) happens in the hot path. Buffers are owned here and freed by Trim/Dispose.
 /// </summary>
-internal sealed class BufferPool(Accelerator accelerator) : IDisposable
+internal sealed class BufferPool(Accelerator accelerator, Action<long> track) : IDisposable
 {
     readonly Dictionary<long, Stack<MemoryBuffer1D<float, Stride1D.Dense>>> free = new();
-    long heldBytes;
-
-    public long HeldBytes => Interlocked.Read(ref heldBytes);
-    public long PeakHeldBytes { get; private set; }
 
     public MemoryBuffer1D<float, Stride1D.Dense> Rent(long length)
     {
@@ -27,11 +23,7 @@ internal sealed class BufferPool(Accelerator accelerator) : IDisposable
             }
         }
         var buffer = accelerator.Allocate1D<float>(size);
-        lock (free)
-        {
-            heldBytes += size * sizeof(float);
-            PeakHeldBytes = Math.Max(PeakHeldBytes, heldBytes);
-        }
+        track(size * sizeof(float));
         return buffer;
     }
 
@@ -56,7 +48,7 @@ internal sealed class BufferPool(Accelerator accelerator) : IDisposable
                 while (stack.Count > 0)
                 {
                     var b = stack.Pop();
-                    heldBytes -= b.Length * sizeof(float);
+                    track(-b.Length * sizeof(float));
                     b.Dispose();
                 }
             }

@@ -39,15 +39,41 @@ public sealed class ComputeDevice : IDisposable
 
     internal bool UseHostKernels => HostKernels && IsCpu;
 
-    /// <summary>Bytes held on the device by this pool (in use + cached), and the peak of that since creation.</summary>
-    public long PoolBytes => pool.HeldBytes;
-    public long PeakPoolBytes => pool.PeakHeldBytes;
+    long trackedBytes, peakBytes;
+
+    /// <summary>Device bytes held now by this program (tensor pool and every DeviceBuffer), and the peak since creation.</summary>
+    public long DeviceBytes => Interlocked.Read(ref trackedBytes);
+    public long PeakDeviceBytes => Interlocked.Read(ref peakBytes);
+
+    /// <summary>Counts an allocation (positive) or a release (negative) in the device's memory figures.</summary>
+    internal void Track(long bytes)
+    {
+        long now = Interlocked.Add(ref trackedBytes, bytes);
+        long peak;
+        while (now > (peak = Interlocked.Read(ref peakBytes)) && Interlocked.CompareExchange(ref peakBytes, now, peak) != peak)
+        {
+        }
+    }
+
+    /// <summary>Forgets the peak so far (for measuring one phase).</summary>
+    public void ResetPeak() => Interlocked.Exchange(ref peakBytes, DeviceBytes);
+
+    /// <summary>A tracked device allocation of <paramref name="length"/> elements; the caller disposes it.</summary>
+    public DeviceBuffer<T> Buffer<T>(long length) where T : unmanaged => new(this, length);
+
+    /// <summary>A tracked device allocation holding <paramref name="values"/>.</summary>
+    public DeviceBuffer<T> Buffer<T>(ReadOnlySpan<T> values) where T : unmanaged
+    {
+        var b = new DeviceBuffer<T>(this, values.Length);
+        b.CopyFrom(values);
+        return b;
+    }
 
     ComputeDevice(Context context, Accelerator accelerator)
     {
         Context = context;
         Accelerator = accelerator;
-        pool = new BufferPool(accelerator);
+        pool = new BufferPool(accelerator, Track);
     }
 
     /// <summary>
@@ -226,7 +252,7 @@ public sealed class ComputeDevice : IDisposable
         return t;
     }
 
-    /// <summary>A scratch buffer from the pool, for kernels that need intermediate storage.</summary>
+    /// <summary>A scratch buffer from the pool, for kernels that need intermediate storage; hand it back with ReturnScratch.</summary>
     public MemoryBuffer1D<float, Stride1D.Dense> RentScratch(long length) => pool.Rent(length);
 
     public void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);

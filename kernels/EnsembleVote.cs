@@ -157,7 +157,7 @@ public static class EnsembleVote
         int rows = members * pixels;
         var lse = dev.RentScratch(rows);
         var entropy = dev.RentScratch(rows);
-        using var argmax = dev.Accelerator.Allocate1D<int>(rows);
+        using var argmax = dev.Buffer<int>(rows);
         try
         {
             int threads = dev.StrideThreads(rows);

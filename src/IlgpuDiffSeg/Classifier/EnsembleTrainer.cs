@@ -16,11 +16,11 @@ public sealed class EnsembleTrainer : IDisposable
     readonly ComputeDevice dev;
     readonly MlpLayout L;
     readonly int rows;
-    readonly List<MemoryBuffer1D<float, Stride1D.Dense>> owned = new();
-    readonly MemoryBuffer1D<float, Stride1D.Dense> grads, adamM, adamV;
-    readonly MemoryBuffer1D<float, Stride1D.Dense> a1, xhat1, n1, rstd1, a2, xhat2, n2, rstd2;
-    readonly MemoryBuffer1D<float, Stride1D.Dense> logits, dlogits, dn2, dz2, dn1, dz1;
-    readonly MemoryBuffer1D<float, Stride1D.Dense> stopState, active, loss, correct;
+    readonly List<DeviceBuffer<float>> owned = new();
+    readonly DeviceBuffer<float> grads, adamM, adamV;
+    readonly DeviceBuffer<float> a1, xhat1, n1, rstd1, a2, xhat2, n2, rstd2;
+    readonly DeviceBuffer<float> logits, dlogits, dn2, dz2, dn1, dz1;
+    readonly DeviceBuffer<float> stopState, active, loss, correct;
 
     /// <summary>Optimizer steps taken so far (Adam's t for every member still training).</summary>
     public long Steps { get; set; }
@@ -55,21 +55,21 @@ public sealed class EnsembleTrainer : IDisposable
         active = Alloc(m);
         loss = Alloc(m);
         correct = Alloc(m);
-        adamM.MemSetToZero();
-        adamV.MemSetToZero();
+        adamM.Clear();
+        adamV.Clear();
         var state = new float[3 * m];
         for (int i = 0; i < m; i++)
         {
             state[3 * i] = EarlyStopping.InitialBest;
             state[3 * i + 2] = 1f;
         }
-        stopState.View.CopyFromCPU(state);
-        active.View.CopyFromCPU(Enumerable.Repeat(1f, m).ToArray());
+        stopState.CopyFrom(state);
+        active.CopyFrom(Enumerable.Repeat(1f, m).ToArray());
     }
 
-    MemoryBuffer1D<float, Stride1D.Dense> Alloc(long n)
+    DeviceBuffer<float> Alloc(long n)
     {
-        var b = dev.Accelerator.Allocate1D<float>(n);
+        var b = dev.Buffer<float>(n);
         owned.Add(b);
         return b;
     }
@@ -141,16 +141,10 @@ public sealed class EnsembleTrainer : IDisposable
 
     public float[] Gradients() => Read(grads);
 
-    float[] Read(MemoryBuffer1D<float, Stride1D.Dense> b)
-    {
-        dev.Synchronize();
-        var host = new float[b.Length];
-        b.View.CopyToCPU(host);
-        return host;
-    }
+    static float[] Read(DeviceBuffer<float> b) => b.ToArray();
 
     /// <summary>Optimizer and stopping-rule state, for resuming an interrupted run.</summary>
-    public IEnumerable<(string Name, MemoryBuffer1D<float, Stride1D.Dense> Buffer)> State()
+    public IEnumerable<(string Name, DeviceBuffer<float> Buffer)> State()
     {
         yield return ("adam.exp_avg", adamM);
         yield return ("adam.exp_avg_sq", adamV);

@@ -56,11 +56,11 @@ public sealed class PixelEnsemble : IDisposable
 {
     public ComputeDevice Device { get; }
     public MlpLayout Layout { get; }
-    public MemoryBuffer1D<float, Stride1D.Dense> Parameters { get; }
-    public MemoryBuffer1D<float, Stride1D.Dense> RunningMean1 { get; }
-    public MemoryBuffer1D<float, Stride1D.Dense> RunningVar1 { get; }
-    public MemoryBuffer1D<float, Stride1D.Dense> RunningMean2 { get; }
-    public MemoryBuffer1D<float, Stride1D.Dense> RunningVar2 { get; }
+    public DeviceBuffer<float> Parameters { get; }
+    public DeviceBuffer<float> RunningMean1 { get; }
+    public DeviceBuffer<float> RunningVar1 { get; }
+    public DeviceBuffer<float> RunningMean2 { get; }
+    public DeviceBuffer<float> RunningVar2 { get; }
     public long BatchesTracked { get; set; }
 
     /// <summary>Free-form description stored with the weights (steps, blocks, config).</summary>
@@ -70,12 +70,11 @@ public sealed class PixelEnsemble : IDisposable
     {
         Device = device;
         Layout = layout;
-        var acc = device.Accelerator;
-        Parameters = acc.Allocate1D<float>((long)layout.Members * layout.Size);
-        RunningMean1 = acc.Allocate1D<float>(layout.Members * layout.Hidden1);
-        RunningVar1 = acc.Allocate1D<float>(layout.Members * layout.Hidden1);
-        RunningMean2 = acc.Allocate1D<float>(layout.Members * layout.Hidden2);
-        RunningVar2 = acc.Allocate1D<float>(layout.Members * layout.Hidden2);
+        Parameters = device.Buffer<float>((long)layout.Members * layout.Size);
+        RunningMean1 = device.Buffer<float>(layout.Members * layout.Hidden1);
+        RunningVar1 = device.Buffer<float>(layout.Members * layout.Hidden1);
+        RunningMean2 = device.Buffer<float>(layout.Members * layout.Hidden2);
+        RunningVar2 = device.Buffer<float>(layout.Members * layout.Hidden2);
     }
 
     /// <summary>
@@ -96,11 +95,11 @@ public sealed class PixelEnsemble : IDisposable
             member.Slice(layout.Gamma1, layout.Hidden1).Fill(1f);
             member.Slice(layout.Gamma2, layout.Hidden2).Fill(1f);
         }
-        e.Parameters.View.CopyFromCPU(host);
-        e.RunningMean1.MemSetToZero();
-        e.RunningMean2.MemSetToZero();
-        e.RunningVar1.View.CopyFromCPU(Enumerable.Repeat(1f, layout.Members * layout.Hidden1).ToArray());
-        e.RunningVar2.View.CopyFromCPU(Enumerable.Repeat(1f, layout.Members * layout.Hidden2).ToArray());
+        e.Parameters.CopyFrom(host);
+        e.RunningMean1.Clear();
+        e.RunningMean2.Clear();
+        e.RunningVar1.CopyFrom(Enumerable.Repeat(1f, layout.Members * layout.Hidden1).ToArray());
+        e.RunningVar2.CopyFrom(Enumerable.Repeat(1f, layout.Members * layout.Hidden2).ToArray());
         return e;
     }
 
@@ -178,14 +177,8 @@ public sealed class PixelEnsemble : IDisposable
     public void Save(string path)
     {
         var L = Layout;
-        var host = new float[Parameters.Length];
-        Parameters.View.CopyToCPU(host);
-        var stats = new[] { RunningMean1, RunningVar1, RunningMean2, RunningVar2 }.Select(b =>
-        {
-            var a = new float[b.Length];
-            b.View.CopyToCPU(a);
-            return a;
-        }).ToArray();
+        var host = Parameters.ToArray();
+        var stats = new[] { RunningMean1, RunningVar1, RunningMean2, RunningVar2 }.Select(b => b.ToArray()).ToArray();
         var sources = new List<SafetensorSource>();
         for (int m = 0; m < L.Members; m++)
         {
@@ -239,7 +232,7 @@ public sealed class PixelEnsemble : IDisposable
                 Read($"member.{m}.layers.5.running_mean", [layout.Hidden2], stats[2].AsSpan(m * layout.Hidden2));
                 Read($"member.{m}.layers.5.running_var", [layout.Hidden2], stats[3].AsSpan(m * layout.Hidden2));
             }
-            e.Parameters.View.CopyFromCPU(host);
+            e.Parameters.CopyFrom(host);
             e.RunningMean1.View.CopyFromCPU(stats[0]);
             e.RunningVar1.View.CopyFromCPU(stats[1]);
             e.RunningMean2.View.CopyFromCPU(stats[2]);

@@ -90,10 +90,14 @@ public sealed class Segmenter : IDisposable
 
     /// <summary>The training-feature store the config asks for.</summary>
     public static ITrainingFeatures CreateTrainingStore(ExperimentConfig cfg, ComputeDevice dev, FeatureExtractor extractor, int images) =>
-        new MaterializedTrainingFeatures(dev, extractor, images, cfg.ImageSize);
+        cfg.FeaturePath == "materialized"
+            ? new MaterializedTrainingFeatures(dev, extractor, images, cfg.ImageSize)
+            : new LeanTrainingFeatures(dev, extractor, images, cfg.ImageSize, half: cfg.FeatureStorage == "fp16");
 
     /// <summary>Features of one image, in the form the config's feature path uses.</summary>
-    IImageFeatures ImageFeatures(Tensor image, Tensor eps) => new MaterializedImageFeatures(extractor.Extract(image, eps));
+    IImageFeatures ImageFeatures(Tensor image, Tensor eps) => cfg.FeaturePath == "materialized"
+        ? new MaterializedImageFeatures(extractor.Extract(image, eps))
+        : new LeanImageFeatures(dev, extractor, extractor.Activations(image, eps), cfg.ImageSize);
 
     /// <summary>Labels one image, given as (3, S, S) floats in [-1, 1]; <paramref name="index"/> picks the noise when not shared.</summary>
     public Segmentation Predict(float[] x0, int index)
@@ -107,7 +111,7 @@ public sealed class Segmenter : IDisposable
         using var eps = noise.For(dev, 1_000_000 + index);
         using var features = ImageFeatures(image, eps);
         var logits = dev.RentScratch((long)L.Members * chunk * L.Classes);
-        using var chunkLabels = dev.Accelerator.Allocate1D<int>(chunk);
+        using var chunkLabels = dev.Buffer<int>(chunk);
         var chunkJs = dev.RentScratch(chunk);
         try
         {
@@ -116,7 +120,7 @@ public sealed class Segmenter : IDisposable
                 int count = Math.Min(chunk, pixels - start);
                 features.Logits(ensemble, start, count, logits.View);
                 EnsembleVote.Forward(dev, L.Members, count, L.Classes, logits.View, chunkLabels.View, chunkJs.View);
-                ((ArrayView<int>)chunkLabels.View).CopyToHost(labels.AsSpan(start, count));
+                chunkLabels.View.CopyToHost(labels.AsSpan(start, count));
                 ((ArrayView<float>)chunkJs.View).CopyToHost(js.AsSpan(start, count));
             }
         }
@@ -126,6 +130,19 @@ public sealed class Segmenter : IDisposable
             dev.ReturnScratch(chunkJs);
         }
         return new Segmentation(labels, js, UncertaintyScore(js));
+    }
+
+    /// <summary>Every member's logits for one image, (M, pixels, C) — for tests and inspection.</summary>
+    public float[] Logits(float[] x0, int index)
+    {
+        int size = cfg.ImageSize, pixels = size * size;
+        var L = ensemble.Layout;
+        using var image = dev.Upload(x0, 3, size, size);
+        using var eps = noise.For(dev, 1_000_000 + index);
+        using var features = ImageFeatures(image, eps);
+        using var logits = dev.Buffer<float>((long)L.Members * pixels * L.Classes);
+        features.Logits(ensemble, 0, pixels, logits.View);
+        return logits.ToArray();
     }
 
     /// <summary>The original's image score: the mean of the largest int(pixels / 10) Jensen–Shannon values.</summary>

@@ -79,10 +79,10 @@ public static class TrainingRun
         string statePath = Path.Combine(cfg.ExpDir, StateFile);
         var (startEpoch, startIteration) = TryResume(statePath, fingerprint, ensemble, trainer, log);
 
-        using var deviceLabels = dev.Accelerator.Allocate1D(labels);
-        using var order = dev.Accelerator.Allocate1D<int>(perEpoch * cfg.BatchSize);
-        using var x = dev.Accelerator.Allocate1D<float>((long)cfg.BatchSize * features.Channels);
-        using var y = dev.Accelerator.Allocate1D<int>(cfg.BatchSize);
+        using var deviceLabels = dev.Buffer<byte>(labels);
+        using var order = dev.Buffer<int>(perEpoch * cfg.BatchSize);
+        using var x = dev.Buffer<float>((long)cfg.BatchSize * features.Channels);
+        using var y = dev.Buffer<int>(cfg.BatchSize);
         var lastCheckpoint = DateTime.UtcNow;
         int epoch = startEpoch;
         bool anyActive = trainer.Active().Any(a => a);
@@ -90,7 +90,7 @@ public static class TrainingRun
         for (; epoch < cfg.MaxEpochs && anyActive; epoch++)
         {
             var shuffled = Shuffle(ids, cfg.Seed, epoch);
-            order.View.CopyFromCPU(shuffled.AsSpan(0, perEpoch * cfg.BatchSize).ToArray());
+            order.CopyFrom(shuffled.AsSpan(0, perEpoch * cfg.BatchSize));
             var progress = new Progress(log, $"epoch {epoch} iteration", perEpoch);
             int first = epoch == startEpoch ? startIteration : 0;
             for (int it = first; it < perEpoch; it++)
@@ -137,7 +137,7 @@ public static class TrainingRun
         ensemble.Save(ensemblePath);
         File.Delete(statePath);
         return new TrainingSummary(ensemblePath, images.Count, ids.Length, trainer.Steps, epoch, (DateTime.UtcNow - started).TotalSeconds,
-            trainer.LastLoss(), dev.PeakPoolBytes);
+            trainer.LastLoss(), dev.PeakDeviceBytes);
     }
 
     /// <summary>Images of a folder, sorted, the first <paramref name="count"/> (all when 0), each with its mask.</summary>
@@ -183,7 +183,7 @@ public static class TrainingRun
         return Convert.ToHexString(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
     }
 
-    static IEnumerable<(string Name, MemoryBuffer1D<float, Stride1D.Dense> Buffer)> StateBuffers(PixelEnsemble e, EnsembleTrainer t) =>
+    static IEnumerable<(string Name, DeviceBuffer<float> Buffer)> StateBuffers(PixelEnsemble e, EnsembleTrainer t) =>
         new[]
         {
             ("ensemble.parameters", e.Parameters), ("ensemble.running_mean1", e.RunningMean1), ("ensemble.running_var1", e.RunningVar1),
@@ -192,11 +192,9 @@ public static class TrainingRun
 
     static void SaveState(string path, string fingerprint, PixelEnsemble e, EnsembleTrainer t, int epoch, int iteration)
     {
-        e.Device.Synchronize();
         var sources = StateBuffers(e, t).Select(b =>
         {
-            var host = new float[b.Buffer.Length];
-            b.Buffer.View.CopyToCPU(host);
+            var host = b.Buffer.ToArray();
             return new SafetensorSource(b.Name, [host.Length], span => host.CopyTo(span));
         }).ToList();
         SafetensorsFile.Write(path, sources, new Dictionary<string, string>
@@ -227,7 +225,7 @@ public static class TrainingRun
                 log($"{path}: saved state lacks '{name}'; starting afresh");
                 return (0, 0);
             }
-            buffer.View.CopyFromCPU(file.GetFloat32(entry).ToArray());
+            buffer.CopyFrom(file.GetFloat32(entry));
         }
         t.Steps = long.Parse(file.Metadata["steps"], CultureInfo.InvariantCulture);
         int epoch = int.Parse(file.Metadata["epoch"], CultureInfo.InvariantCulture);
