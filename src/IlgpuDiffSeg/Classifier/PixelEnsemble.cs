@@ -256,7 +256,8 @@ public sealed class PixelEnsemble : IDisposable
             {
                 throw DiffSegException.For(path, $"tensor '{name}' is missing or not of shape ({string.Join(", ", shape)})");
             }
-            file.GetFloat32(entry).CopyTo(destination);
+            using var mapped = file.Map(entry);
+            mapped.Span.CopyTo(destination);
         }
     }
 

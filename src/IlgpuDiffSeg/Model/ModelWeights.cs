@@ -173,7 +173,8 @@ public static class ModelWeights
             foreach (var p in model.Parameters())
             {
                 file.TryGet(p.Name, out var entry);
-                p.Value = dev.Upload(file.GetFloat32(entry), p.Shape);
+                using var mapped = file.Map(entry);
+                p.Value = dev.Upload(mapped.Span, p.Shape);
             }
         }
         catch

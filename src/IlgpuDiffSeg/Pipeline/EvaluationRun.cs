@@ -24,18 +24,22 @@ public static class EvaluationRun
         var iou = new IoUAccumulator(cfg.NumberClass, cfg.IgnoreLabel);
         var progress = new Progress(log, "test images", images.Count);
         var uncertainties = new List<double>();
-        for (int i = 0; i < images.Count; i++)
+        var loaded = Prefetch.Stream(images.Count, i =>
         {
             var (imagePath, maskPath) = images[i];
             var x0 = ImageData.LoadImage(imagePath, cfg.ImageSize, out var originalSize);
-            var truth = ImageData.LoadMask(maskPath!, originalSize, cfg.ImageSize, cfg.NumberClass, cfg.IgnoreLabel);
-            var seg = segmenter.Predict(x0, i);
+            return (Path: imagePath, Image: x0, Truth: ImageData.LoadMask(maskPath!, originalSize, cfg.ImageSize, cfg.NumberClass, cfg.IgnoreLabel));
+        });
+        int index = 0;
+        foreach (var (imagePath, x0, truth) in loaded)
+        {
+            var seg = segmenter.Predict(x0, index);
             iou.Add(seg.Labels, truth);
             uncertainties.Add(seg.Uncertainty);
             string stem = Path.GetFileNameWithoutExtension(imagePath);
             Npy.Write(Path.Combine(predictions, stem + ".npy"), seg.Labels.Select(v => (long)v).ToArray(), [cfg.ImageSize, cfg.ImageSize]);
             Visualization.SaveLabels(Path.Combine(pictures, stem + ".png"), seg.Labels, cfg.ImageSize);
-            progress.Report(i + 1, $"{Path.GetFileName(imagePath)} uncertainty {seg.Uncertainty:F4}");
+            progress.Report(++index, $"{Path.GetFileName(imagePath)} uncertainty {seg.Uncertainty:F4}");
         }
         log($"mean uncertainty {uncertainties.Average():F4}; predictions in {predictions}");
         return iou;

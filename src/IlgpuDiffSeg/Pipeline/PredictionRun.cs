@@ -18,29 +18,36 @@ public static class PredictionRun
         {
             throw DiffSegException.For(input, "contains no images (jpg, jpeg, png, gif)");
         }
-        // Every input is read before anything is written, so a bad file leaves no partial output.
-        var loaded = inputs.Select(p => (Path: p, Image: ImageData.LoadImage(p, cfg.ImageSize, out _))).ToList();
+        // Every input is checked before anything is written, so a bad file leaves no partial output.
+        foreach (var p in inputs)
+        {
+            var size = ImageData.ImageSize(p);
+            if (size[0] != size[1])
+            {
+                throw DiffSegException.For(p, $"is {size[1]}×{size[0]}; only square images are supported");
+            }
+        }
         using var segmenter = Segmenter.Open(cfg, dev);
         Directory.CreateDirectory(outputDir);
         log($"labelling {inputs.Count} image(s): {segmenter.Describe()}");
         var progress = new Progress(log, "images", inputs.Count);
         var scores = new List<string> { "image\tuncertainty" };
-        for (int i = 0; i < loaded.Count; i++)
+        int i = 0;
+        foreach (var (path, x0) in Prefetch.Stream(inputs.Count, k => (inputs[k], ImageData.LoadImage(inputs[k], cfg.ImageSize, out _))))
         {
-            var (path, x0) = loaded[i];
             var seg = segmenter.Predict(x0, i);
             string stem = Path.Combine(outputDir, Path.GetFileNameWithoutExtension(path));
             Npy.Write(stem + ".npy", seg.Labels.Select(v => (long)v).ToArray(), [cfg.ImageSize, cfg.ImageSize]);
             Visualization.SaveLabels(stem + ".png", seg.Labels, cfg.ImageSize);
             Visualization.SaveOverlay(stem + "_overlay.png", x0, seg.Labels, cfg.ImageSize);
             scores.Add($"{Path.GetFileName(path)}\t{seg.Uncertainty:F6}");
-            progress.Report(i + 1, $"{Path.GetFileName(path)} uncertainty {seg.Uncertainty:F4}");
+            progress.Report(++i, $"{Path.GetFileName(path)} uncertainty {seg.Uncertainty:F4}");
         }
         AtomicFile.Write(Path.Combine(outputDir, "uncertainty.tsv"), s =>
         {
             using var w = new StreamWriter(s);
             w.Write(string.Join("\n", scores) + "\n");
         });
-        return loaded.Count;
+        return inputs.Count;
     }
 }

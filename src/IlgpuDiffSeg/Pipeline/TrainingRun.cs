@@ -48,21 +48,25 @@ public static class TrainingRun
         var labels = new byte[(long)images.Count * pixels];
         using var features = Segmenter.CreateTrainingStore(cfg, dev, extractor, images.Count);
         var extraction = new Progress(log, "features", images.Count);
-        for (int i = 0; i < images.Count; i++)
+        var loaded = Prefetch.Stream(images.Count, i =>
         {
             var (imagePath, maskPath) = images[i];
             var x0 = ImageData.LoadImage(imagePath, size, out var originalSize);
             var mask = ImageData.LoadMask(maskPath!, originalSize, size, cfg.NumberClass, cfg.IgnoreLabel);
-            int removed = ImageData.RemoveSmallAnnotations(mask, cfg.NumberClass, cfg.IgnoreLabel);
-            if (removed > 0)
+            return (Path: imagePath, Image: x0, Mask: mask, Removed: ImageData.RemoveSmallAnnotations(mask, cfg.NumberClass, cfg.IgnoreLabel));
+        });
+        int index = 0;
+        foreach (var item in loaded)
+        {
+            if (item.Removed > 0)
             {
-                log($"  {Path.GetFileName(imagePath)}: {removed} class(es) under 20 pixels relabelled as ignored");
+                log($"  {Path.GetFileName(item.Path)}: {item.Removed} class(es) under 20 pixels relabelled as ignored");
             }
-            mask.CopyTo(labels, (long)i * pixels);
-            using var image = dev.Upload(x0, 3, size, size);
-            using var eps = noise.For(dev, i);
-            features.Add(i, image, eps);
-            extraction.Report(i + 1, Path.GetFileName(imagePath));
+            item.Mask.CopyTo(labels, (long)index * pixels);
+            using var image = dev.Upload(item.Image, 3, size, size);
+            using var eps = noise.For(dev, index);
+            features.Add(index, image, eps);
+            extraction.Report(++index, Path.GetFileName(item.Path));
         }
         var ids = Enumerable.Range(0, labels.Length).Where(g => labels[g] != cfg.IgnoreLabel).ToArray();
         int perEpoch = ids.Length / cfg.BatchSize;
@@ -225,7 +229,8 @@ public static class TrainingRun
                 log($"{path}: saved state lacks '{name}'; starting afresh");
                 return (0, 0);
             }
-            buffer.CopyFrom(file.GetFloat32(entry));
+            using var mapped = file.Map(entry);
+            buffer.CopyFrom(mapped.Span);
         }
         t.Steps = long.Parse(file.Metadata["steps"], CultureInfo.InvariantCulture);
         int epoch = int.Parse(file.Metadata["epoch"], CultureInfo.InvariantCulture);

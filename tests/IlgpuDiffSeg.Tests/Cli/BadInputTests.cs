@@ -85,7 +85,7 @@ public sealed class BadInputTests : IDisposable
         string extra = tmp.File("extra.safetensors");
         using (var file = SafetensorsFile.Open(Output))
         {
-            var sources = file.Entries.Select(e => new SafetensorSource(e.Name, e.Shape, span => file.GetFloat32(e).CopyTo(span)))
+            var sources = file.Entries.Select(e => new SafetensorSource(e.Name, e.Shape, span => file.ReadFloat32(e).CopyTo(span)))
                 .Append(new SafetensorSource("extra.weight", [2], span => span.Clear())).ToList();
             SafetensorsFile.Write(extra, sources, file.Metadata);
         }

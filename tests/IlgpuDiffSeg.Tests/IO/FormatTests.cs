@@ -54,7 +54,7 @@ public sealed class FormatTests
         using var f = SafetensorsFile.Open(tmp.File("t.safetensors"));
         Assert.Equal("v", f.Metadata["k"]);
         Assert.True(f.TryGet("b", out var b));
-        Assert.Equal(new[] { 5f, 6f, 7f }, f.GetFloat32(b).ToArray());
+        Assert.Equal(new[] { 5f, 6f, 7f }, f.ReadFloat32(b));
         Assert.Equal([2, 2], f.Entries[0].Shape);
     }
 
