@@ -6,12 +6,15 @@
 //                      of UpsampleBilinear, so the gathered rows equal the materialised features bit for bit. fp32 or fp16 store.
 //   accumulate (prediction)  z1[m, p, j] = b1[m, j] + Σ_e Up(Y_e[m, j])(p), then ReLU, where Y_e = W1[m][:, e's channels] · a_e
 //                      was computed at native resolution (a batched Gemm per block); 22× fewer first-layer FLOPs for LSUN.
+//                      Y is stored hidden-unit-contiguous, (member, entry, native pixel, j): coalesced on the GPU, SIMD on the host.
+//   host               the CPU backend of both: taps computed once per (pixel, entry), channels / hidden units looped.
 // Block table, one row of 5 ints per (step, block) entry e in feature order (step-major, blocks ascending):
 //   [first feature channel, channels, height, width, offset of the entry in an image's record (gather) or a member's Y]
 // store: (images, record) where an image's record is its entries' (C_e, H_e, W_e) maps back to back.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
+using System.Runtime.Intrinsics;
 using Half = ILGPU.Half;
 
 namespace IlgpuDiffSeg.Kernels;
@@ -127,8 +130,9 @@ public static class LeanFeatures
             {
                 int h = table[e * TableWidth + 2], w = table[e * TableWidth + 3];
                 Taps(p / s.Width, p % s.Width, h, w, s, out int i00, out int i01, out int i10, out int i11, out float wx, out float wy);
-                long baseIndex = m * s.RecordSize + table[e * TableWidth + 4] + (long)j * h * w;
-                z += Blend(native[baseIndex + i00], native[baseIndex + i01], native[baseIndex + i10], native[baseIndex + i11], wx, wy);
+                long baseIndex = m * s.RecordSize + table[e * TableWidth + 4] + j;
+                z += Blend(native[baseIndex + (long)i00 * s.Hidden], native[baseIndex + (long)i01 * s.Hidden],
+                    native[baseIndex + (long)i10 * s.Hidden], native[baseIndex + (long)i11 * s.Hidden], wx, wy);
             }
             a1[i] = XMath.Max(z, 0f);
         }
@@ -142,12 +146,89 @@ public static class LeanFeatures
         }
     }
 
+    // ---- CPU backend
+
+    static unsafe void GatherHost(LeanShape s, int* ids, int* table, float* store32, ushort* store16, byte* labels, float* x, int* y)
+    {
+        int pixels = s.Height * s.Width, entries = s.Entries;
+        Parallel.For(0, s.Rows, b =>
+        {
+            int g = ids[b], img = g / pixels, p = g % pixels;
+            y[b] = labels[g];
+            for (int e = 0; e < entries; e++)
+            {
+                int* row = table + e * TableWidth;
+                int first = row[0], count = row[1], h = row[2], w = row[3], hw = h * w;
+                Taps(p / s.Width, p % s.Width, h, w, s, out int i00, out int i01, out int i10, out int i11, out float wx, out float wy);
+                long baseIndex = img * s.RecordSize + row[4];
+                float* xr = x + (long)b * s.Channels + first;
+                for (int c = 0; c < count; c++, baseIndex += hw)
+                {
+                    xr[c] = store32 != null
+                        ? Blend(store32[baseIndex + i00], store32[baseIndex + i01], store32[baseIndex + i10], store32[baseIndex + i11], wx, wy)
+                        : Blend(FromHalf(store16[baseIndex + i00]), FromHalf(store16[baseIndex + i01]), FromHalf(store16[baseIndex + i10]),
+                            FromHalf(store16[baseIndex + i11]), wx, wy);
+                }
+            }
+        });
+    }
+
+    static float FromHalf(ushort bits) => (float)BitConverter.UInt16BitsToHalf(bits);
+
+    static unsafe void AccumulateHost(LeanShape s, int* table, float* native, float* parameters, float* a1)
+    {
+        int hidden = s.Hidden;
+        Parallel.For(0, s.Members * s.Rows, item =>
+        {
+            int m = item / s.Rows, q = item % s.Rows, p = s.Start + q;
+            float* z = a1 + (long)item * hidden;
+            float* bias = parameters + (long)m * s.MemberStride + s.BiasOffset;
+            for (int j = 0; j < hidden; j++)
+            {
+                z[j] = bias[j];
+            }
+            for (int e = 0; e < s.Entries; e++)
+            {
+                int* row = table + e * TableWidth;
+                Taps(p / s.Width, p % s.Width, row[2], row[3], s, out int i00, out int i01, out int i10, out int i11, out float wx, out float wy);
+                float* y = native + m * s.RecordSize + row[4];
+                float* r00 = y + (long)i00 * hidden, r01 = y + (long)i01 * hidden, r10 = y + (long)i10 * hidden, r11 = y + (long)i11 * hidden;
+                int j = 0;
+                var vx0 = Vector256.Create(1f - wx);
+                var vx1 = Vector256.Create(wx);
+                var vy0 = Vector256.Create(1f - wy);
+                var vy1 = Vector256.Create(wy);
+                for (; j + 8 <= hidden; j += 8)
+                {
+                    var top = vx0 * Vector256.Load(r00 + j) + vx1 * Vector256.Load(r01 + j);
+                    var bottom = vx0 * Vector256.Load(r10 + j) + vx1 * Vector256.Load(r11 + j);
+                    Vector256.Store(Vector256.Load(z + j) + (vy0 * top + vy1 * bottom), z + j);
+                }
+                for (; j < hidden; j++)
+                {
+                    z[j] += Blend(r00[j], r01[j], r10[j], r11[j], wx, wy);
+                }
+            }
+            for (int j = 0; j < hidden; j++)
+            {
+                z[j] = MathF.Max(z[j], 0f);
+            }
+        });
+    }
+
     // ---- launchers
 
     /// <summary>x (rows, D) and y (rows) for pixel ids from an fp32 store of native maps.</summary>
-    public static void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
+    public static unsafe void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
         ArrayView<float> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
+        if (dev.UseHostKernels)
+        {
+            dev.Synchronize();
+            GatherHost(s, (int*)ids.LoadEffectiveAddressAsPtr(), (int*)table.LoadEffectiveAddressAsPtr(), (float*)store.LoadEffectiveAddressAsPtr(),
+                null, (byte*)labels.LoadEffectiveAddressAsPtr(), (float*)x.LoadEffectiveAddressAsPtr(), (int*)y.LoadEffectiveAddressAsPtr());
+            return;
+        }
         var k = dev.Kernel("lean.gather_f32", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
             ArrayView<int>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherF32Kernel));
         int threads = dev.StrideThreads((long)s.Rows * s.Channels);
@@ -155,9 +236,17 @@ public static class LeanFeatures
     }
 
     /// <summary>The same from an fp16 store.</summary>
-    public static void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
+    public static unsafe void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
         ArrayView<Half> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
+        if (dev.UseHostKernels)
+        {
+            dev.Synchronize();
+            GatherHost(s, (int*)ids.LoadEffectiveAddressAsPtr(), (int*)table.LoadEffectiveAddressAsPtr(), null,
+                (ushort*)store.LoadEffectiveAddressAsPtr(), (byte*)labels.LoadEffectiveAddressAsPtr(), (float*)x.LoadEffectiveAddressAsPtr(),
+                (int*)y.LoadEffectiveAddressAsPtr());
+            return;
+        }
         var k = dev.Kernel("lean.gather_f16", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
             ArrayView<int>, ArrayView<Half>, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherF16Kernel));
         int threads = dev.StrideThreads((long)s.Rows * s.Channels);
@@ -165,9 +254,16 @@ public static class LeanFeatures
     }
 
     /// <summary>a1 (M, rows, H1) = ReLU(b1 + Σ_e Up(Y_e)) for pixels [Start, Start + Rows); native: (M, RecordSize).</summary>
-    public static void Accumulate(ComputeDevice dev, LeanShape s, ArrayView<int> table, ArrayView<float> native, ArrayView<float> parameters,
+    public static unsafe void Accumulate(ComputeDevice dev, LeanShape s, ArrayView<int> table, ArrayView<float> native, ArrayView<float> parameters,
         ArrayView<float> a1)
     {
+        if (dev.UseHostKernels)
+        {
+            dev.Synchronize();
+            AccumulateHost(s, (int*)table.LoadEffectiveAddressAsPtr(), (float*)native.LoadEffectiveAddressAsPtr(),
+                (float*)parameters.LoadEffectiveAddressAsPtr(), (float*)a1.LoadEffectiveAddressAsPtr());
+            return;
+        }
         var k = dev.Kernel("lean.accumulate", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>>(AccumulateKernel));
         int threads = dev.StrideThreads((long)s.Members * s.Rows * s.Hidden);

@@ -1,6 +1,40 @@
+using System.Globalization;
+using BenchmarkDotNet.Running;
+
 namespace IlgpuDiffSeg.Benchmarks;
 
+/// <summary>
+/// Benchmarks (never tests). Usage:
+///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
+///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
+/// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => 0;
+    public static int Main(string[] args)
+    {
+        if (args.Length == 0)
+        {
+            Console.Error.WriteLine("usage: memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE] | host [BenchmarkDotNet args]");
+            return 2;
+        }
+        switch (args[0])
+        {
+            case "memory":
+            {
+                var positional = args.Skip(1).TakeWhile(a => !a.StartsWith("--", StringComparison.Ordinal)).ToArray();
+                int outAt = Array.IndexOf(args, "--out");
+                return MemoryBenchmark.Drive(positional.ElementAtOrDefault(0) ?? "cpu-scaled",
+                    int.Parse(positional.ElementAtOrDefault(1) ?? "40", CultureInfo.InvariantCulture),
+                    positional.ElementAtOrDefault(2) ?? "auto", outAt >= 0 ? args[outAt + 1] : null);
+            }
+            case "memory-child":
+                return MemoryBenchmark.Child(args[1], args[2], int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
+            case "host":
+                BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
+                return 0;
+            default:
+                Console.Error.WriteLine($"unknown benchmark '{args[0]}'");
+                return 2;
+        }
+    }
 }

@@ -196,7 +196,10 @@ public sealed class LeanTrainingFeatures : ITrainingFeatures
 
     public void Gather(ArrayView<int> ids, int rows, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
-        var s = new LeanShape { Rows = rows, Channels = table.Channels, Height = size, Width = size, RecordSize = table.RecordSize };
+        var s = new LeanShape
+        {
+            Rows = rows, Channels = table.Channels, Height = size, Width = size, RecordSize = table.RecordSize, Entries = table.Entries,
+        };
         if (store32 is not null)
         {
             LeanFeatures.Gather(dev, s, ids, deviceTable.View, channelEntry.View, store32.View, labels, x, y);
@@ -269,7 +272,7 @@ public sealed class LeanImageFeatures(ComputeDevice dev, FeatureExtractor extrac
                 M = L.Hidden1, N = pixels, K = table.Field(e, 1), Batch0 = L.Members, Batch1 = 1, Alpha = 1f,
                 AOffset = L.W1 + table.Field(e, 0), ARow = L.In, ACol = 1, ABatch0 = L.Size,
                 BRow = pixels, BCol = 1,
-                COffset = table.Field(e, 4), CRow = pixels, CCol = 1, CBatch0 = checked((int)table.RecordSize),
+                COffset = table.Field(e, 4), CRow = 1, CCol = L.Hidden1, CBatch0 = checked((int)table.RecordSize),
             };
             Gemm.Run(dev, g, ensemble.Parameters.View, map.View, native.View);
         }
