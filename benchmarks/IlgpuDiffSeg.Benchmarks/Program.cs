@@ -6,6 +6,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// <summary>
 /// Benchmarks (never tests). Usage:
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
+///   export-features EXP.json DIR                                            features + masks for original_mlp.py
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
 /// </summary>
 public static class Program
@@ -29,6 +30,8 @@ public static class Program
             }
             case "memory-child":
                 return MemoryBenchmark.Child(args[1], args[2], int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
+            case "export-features":
+                return ExportFeatures.Run(args[1], args[2]);
             case "host":
                 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
                 return 0;
