@@ -82,6 +82,13 @@ public sealed class Tensor : IDisposable
         return new Tensor(device, Shape[1..], View.SubView((long)index * inner, inner));
     }
 
+    /// <summary>Rows [first, first + count) along dimension 0. Does not own the memory.</summary>
+    public Tensor Slice0Range(int first, int count)
+    {
+        int inner = Length / Shape[0];
+        return new Tensor(device, [count, .. Shape[1..]], View.SubView((long)first * inner, (long)count * inner));
+    }
+
     public string ShapeString => "(" + string.Join(", ", Shape) + ")";
 
     public void CopyFrom(ReadOnlySpan<float> data)

@@ -5,14 +5,20 @@ public static class Fixtures
 {
     public static string RepoRoot { get; } = FindRepoRoot();
 
+    /// <summary>The checkout: above the test binaries, or above the working directory (a published test executable).</summary>
     static string FindRepoRoot()
     {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "IlgpuDiffSeg.sln")))
+        foreach (var start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
         {
-            dir = dir.Parent;
+            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
+            {
+                if (File.Exists(Path.Combine(dir.FullName, "IlgpuDiffSeg.sln")))
+                {
+                    return dir.FullName;
+                }
+            }
         }
-        return dir?.FullName ?? throw new DirectoryNotFoundException("IlgpuDiffSeg.sln not found above the test binaries");
+        throw new DirectoryNotFoundException("IlgpuDiffSeg.sln not found above the test binaries or the working directory");
     }
 
     public static string Root

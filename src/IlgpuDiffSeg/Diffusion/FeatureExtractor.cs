@@ -1,3 +1,5 @@
+using ILGPU;
+using ILGPU.Runtime;
 using IlgpuDiffSeg.Kernels;
 using IlgpuDiffSeg.Model;
 
@@ -6,8 +8,9 @@ namespace IlgpuDiffSeg.Diffusion;
 /// <summary>
 /// ddpm-segmentation's pixel features (REFERENCE §A1–A6): for each step t, x_t = q_sample(x0, t, ε) with one shared
 /// ε; one UNet call captures the chosen decoder blocks; each is upsampled bilinearly to the image size and the
-/// results are concatenated step-major, then block-ascending. All steps of an image run as one batch, and the UNet
-/// stops after the last captured block.
+/// results are concatenated step-major, then block-ascending. Steps of a small image run as one batch; a large image
+/// runs one step at a time (one 256² image already fills a GPU, and batching three would triple the activations).
+/// The UNet stops after the last captured block.
 /// </summary>
 public sealed class FeatureExtractor
 {
@@ -49,20 +52,58 @@ public sealed class FeatureExtractor
 
     public UNetModel Model => model;
 
+    /// <summary>Pixels a UNet batch may hold before the steps of an image are run one at a time.</summary>
+    public int MaxBatchPixels { get; set; } = 3 * 128 * 128;
+
     /// <summary>The UNet's captured blocks at native resolution, (S, C_b, H/d, W/d) each, for all steps of one image.</summary>
     public UNetOutputs Activations(Tensor image, Tensor noise)
     {
         var dev = image.Device;
         int steps = Steps.Count;
-        var coefficients = new float[2 * steps];
-        for (int s = 0; s < steps; s++)
+        int perBatch = Math.Clamp(MaxBatchPixels / (image[1] * image[2]), 1, steps);
+        if (perBatch == steps)
         {
-            (coefficients[2 * s], coefficients[2 * s + 1]) = schedule.QSampleCoefficients(Steps[s]);
+            return Run(image, noise, 0, steps);
         }
-        using var coef = dev.Upload(coefficients, steps, 2);
-        using var xt = dev.Allocate(steps, image[0], image[1], image[2]);
-        QSample.Forward(image, noise, coef, xt);
-        using var t = dev.Upload(Steps.Select(s => (float)s).ToArray(), steps);
+        var result = new UNetOutputs();
+        try
+        {
+            for (int s0 = 0; s0 < steps; s0 += perBatch)
+            {
+                int count = Math.Min(perBatch, steps - s0);
+                using var part = Run(image, noise, s0, count);
+                foreach (var (b, t) in part.Blocks)
+                {
+                    if (!result.Blocks.TryGetValue(b, out var all))
+                    {
+                        result.Blocks[b] = all = dev.Allocate([steps, .. t.Shape[1..]]);
+                    }
+                    t.View.CopyTo(all.View.SubView((long)s0 * (t.Length / count), t.Length));
+                }
+            }
+            return result;
+        }
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>One UNet call on steps [first, first + count) of one image.</summary>
+    UNetOutputs Run(Tensor image, Tensor noise, int first, int count)
+    {
+        var dev = image.Device;
+        var coefficients = new float[2 * count];
+        for (int s = 0; s < count; s++)
+        {
+            (coefficients[2 * s], coefficients[2 * s + 1]) = schedule.QSampleCoefficients(Steps[first + s]);
+        }
+        using var coef = dev.Upload(coefficients, count, 2);
+        using var xt = dev.Allocate(count, image[0], image[1], image[2]);
+        using var eps = noise.Rank == 4 ? noise.Alias(noise.Shape).Slice0Range(first, count) : noise.Alias(noise.Shape);
+        QSample.Forward(image, eps, coef, xt);
+        using var t = dev.Upload(Steps.Skip(first).Take(count).Select(s => (float)s).ToArray(), count);
         return model.Forward(xt, t, capture: Blocks.ToArray(), computeOutput: false);
     }
 

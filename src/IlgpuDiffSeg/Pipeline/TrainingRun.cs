@@ -68,6 +68,8 @@ public static class TrainingRun
             features.Add(index, image, eps);
             extraction.Report(++index, Path.GetFileName(item.Path));
         }
+        // The UNet's activation buffers are not needed while training; give them back before allocating the optimizer.
+        dev.TrimPool();
         var ids = Enumerable.Range(0, labels.Length).Where(g => labels[g] != cfg.IgnoreLabel).ToArray();
         int perEpoch = ids.Length / cfg.BatchSize;
         if (perEpoch == 0)

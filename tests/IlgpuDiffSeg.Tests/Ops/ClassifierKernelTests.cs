@@ -13,10 +13,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         LinearBiasOffset = 2 * features, Eps = 1e-5f, Momentum = 0.1f,
     };
 
-    [SkippableFact]
+    [Fact]
     public void BatchNormTrainEvalAndBackward()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: atol 1e-5 + rtol 1e-4 (fp32 batch statistics over 16 rows vs double).
         const int members = 2, rows = 16, features = 5, stride = 3 * features;
         var dev = device!;
@@ -74,10 +74,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         Assert.Equal(expected, eval[i], 5);
     }
 
-    [SkippableFact]
+    [Fact]
     public void CrossEntropyLossGradientAndBias()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: loss rtol 1e-5, gradients atol 1e-6 + rtol 1e-4.
         const int members = 2, rows = 8, classes = 5, stride = 9, biasOffset = 3;
         var dev = device!;
@@ -104,10 +104,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         }
     }
 
-    [SkippableFact]
+    [Fact]
     public void AdamSkipsStoppedMembers()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: atol 1e-7 + rtol 1e-6 (same fp32 expression).
         var dev = device!;
         var p = TestData.Uniform(12, 7);
@@ -128,10 +128,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         TensorAssert.Close([.. vr, .. v[6..]], dv.ToArray(), 1e-7, 1e-6, "adam v");
     }
 
-    [SkippableFact]
+    [Fact]
     public void EarlyStoppingFollowsTheOriginalRule()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         var dev = device!;
         var state = new float[] { EarlyStopping.InitialBest, 0, 1, 0.5f, 50, 1, 0.5f, 3, 0 };
         using var ds = dev.Upload(state, 9);
@@ -147,10 +147,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         Assert.Equal([1f, 0f, 0f], active.ToArray());
     }
 
-    [SkippableFact]
+    [Fact]
     public void GatherPixelsAcrossImages()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         var dev = device!;
         const int images = 3, channels = 4, pixels = 6;
         var f = TestData.Uniform(images * channels * pixels, 11);
@@ -166,10 +166,10 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         Assert.Equal(ids.Select(i => (int)labels[i]), y.GetAsArray1D());
     }
 
-    [SkippableFact]
+    [Fact]
     public void VoteBreaksTiesTowardsTheSmallestClass()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: labels exact; js atol 1e-5.
         var dev = device!;
         const int members = 4, pixels = 9, classes = 3;

@@ -6,10 +6,10 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// <summary>SiLU, Add, nearest ×2 upsampling, 2×2 average pooling, channel concatenation, softmax, timestep embedding.</summary>
 public abstract class ElementwiseTests(ComputeDevice? device)
 {
-    [SkippableFact]
+    [Fact]
     public void Silu()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: atol 1e-6 + rtol 1e-6 (exp is ex2.approx on the GPU: ~2 ulp).
         var x = TestData.Uniform(1000, 1, 12f);
         using var dx = device!.Upload(x, x.Length);
@@ -18,10 +18,10 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.Silu.Reference(x), dy.ToArray(), 1e-6, 1e-6, "silu");
     }
 
-    [SkippableFact]
+    [Fact]
     public void Add()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact (one fp32 rounding in both).
         var a = TestData.Uniform(77, 1);
         var b = TestData.Uniform(77, 2);
@@ -32,10 +32,10 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.Add.Reference(a, b), dy.ToArray(), 0, 0, "add");
     }
 
-    [SkippableFact]
+    [Fact]
     public void UpsampleNearest2x()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact (a copy).
         var x = TestData.Uniform(2 * 3 * 4 * 5, 3);
         using var dx = device!.Upload(x, 2, 3, 4, 5);
@@ -44,10 +44,10 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.UpsampleNearest2x.Reference(x, 6, 4, 5), dy.ToArray(), 0, 0, "upsample nearest");
     }
 
-    [SkippableFact]
+    [Fact]
     public void AvgPool2x2()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact (same summation order, division by 4 is exact).
         var x = TestData.Uniform(2 * 3 * 6 * 8, 4);
         using var dx = device!.Upload(x, 2, 3, 6, 8);
@@ -56,10 +56,10 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.AvgPool2x2.Reference(x, 6, 6, 8), dy.ToArray(), 0, 0, "avg pool");
     }
 
-    [SkippableFact]
+    [Fact]
     public void ConcatChannels()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact (a copy).
         var a = TestData.Uniform(2 * 3 * 10, 5);
         var b = TestData.Uniform(2 * 5 * 10, 6);
@@ -70,10 +70,10 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.ConcatChannels.Reference(a, 3, b, 5, 2, 10), dy.ToArray(), 0, 0, "concat");
     }
 
-    [SkippableFact]
+    [Fact]
     public void Softmax()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: atol 1e-7 + rtol 1e-5 (exp approximations; probabilities ≤ 1).
         var x = TestData.Uniform(7 * 33, 7, 20f);
         using var dx = device!.Upload(x, 7, 33);
@@ -82,12 +82,12 @@ public abstract class ElementwiseTests(ComputeDevice? device)
         TensorAssert.Close(K.Softmax.Reference(x, 7, 33), dy.ToArray(), 1e-7, 1e-5, "softmax");
     }
 
-    [SkippableTheory]
+    [Theory]
     [InlineData(32)]
     [InlineData(33)]
     public void TimestepEmbedding(int dim)
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: atol 1e-6. Both sides round the same fp32 argument once from double cos/sin;
         // PyTorch's fp32 cos/sin agree to ≤ 1 ulp.
         var t = new float[] { 0, 1, 37, 74, 250, 999 };

@@ -7,7 +7,7 @@ public abstract class GemmTests(ComputeDevice? device)
     // Tolerance: NMSE ≤ 1e-10 (fp32 sums of ≤ 70 products vs a double reference give ~1e-14).
     const double NmseBound = 1e-10;
 
-    [SkippableTheory]
+    [Theory]
     [InlineData(5, 7, 9, false, false, 1)]
     [InlineData(5, 7, 9, false, false, 2)]
     [InlineData(6, 3, 70, true, false, 2)]
@@ -15,7 +15,7 @@ public abstract class GemmTests(ComputeDevice? device)
     [InlineData(4, 4, 1, true, true, 2)]
     public void RowMajorWithBiasAndResidualAndRelu(int m, int n, int k, bool transA, bool transB, int version)
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         var s = GemmShape.RowMajor(m, n, k, transA, transB);
         s.BiasRow = 1;
         s.Act = (int)Activation.Relu;
@@ -33,13 +33,13 @@ public abstract class GemmTests(ComputeDevice? device)
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, "gemm");
     }
 
-    [SkippableTheory]
+    [Theory]
     [InlineData(150, 300, 700, false, false)]
     [InlineData(73, 259, 257, true, false)]
     [InlineData(7, 515, 64, false, true)]
     public void LargeShapesCrossEveryBlockBoundary(int m, int n, int k, bool transA, bool transB)
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Sizes straddle the host backend's 6×16 micro-tiles, 72×256 tiles and 256-deep K blocks.
         var s = GemmShape.RowMajor(m, n, k, transA, transB);
         s.BiasCol = 1;
@@ -55,10 +55,10 @@ public abstract class GemmTests(ComputeDevice? device)
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, m * n), dc.ToArray(), NmseBound, "large gemm");
     }
 
-    [SkippableFact]
+    [Fact]
     public void TwoBatchDimensionsWithOffsets()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // C[b0,b1] = A[b0,b1]·B[b0] + bias[b0,b1] where B is shared across b1 (batch stride 0) and A is read transposed.
         var s = new GemmShape
         {
@@ -79,10 +79,10 @@ public abstract class GemmTests(ComputeDevice? device)
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, 90), dc.ToArray(), NmseBound, "batched gemm with batched bias");
     }
 
-    [SkippableFact]
+    [Fact]
     public void LinearMatchesTorchLayout()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         var x = TestData.Uniform(6 * 10, 7);
         var w = TestData.Uniform(7 * 10, 8);
         var b = TestData.Uniform(7, 9);

@@ -4,7 +4,6 @@ using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
 using ILGPU.Runtime.Cuda;
 using IlgpuDiffSeg.Kernels;
-using Xunit.Abstractions;
 
 namespace IlgpuDiffSeg.Tests.Ops;
 

@@ -2,7 +2,6 @@ using IlgpuDiffSeg.Diffusion;
 using IlgpuDiffSeg.IO;
 using IlgpuDiffSeg.Kernels;
 using IlgpuDiffSeg.Model;
-using Xunit.Abstractions;
 
 namespace IlgpuDiffSeg.Tests.Pipeline;
 
@@ -12,10 +11,10 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
     /// ../shared/fixtures/adm-tiny/features.npy: ddpm-segmentation's pixel features of x0[0] with the shared noise at
     /// steps 50,150,250, blocks 2,3,4,5,7. Tolerance: max |diff| ≤ 1e-4 · max |official| (the bound).
     /// </summary>
-    [SkippableFact]
+    [Fact]
     public void ReproducesOfficialFeatures()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         using var tmp = new TempDir();
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), tmp.File("m.safetensors"));
         using var model = ModelWeights.Load(tmp.File("m.safetensors"), device!);
@@ -33,10 +32,10 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
         TensorAssert.RelativeMaxBelow(expected, actual, 1e-4, "features");
     }
 
-    [SkippableFact]
+    [Fact]
     public void BilinearMatchesReference()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact — the kernel evaluates the reference's expression in the same fp32 order.
         var x = TestData.Uniform(2 * 4 * 5, 3);
         using var dx = device!.Upload(x, 2, 4, 5);
@@ -47,10 +46,10 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
         TensorAssert.Close(expected, dy.ToArray(), 0, 0, "bilinear into channel offset 1");
     }
 
-    [SkippableFact]
+    [Fact]
     public void QSampleMatchesReference()
     {
-        Skip.If(device is null, "no CUDA device");
+        Assert.SkipWhen(device is null, "no CUDA device");
         // Tolerance: exact (same two rounded products and rounded sum).
         var x0 = TestData.Uniform(30, 1);
         var noise = TestData.Uniform(30, 2);
@@ -100,3 +99,32 @@ public sealed class NoiseScheduleTests
         Assert.Equal(0.999, s.Betas[^1], 12);
     }
 }
+
+public abstract class StepChunkingTests(ComputeDevice? device)
+{
+    /// <summary>
+    /// Running the steps one UNet call at a time (what large images do) gives the same features as one batched call.
+    /// Tolerance: exact — batch items never interact in any kernel.
+    /// </summary>
+    [Fact]
+    public void OneStepAtATimeEqualsBatched()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        using var tmp = new TempDir();
+        ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), tmp.File("m.safetensors"));
+        using var model = ModelWeights.Load(tmp.File("m.safetensors"), device!);
+        using var image = device!.Upload(TestData.Uniform(3 * 32 * 32, 60), 3, 32, 32);
+        using var noise = device.Upload(TestData.Uniform(3 * 3 * 32 * 32, 61), 3, 3, 32, 32);
+        var batched = new FeatureExtractor(model, [50, 150, 250], [2, 5, 7]);
+        var chunked = new FeatureExtractor(model, [50, 150, 250], [2, 5, 7]) { MaxBatchPixels = 32 * 32 };
+        using var a = batched.Extract(image, noise);
+        using var b = chunked.Extract(image, noise);
+        TensorAssert.Close(a.ToArray(), b.ToArray(), 0, 0, "step-by-step vs batched features, per-step noise");
+    }
+}
+
+[Collection("cpu")]
+public sealed class StepChunkingTestsCpu(CpuSimdDeviceFixture f) : StepChunkingTests(f.Device);
+
+[Collection("cuda")]
+public sealed class StepChunkingTestsCuda(CudaDeviceFixture f) : StepChunkingTests(f.Device);
