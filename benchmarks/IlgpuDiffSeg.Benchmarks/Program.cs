@@ -6,6 +6,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// <summary>
 /// Benchmarks (never tests). Usage:
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
+///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
 ///   export-features EXP.json DIR                                            features + masks for original_mlp.py
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
 /// </summary>
@@ -30,6 +31,11 @@ public static class Program
             }
             case "memory-child":
                 return MemoryBenchmark.Child(args[1], args[2], int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
+            case "gpu":
+            {
+                int outAt = Array.IndexOf(args, "--out");
+                return GpuBenchmark.Run(args.Contains("--small"), outAt >= 0 ? args[outAt + 1] : null);
+            }
             case "export-features":
                 return ExportFeatures.Run(args[1], args[2]);
             case "host":
