@@ -23,7 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "generators"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adm_reference import UNet, randomize  # noqa: E402
+from original_mlp import PixelClassifier  # noqa: E402
 
 DEFAULTS = dict(image_size=64, num_channels=128, num_res_blocks=2, num_heads=4, num_heads_upsample=-1, num_head_channels=-1,
                 attention_resolutions="16,8", channel_mult="", dropout=0.0, class_cond=False, use_scale_shift_norm=True,
@@ -61,17 +63,6 @@ def autocast(mode, device):
     if mode == "fp16":
         return torch.autocast(device_type=device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
     return torch.autocast(device_type=device.type, enabled=False)
-
-
-class PixelClassifier(nn.Module):
-    def __init__(self, classes, dim):
-        super().__init__()
-        h1, h2 = (128, 32) if classes < 30 else (256, 128)
-        self.layers = nn.Sequential(nn.Linear(dim, h1), nn.ReLU(), nn.BatchNorm1d(h1), nn.Linear(h1, h2), nn.ReLU(),
-                                    nn.BatchNorm1d(h2), nn.Linear(h2, classes))
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 def main():

@@ -28,6 +28,22 @@ public static class BatchNorm1d
 
     // ---- CPU reference
 
+    /// <summary>Batch mean and biased variance of feature j over the rows, in double.</summary>
+    static (double Mean, double Var) Statistics(float[] x, int rows, int features, int j)
+    {
+        double mean = 0, var = 0;
+        for (int b = 0; b < rows; b++)
+        {
+            mean += x[b * features + j];
+        }
+        mean /= rows;
+        for (int b = 0; b < rows; b++)
+        {
+            var += Math.Pow(x[b * features + j] - mean, 2);
+        }
+        return (mean, var / rows);
+    }
+
     /// <summary>Training forward for one member: x (B, F) → y; updates running stats in place.</summary>
     public static float[] TrainReference(float[] x, int rows, int features, float[] gamma, float[] beta, float[] runningMean,
         float[] runningVar, float eps = DefaultEps, float momentum = DefaultMomentum)
@@ -35,17 +51,7 @@ public static class BatchNorm1d
         var y = new float[x.Length];
         for (int j = 0; j < features; j++)
         {
-            double mean = 0, var = 0;
-            for (int b = 0; b < rows; b++)
-            {
-                mean += x[b * features + j];
-            }
-            mean /= rows;
-            for (int b = 0; b < rows; b++)
-            {
-                var += Math.Pow(x[b * features + j] - mean, 2);
-            }
-            var /= rows;
+            var (mean, var) = Statistics(x, rows, features, j);
             double rstd = 1 / Math.Sqrt(var + eps);
             for (int b = 0; b < rows; b++)
             {
@@ -67,17 +73,7 @@ public static class BatchNorm1d
         var dBias = new float[features];
         for (int j = 0; j < features; j++)
         {
-            double mean = 0, var = 0;
-            for (int b = 0; b < rows; b++)
-            {
-                mean += x[b * features + j];
-            }
-            mean /= rows;
-            for (int b = 0; b < rows; b++)
-            {
-                var += Math.Pow(x[b * features + j] - mean, 2);
-            }
-            var /= rows;
+            var (mean, var) = Statistics(x, rows, features, j);
             double rstd = 1 / Math.Sqrt(var + eps), sumDy = 0, sumDyXhat = 0;
             for (int b = 0; b < rows; b++)
             {

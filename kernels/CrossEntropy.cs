@@ -56,22 +56,7 @@ public static class CrossEntropy
         for (int b = 0; b < rows; b++)
         {
             int row = baseIndex + b * classes;
-            float max = logits[row];
-            int argmax = 0;
-            for (int c = 1; c < classes; c++)
-            {
-                if (logits[row + c] > max)
-                {
-                    max = logits[row + c];
-                    argmax = c;
-                }
-            }
-            float sum = 0f;
-            for (int c = 0; c < classes; c++)
-            {
-                sum += XMath.Exp(logits[row + c] - max);
-            }
-            float lse = max + XMath.Log(sum);
+            float lse = LogSumExp(logits, row, classes, out int argmax);
             int label = labels[b];
             total += lse - logits[row + label];
             hits += argmax == label ? 1 : 0;
@@ -84,6 +69,27 @@ public static class CrossEntropy
         }
         loss[m] = total / rows;
         correct[m] = hits;
+    }
+
+    /// <summary>log Σ exp(x[row..row+n)), computed from the row's maximum; also the first index of that maximum.</summary>
+    public static float LogSumExp(ArrayView<float> x, int row, int n, out int argmax)
+    {
+        float max = x[row];
+        argmax = 0;
+        for (int c = 1; c < n; c++)
+        {
+            if (x[row + c] > max)
+            {
+                max = x[row + c];
+                argmax = c;
+            }
+        }
+        float sum = 0f;
+        for (int c = 0; c < n; c++)
+        {
+            sum += XMath.Exp(x[row + c] - max);
+        }
+        return max + XMath.Log(sum);
     }
 
     // ---- launcher

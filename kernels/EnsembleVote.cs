@@ -77,22 +77,7 @@ public static class EnsembleVote
         for (int i = index; i < total; i += stride)
         {
             int row = i * classes;
-            float max = logits[row];
-            int arg = 0;
-            for (int c = 1; c < classes; c++)
-            {
-                if (logits[row + c] > max)
-                {
-                    max = logits[row + c];
-                    arg = c;
-                }
-            }
-            float sum = 0f;
-            for (int c = 0; c < classes; c++)
-            {
-                sum += XMath.Exp(logits[row + c] - max);
-            }
-            float l = max + XMath.Log(sum);
+            float l = CrossEntropy.LogSumExp(logits, row, classes, out int arg);
             float h = 0f;
             for (int c = 0; c < classes; c++)
             {

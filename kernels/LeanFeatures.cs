@@ -74,8 +74,25 @@ public static class LeanFeatures
         return (1f - wy) * top + wy * bottom;
     }
 
-    static void GatherF32Kernel(Index1D index, int stride, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
-        ArrayView<float> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
+    /// <summary>A store of native maps read as floats: fp32 as is, fp16 widened (the one kernel serves both).</summary>
+    public interface INativeStore
+    {
+        float this[long index] { get; }
+    }
+
+    public readonly struct Float32Store(ArrayView<float> view) : INativeStore
+    {
+        public float this[long index] => view[index];
+    }
+
+    public readonly struct Float16Store(ArrayView<Half> view) : INativeStore
+    {
+        public float this[long index] => (float)view[index];
+    }
+
+    static void GatherKernel<TStore>(Index1D index, int stride, LeanShape s, ArrayView<int> ids, ArrayView<int> table,
+        ArrayView<int> channelEntry, TStore store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
+        where TStore : struct, INativeStore
     {
         int pixels = s.Height * s.Width;
         for (int i = index; i < s.Rows * s.Channels; i += stride)
@@ -87,27 +104,6 @@ public static class LeanFeatures
             Taps(p / s.Width, p % s.Width, h, w, s, out int i00, out int i01, out int i10, out int i11, out float wx, out float wy);
             long baseIndex = img * s.RecordSize + table[e * TableWidth + 4] + (long)(c - table[e * TableWidth]) * h * w;
             x[i] = Blend(store[baseIndex + i00], store[baseIndex + i01], store[baseIndex + i10], store[baseIndex + i11], wx, wy);
-            if (c == 0)
-            {
-                y[b] = labels[g];
-            }
-        }
-    }
-
-    static void GatherF16Kernel(Index1D index, int stride, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
-        ArrayView<Half> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
-    {
-        int pixels = s.Height * s.Width;
-        for (int i = index; i < s.Rows * s.Channels; i += stride)
-        {
-            int b = i / s.Channels, c = i % s.Channels;
-            int g = ids[b], img = g / pixels, p = g % pixels;
-            int e = channelEntry[c];
-            int h = table[e * TableWidth + 2], w = table[e * TableWidth + 3];
-            Taps(p / s.Width, p % s.Width, h, w, s, out int i00, out int i01, out int i10, out int i11, out float wx, out float wy);
-            long baseIndex = img * s.RecordSize + table[e * TableWidth + 4] + (long)(c - table[e * TableWidth]) * h * w;
-            x[i] = Blend((float)store[baseIndex + i00], (float)store[baseIndex + i01], (float)store[baseIndex + i10],
-                (float)store[baseIndex + i11], wx, wy);
             if (c == 0)
             {
                 y[b] = labels[g];
@@ -229,10 +225,7 @@ public static class LeanFeatures
                 null, (byte*)labels.LoadEffectiveAddressAsPtr(), (float*)x.LoadEffectiveAddressAsPtr(), (int*)y.LoadEffectiveAddressAsPtr());
             return;
         }
-        var k = dev.Kernel("lean.gather_f32", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
-            ArrayView<int>, ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherF32Kernel));
-        int threads = dev.StrideThreads((long)s.Rows * s.Channels);
-        k(threads, threads, s, ids, table, channelEntry, store, labels, x, y);
+        LaunchGather(dev, "lean.gather_f32", s, ids, table, channelEntry, new Float32Store(store), labels, x, y);
     }
 
     /// <summary>The same from an fp16 store.</summary>
@@ -247,8 +240,15 @@ public static class LeanFeatures
                 (int*)y.LoadEffectiveAddressAsPtr());
             return;
         }
-        var k = dev.Kernel("lean.gather_f16", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
-            ArrayView<int>, ArrayView<Half>, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherF16Kernel));
+        LaunchGather(dev, "lean.gather_f16", s, ids, table, channelEntry, new Float16Store(store), labels, x, y);
+    }
+
+    static void LaunchGather<TStore>(ComputeDevice dev, string key, LeanShape s, ArrayView<int> ids, ArrayView<int> table,
+        ArrayView<int> channelEntry, TStore store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
+        where TStore : struct, INativeStore
+    {
+        var k = dev.Kernel(key, a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
+            ArrayView<int>, TStore, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherKernel));
         int threads = dev.StrideThreads((long)s.Rows * s.Channels);
         k(threads, threads, s, ids, table, channelEntry, store, labels, x, y);
     }

@@ -10,7 +10,8 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// <summary>
 /// Every ILGPU kernel of the project compiles to PTX for an H100 (sm_90) — checked offline, without a GPU, so that a
 /// construct that runs on the CPU accelerator but not on CUDA (an intrinsic without a PTX lowering, an exception path)
-/// fails in CI rather than on the first GPU. A kernel is any static method whose first parameter is an ILGPU index.
+/// fails in CI rather than on the first GPU. A kernel is any static method whose first parameter is an ILGPU index;
+/// a generic kernel is compiled once for each struct of the assembly that meets its constraints.
 /// </summary>
 public sealed class PtxCompileTests(ITestOutputHelper log)
 {
@@ -19,22 +20,37 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         var data = new TheoryData<string>();
         foreach (var m in KernelMethods())
         {
-            data.Add($"{m.DeclaringType!.Name}.{m.Name}");
+            data.Add(Name(m));
         }
         return data;
     }
 
-    static IEnumerable<MethodInfo> KernelMethods() =>
-        typeof(ComputeDevice).Assembly.GetTypes()
+    static IEnumerable<MethodInfo> KernelMethods()
+    {
+        var types = typeof(ComputeDevice).Assembly.GetTypes();
+        return types
             .SelectMany(t => t.GetMethods(BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public | BindingFlags.DeclaredOnly))
             .Where(m => m.GetParameters() is { Length: > 1 } p && (p[0].ParameterType == typeof(Index1D)))
-            .OrderBy(m => m.DeclaringType!.Name).ThenBy(m => m.Name);
+            .SelectMany(m => m.IsGenericMethodDefinition ? Close(m, types) : [m])
+            .OrderBy(m => m.DeclaringType!.Name).ThenBy(Name);
+    }
+
+    static IEnumerable<MethodInfo> Close(MethodInfo generic, Type[] types)
+    {
+        var parameter = generic.GetGenericArguments().Single();
+        var constraints = parameter.GetGenericParameterConstraints().Where(c => c != typeof(ValueType)).ToArray();
+        return types.Where(t => t.IsValueType && !t.IsGenericTypeDefinition && constraints.All(c => c.IsAssignableFrom(t)))
+            .Select(t => generic.MakeGenericMethod(t));
+    }
+
+    static string Name(MethodInfo m) =>
+        $"{m.DeclaringType!.Name}.{m.Name}" + (m.IsGenericMethod ? $"<{string.Join(",", m.GetGenericArguments().Select(a => a.Name))}>" : "");
 
     [Theory]
     [MemberData(nameof(Kernels))]
     public void CompilesForSm90(string name)
     {
-        var method = KernelMethods().Single(m => $"{m.DeclaringType!.Name}.{m.Name}" == name);
+        var method = KernelMethods().Single(m => Name(m) == name);
         // A fresh context per kernel: a failed compile can leave a backend unusable (ILGPU.md §6-E).
         using var context = Context.Create(b => b.Optimize(OptimizationLevel.O2).EnableAlgorithms());
         using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
