@@ -40,6 +40,11 @@ public static class Program
         {
             Console.Error.WriteLine($"error: {e.Message}");
         }
+        catch (IlgpuDiffSeg.Pipeline.TrainingInterruptedException e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 130;
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             Console.Error.WriteLine($"error: {e.Message}");

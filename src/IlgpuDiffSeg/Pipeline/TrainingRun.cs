@@ -29,7 +29,12 @@ public static class TrainingRun
     static readonly TimeSpan CheckpointEvery = TimeSpan.FromMinutes(3);
     const int PollEvery = 25;
 
-    public static TrainingSummary Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
+    /// <summary>
+    /// Trains. <paramref name="interrupt"/>, asked after every optimizer step with the number of steps done, may stop the
+    /// run: the state is then saved at that exact step and <see cref="TrainingInterruptedException"/> is thrown; the same
+    /// call later resumes from there and ends with the same weights as an uninterrupted run.
+    /// </summary>
+    public static TrainingSummary Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log, Func<long, bool>? interrupt = null)
     {
         var started = DateTime.UtcNow;
         using var model = ModelWeights.Load(cfg.ModelPath, dev);
@@ -103,6 +108,11 @@ public static class TrainingRun
             {
                 features.Gather(order.From((long)it * cfg.BatchSize), cfg.BatchSize, deviceLabels.View, x.View, y.View);
                 trainer.Step(x.View, y.View, epoch);
+                if (interrupt?.Invoke(trainer.Steps) == true)
+                {
+                    SaveState(statePath, fingerprint, ensemble, trainer, epoch, it + 1);
+                    throw new TrainingInterruptedException(statePath);
+                }
                 if ((it + 1) % PollEvery == 0 || it == perEpoch - 1)
                 {
                     var active = trainer.Active();
@@ -240,4 +250,11 @@ public static class TrainingRun
         log($"resuming from {path}: epoch {epoch}, iteration {iteration} ({t.Steps} steps done)");
         return (epoch, iteration);
     }
+}
+
+/// <summary>Training was stopped on request; its state is saved and the same command resumes it.</summary>
+public sealed class TrainingInterruptedException(string statePath)
+    : Exception($"training interrupted; state saved in {statePath} — run the same command to resume")
+{
+    public string StatePath { get; } = statePath;
 }

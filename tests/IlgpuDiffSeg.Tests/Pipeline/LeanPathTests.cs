@@ -115,3 +115,48 @@ public sealed class LeanPathTestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelp
 
 [Collection("cuda")]
 public sealed class LeanPathTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Device, log);
+
+public abstract class ResumeTests(ComputeDevice? device)
+{
+    /// <summary>
+    /// A run interrupted mid-epoch and resumed ends with the same ensemble as an uninterrupted run.
+    /// Tolerance: exact — the state saved holds everything the next step reads, and the data order is a function of the seed.
+    /// </summary>
+    [Fact]
+    public void InterruptedRunResumesToTheSameWeights()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        using var tmp = new TempDir();
+        string modelPath = tmp.File("tiny.safetensors");
+        ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), modelPath);
+        SyntheticScenes.Write(tmp.File("train"), 2, 32, seed: 9);
+        ExperimentConfig Config(string name)
+        {
+            File.WriteAllText(tmp.File(name + ".json"), $$"""
+                {"exp_dir": "{{tmp.File(name)}}", "number_class": 5, "ignore_label": 255, "training_path": "{{tmp.File("train")}}",
+                 "testing_path": "{{tmp.File("train")}}", "model_path": "{{modelPath}}", "dim": [32, 32, 320], "steps": [50, 150],
+                 "blocks": [2, 5, 7], "model_num": 2, "batch_size": 64, "seed": 4, "max_epochs": 6}
+                """);
+            return ExperimentConfig.Load(tmp.File(name + ".json"));
+        }
+        var straight = Config("straight");
+        var resumed = Config("resumed");
+        TrainingRun.Run(straight, device!, _ => { });
+        // 32 iterations an epoch: stop in the middle of epoch 1.
+        var e = Assert.Throws<TrainingInterruptedException>(() => TrainingRun.Run(resumed, device!, _ => { }, steps => steps == 45));
+        Assert.True(File.Exists(e.StatePath));
+        var lines = new List<string>();
+        TrainingRun.Run(resumed, device!, lines.Add);
+        Assert.Contains(lines, l => l.Contains("resuming from") && l.Contains("epoch 1, iteration 13"));
+        using var a = PixelEnsemble.Load(Path.Combine(straight.ExpDir, TrainingRun.EnsembleFile), device!);
+        using var b = PixelEnsemble.Load(Path.Combine(resumed.ExpDir, TrainingRun.EnsembleFile), device!);
+        TensorAssert.Close(a.Parameters.ToArray(), b.Parameters.ToArray(), 0, 0, "resumed vs uninterrupted parameters");
+        TensorAssert.Close(a.RunningVar2.ToArray(), b.RunningVar2.ToArray(), 0, 0, "resumed vs uninterrupted running variance");
+    }
+}
+
+[Collection("cpu")]
+public sealed class ResumeTestsCpu(CpuSimdDeviceFixture f) : ResumeTests(f.Device);
+
+[Collection("cuda")]
+public sealed class ResumeTestsCuda(CudaDeviceFixture f) : ResumeTests(f.Device);
