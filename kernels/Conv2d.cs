@@ -269,6 +269,14 @@ public static class Conv2d
         var empty = y.View.SubView(0, 0);
         var biasView = bias?.View ?? empty;
         var residualView = residual?.View ?? empty;
+        if (version == 3)
+        {
+            int kk = s.Cin * s.K * s.K;
+            var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
+            TiledGemm.Run(dev, "conv2d.v3", tile, 1, new StridedOperand(w.View, 0, 1, 0, 0, kk, 1), new Im2ColOperand(x.View, s),
+                new ConvOutput(s), biasView, residualView, y.View);
+            return;
+        }
         if (version == 1)
         {
             var k = dev.Kernel("conv2d.v1", a => a.LoadAutoGroupedStreamKernel<Index1D, int, ConvShape, ArrayView<float>,

@@ -4,6 +4,7 @@
 // (batch, head) split of attention and "linear over a batch of rows" are all strides, with no copies.
 //   v1  one C element per grid-stride step.
 //   v2  4×4 register tile of C per step: 8 loads feed 16 FMAs. Default.
+//   v3  the shared-memory tiled kernel of TiledGemm (128×128 tiles, 8×8 per thread), for GPUs; opt-in until measured.
 // FLOPs = 2·batches·M·N·K.
 using ILGPU;
 using ILGPU.Algorithms;
@@ -192,6 +193,15 @@ public static class Gemm
             return;
         }
         var empty = c.SubView(0, 0);
+        if (version == 3)
+        {
+            var tile = new TileShape { M = s.M, N = s.N, K = s.K, HasBias = s.HasBias, HasResidual = s.HasResidual, Act = s.Act, Alpha = s.Alpha };
+            TiledGemm.Run(dev, "gemm.v3", tile, checked((int)s.Batches),
+                new StridedOperand(a, s.AOffset, s.Batch1, s.ABatch0, s.ABatch1, s.ARow, s.ACol),
+                new StridedOperand(b, s.BOffset, s.Batch1, s.BBatch0, s.BBatch1, s.BRow, s.BCol),
+                new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+            return;
+        }
         if (version == 1)
         {
             var k = dev.Kernel("gemm.v1", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, ArrayView<float>,

@@ -68,13 +68,38 @@ public static class GpuBenchmark
             using var w = dev.Zeros(channels, channels, 3, 3);
             using var b = dev.Zeros(channels);
             using var y = dev.Allocate(batch, channels, res, res);
-            Add($"conv3x3 {channels}→{channels} @{res}² batch {batch}", Time(dev, () => Conv2d.Forward(x, w, b, y)),
-                2.0 * batch * channels * channels * 9 * res * res, 0);
+            foreach (int version in dev.IsCuda ? new[] { 2, 3 } : new[] { 2 })
+            {
+                Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v{version})", Time(dev, () => Conv2d.Forward(x, w, b, y, version: version)),
+                    2.0 * batch * channels * channels * 9 * res * res, 0);
+            }
             using var g = dev.Zeros(channels);
             Add($"group_norm+silu {channels}ch @{res}² batch {batch}", Time(dev, () => GroupNorm.Forward(x, g, g, y, silu: true)),
                 0, 3.0 * 4 * x.Length);
             using var up = dev.Allocate(channels, size, size);
             Add($"bilinear {channels}ch {res}²→{size}²", Time(dev, () => UpsampleBilinear.Forward(x.Slice0(0), up)), 0, 4.0 * (x.Length / batch + up.Length));
+        }
+        foreach (int version in dev.IsCuda ? new[] { 2, 3 } : new[] { 2 })
+        {
+            int d = small ? 864 : 8448;
+            using var xg = dev.Zeros(64, d);
+            using var wg = dev.Zeros(10 * 128 * d);
+            using var hg = dev.Zeros(10 * 64 * 128);
+            using var gg = dev.Zeros(10 * 128 * d);
+            var forward = new GemmShape
+            {
+                M = 64, N = 128, K = d, Batch0 = 10, Batch1 = 1, Alpha = 1f, ARow = d, ACol = 1,
+                BRow = 1, BCol = d, BBatch0 = 128 * d, CRow = 128, CCol = 1, CBatch0 = 64 * 128,
+            };
+            var weightGrad = new GemmShape
+            {
+                M = 128, N = d, K = 64, Batch0 = 10, Batch1 = 1, Alpha = 1f, ARow = 1, ACol = 128, ABatch0 = 64 * 128,
+                BRow = d, BCol = 1, CRow = d, CCol = 1, CBatch0 = 128 * d,
+            };
+            Add($"gemm: classifier layer 1 forward, 10×(64×{d}·{d}×128) (v{version})",
+                Time(dev, () => Gemm.Run(dev, forward, xg.View, wg.View, hg.View, version: version)), 2.0 * 10 * 64 * 128 * d, 0);
+            Add($"gemm: classifier layer 1 weight gradient (v{version})",
+                Time(dev, () => Gemm.Run(dev, weightGrad, hg.View, xg.View, gg.View, version: version)), 2.0 * 10 * 64 * 128 * d, 0);
         }
         foreach (var (channels, tokens, heads) in small ? new[] { (64, 64, 2) } : new[] { (2 * c1, 1024, 8), (4 * c1, 256, 16) })
         {

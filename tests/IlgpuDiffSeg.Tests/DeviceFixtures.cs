@@ -25,6 +25,14 @@ public sealed class CpuSimdDeviceFixture : IDisposable
     public void Dispose() => Device.Dispose();
 }
 
+/// <summary>The CPU accelerator with a warp-32, 1024-thread-group shape: for kernels that need GPU-sized groups (TiledGemm).</summary>
+public sealed class CpuWarp32DeviceFixture : IDisposable
+{
+    public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu, cpuShape: ILGPU.Runtime.CPU.CPUDevice.Nvidia);
+
+    public void Dispose() => Device.Dispose();
+}
+
 /// <summary>The CUDA device when this machine has one; null otherwise, and the CUDA test classes skip.</summary>
 public sealed class CudaDeviceFixture : IDisposable
 {
@@ -36,7 +44,8 @@ public sealed class CudaDeviceFixture : IDisposable
 // Device tests run one class at a time: the ILGPU accelerators are not meant for concurrent launches from
 // several test threads, and the CPU accelerator already uses every core.
 [CollectionDefinition("cpu")]
-public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>, ICollectionFixture<CpuSimdDeviceFixture>;
+public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>, ICollectionFixture<CpuSimdDeviceFixture>,
+    ICollectionFixture<CpuWarp32DeviceFixture>;
 
 [CollectionDefinition("cuda")]
 public sealed class CudaCollection : ICollectionFixture<CudaDeviceFixture>;

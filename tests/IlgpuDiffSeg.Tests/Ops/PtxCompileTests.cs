@@ -62,6 +62,25 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"{name}: {ptx.Split('\n').Length} lines of PTX");
     }
 
+    /// <summary>The explicitly grouped tiled kernel, as Gemm and Conv2d instantiate it; its accumulators must stay in registers.</summary>
+    [Theory]
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
+    public void TiledKernelCompilesForSm90(Type a, Type b, Type c)
+    {
+        var method = typeof(TiledGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
+            CudaInstructionSet.ISA_85, null);
+        var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
+        string ptx = compiled.PTXAssembly;
+        Assert.Contains(".shared", ptx);
+        Assert.Contains("bar.sync", ptx);
+        Assert.DoesNotContain(".local", ptx);
+        Assert.DoesNotContain(".extern .func", ptx);
+        log.WriteLine($"tiled {b.Name}: {ptx.Split('\n').Length} lines, {ptx.Split("fma.rn.f32").Length - 1 + ptx.Split("mul.f32").Length - 1} mul/fma");
+    }
+
     [Fact]
     public void EveryKernelFileIsCovered()
     {
