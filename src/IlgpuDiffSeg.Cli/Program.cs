@@ -18,7 +18,16 @@ public static class Program
         root.Subcommands.Add(PipelineCommands.Evaluate());
         root.Subcommands.Add(PipelineCommands.Predict());
         root.Subcommands.Add(DemoCommand.Create());
-        return root.Parse(args).Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            // One line, not the whole help: which argument is wrong, and where the help is.
+            string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
+            var messages = parsed.Errors.Select(e => System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s+", " ").Trim().TrimEnd('.'));
+            Console.Error.WriteLine($"error: {string.Join("; ", messages)} (see 'diffseg{command} --help')");
+            return 2;
+        }
+        return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
 
     /// <summary>
