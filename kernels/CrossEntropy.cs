@@ -3,7 +3,7 @@
 // layer's bias gradient Σ_b dz is written too, and the number of rows whose argmax is the label (for the accuracy the
 // original logs).
 //   v1  one thread per member over its B·C logits (B = 64, C ≤ ~40: tiny).
-// logits, dlogits: (M, B, C); labels: (B) as ints; loss, correct: (M).
+// logits, dlogits: (M, B, C); labels: (B) as ints, or (M, B) when each member has its own batch; loss, correct: (M).
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -42,8 +42,8 @@ public static class CrossEntropy
 
     // ---- GPU kernels
 
-    static void Kernel(Index1D m, int rows, int classes, int memberStride, int biasOffset, ArrayView<float> logits, ArrayView<int> labels,
-        ArrayView<float> dlogits, ArrayView<float> grads, ArrayView<float> loss, ArrayView<float> correct)
+    static void Kernel(Index1D m, int rows, int classes, int memberStride, int biasOffset, int labelStride, ArrayView<float> logits,
+        ArrayView<int> labels, ArrayView<float> dlogits, ArrayView<float> grads, ArrayView<float> loss, ArrayView<float> correct)
     {
         int baseIndex = m * rows * classes;
         int gradBias = m * memberStride + biasOffset;
@@ -57,7 +57,7 @@ public static class CrossEntropy
         {
             int row = baseIndex + b * classes;
             float lse = LogSumExp(logits, row, classes, out int argmax);
-            int label = labels[b];
+            int label = labels[m * labelStride + b];
             total += lse - logits[row + label];
             hits += argmax == label ? 1 : 0;
             for (int c = 0; c < classes; c++)
@@ -94,12 +94,13 @@ public static class CrossEntropy
 
     // ---- launcher
 
+    /// <summary><paramref name="labelStride"/>: 0 when every member reads the same labels, B when each has its own batch.</summary>
     public static void ForwardBackward(ComputeDevice dev, int members, int rows, int classes, int memberStride, int biasOffset,
         ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> dlogits, ArrayView<float> grads, ArrayView<float> loss,
-        ArrayView<float> correct)
+        ArrayView<float> correct, int labelStride = 0)
     {
-        var k = dev.Kernel("cross_entropy", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>,
+        var k = dev.Kernel("cross_entropy", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>,
             ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
-        k(members, rows, classes, memberStride, biasOffset, logits, labels, dlogits, grads, loss, correct);
+        k(members, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct);
     }
 }

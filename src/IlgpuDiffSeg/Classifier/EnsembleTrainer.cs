@@ -7,8 +7,9 @@ namespace IlgpuDiffSeg.Classifier;
 /// <summary>
 /// Trains every member of a <see cref="PixelEnsemble"/> together, as ddpm-segmentation's train loop trains each one:
 /// cross-entropy, Adam (lr 1e-3, β 0.9/0.999, eps 1e-8), BatchNorm in training mode, and the original's stopping rule
-/// per member. One batch feeds all members; a stopped member is frozen (no updates, no running-stat changes) while the
-/// others go on. An iteration is a fixed sequence of kernel launches with no host synchronisation.
+/// per member. Every member steps in the same iteration, on a batch shared by all or on its own batch (as the original's
+/// separate DataLoaders give each member its own order); a stopped member is frozen (no updates, no running-stat
+/// changes) while the others go on. An iteration is a fixed sequence of kernel launches with no host synchronisation.
 /// </summary>
 public sealed class EnsembleTrainer : IDisposable
 {
@@ -75,23 +76,26 @@ public sealed class EnsembleTrainer : IDisposable
     }
 
     /// <summary>
-    /// One optimisation step of every active member on the batch x: (B, D) row-major, labels y: (B). The original's
-    /// order: forward, loss, backward, Adam step, then the stopping rule on this step's loss.
+    /// One optimisation step of every active member on x: (B, D) row-major with labels y: (B) shared by all members, or,
+    /// with <paramref name="perMember"/>, x: (M, B, D) and y: (M, B), one batch per member. The original's order: forward,
+    /// loss, backward, Adam step, then the stopping rule on this step's loss.
     /// </summary>
-    public void Step(ArrayView<float> x, ArrayView<int> y, int epoch)
+    public void Step(ArrayView<float> x, ArrayView<int> y, int epoch, bool perMember = false)
     {
+        int xStride = perMember ? rows * L.In : 0;
         int m = L.Members;
         var p = e.Parameters.View;
         var g = grads.View;
         // forward
-        e.Linear(x, L.In, 1, 0, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
+        e.Linear(x, L.In, 1, xStride, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
         BatchNorm1d.TrainForward(dev, e.Norm1(rows), a1.View, p, e.RunningMean1.View, e.RunningVar1.View, active.View, xhat1.View,
             rstd1.View, n1.View);
         e.Linear(n1.View, L.Hidden1, 1, rows * L.Hidden1, rows, L.Hidden1, L.Hidden2, L.W2, L.B2, a2.View, Activation.Relu);
         BatchNorm1d.TrainForward(dev, e.Norm2(rows), a2.View, p, e.RunningMean2.View, e.RunningVar2.View, active.View, xhat2.View,
             rstd2.View, n2.View);
         e.Linear(n2.View, L.Hidden2, 1, rows * L.Hidden2, rows, L.Hidden2, L.Classes, L.W3, L.B3, logits.View, Activation.None);
-        CrossEntropy.ForwardBackward(dev, m, rows, L.Classes, L.Size, L.B3, logits.View, y, dlogits.View, g, loss.View, correct.View);
+        CrossEntropy.ForwardBackward(dev, m, rows, L.Classes, L.Size, L.B3, logits.View, y, dlogits.View, g, loss.View, correct.View,
+            perMember ? rows : 0);
 
         // backward: dW = dYᵀ·X (per member), dX = dY·W
         WeightGrad(dlogits.View, L.Classes, n2.View, L.Hidden2, rows * L.Hidden2, L.W3);
@@ -100,7 +104,7 @@ public sealed class EnsembleTrainer : IDisposable
         WeightGrad(dz2.View, L.Hidden2, n1.View, L.Hidden1, rows * L.Hidden1, L.W2);
         InputGrad(dz2.View, L.Hidden2, L.W2, L.Hidden1, dn1.View);
         BatchNorm1d.Backward(dev, e.Norm1(rows), a1.View, xhat1.View, rstd1.View, dn1.View, p, g, dz1.View);
-        WeightGrad(dz1.View, L.Hidden1, x, L.In, 0, L.W1);
+        WeightGrad(dz1.View, L.Hidden1, x, L.In, xStride, L.W1);
 
         Steps++;
         Adam.Step(dev, AdamStep.At(Steps), m, L.Size, active.View, p, g, adamM.View, adamV.View);

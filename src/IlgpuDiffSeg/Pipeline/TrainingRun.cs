@@ -18,9 +18,10 @@ public sealed record TrainingSummary(string EnsemblePath, int Images, long Label
 
 /// <summary>
 /// `diffseg train`: ddpm-segmentation's prepare_data + train (REFERENCE §A7–A9) on the device. Features of every training
-/// image are extracted once; labelled pixels of all images are shuffled together each epoch into batches (drop_last);
-/// every ensemble member trains on the same batches. The state is saved at each epoch's end and every few minutes, so an
-/// interrupted run picks up where it stopped.
+/// image are extracted once; each epoch, each ensemble member gets its own shuffle of the labelled pixels of all images,
+/// cut into batches (drop_last) — as each member of the original has its own DataLoader — and all members step together,
+/// their batches gathered in one launch. The state is saved at each epoch's end and every few minutes, so an interrupted
+/// run picks up where it stopped.
 /// </summary>
 public static class TrainingRun
 {
@@ -90,24 +91,24 @@ public static class TrainingRun
         string statePath = Path.Combine(cfg.ExpDir, StateFile);
         var (startEpoch, startIteration) = TryResume(statePath, fingerprint, ensemble, trainer, log);
 
+        int members = cfg.ModelNum, batch = cfg.BatchSize;
         using var deviceLabels = dev.Buffer<byte>(labels);
-        using var order = dev.Buffer<int>(perEpoch * cfg.BatchSize);
-        using var x = dev.Buffer<float>((long)cfg.BatchSize * features.Channels);
-        using var y = dev.Buffer<int>(cfg.BatchSize);
+        using var order = dev.Buffer<int>((long)perEpoch * members * batch);
+        using var x = dev.Buffer<float>((long)members * batch * features.Channels);
+        using var y = dev.Buffer<int>(members * batch);
         var lastCheckpoint = DateTime.UtcNow;
         int epoch = startEpoch;
         bool anyActive = trainer.Active().Any(a => a);
         float[] loss = new float[cfg.ModelNum];
         for (; epoch < cfg.MaxEpochs && anyActive; epoch++)
         {
-            var shuffled = Shuffle(ids, cfg.Seed, epoch);
-            order.CopyFrom(shuffled.AsSpan(0, perEpoch * cfg.BatchSize));
+            order.CopyFrom(EpochOrder(ids, cfg.Seed, epoch, members, perEpoch, batch));
             var progress = new Progress(log, $"epoch {epoch} iteration", perEpoch);
             int first = epoch == startEpoch ? startIteration : 0;
             for (int it = first; it < perEpoch; it++)
             {
-                features.Gather(order.From((long)it * cfg.BatchSize), cfg.BatchSize, deviceLabels.View, x.View, y.View);
-                trainer.Step(x.View, y.View, epoch);
+                features.Gather(order.From((long)it * members * batch), members * batch, deviceLabels.View, x.View, y.View);
+                trainer.Step(x.View, y.View, epoch, perMember: true);
                 if (interrupt?.Invoke(trainer.Steps) == true)
                 {
                     SaveState(statePath, fingerprint, ensemble, trainer, epoch, it + 1);
@@ -177,17 +178,29 @@ public static class TrainingRun
         return result;
     }
 
-    /// <summary>The labelled pixel ids in this epoch's order: a seeded Fisher–Yates shuffle, the same on every resume.</summary>
-    static int[] Shuffle(int[] ids, int seed, int epoch)
+    /// <summary>
+    /// This epoch's batches: member m's pixels are a seeded Fisher–Yates shuffle of the labelled ids (the same on every
+    /// resume), laid out (iteration, member, row) so one gather fills every member's batch of an iteration.
+    /// </summary>
+    static int[] EpochOrder(int[] ids, int seed, int epoch, int members, int perEpoch, int batch)
     {
-        var a = (int[])ids.Clone();
-        var rng = new Random(unchecked(seed * 100_003 + epoch));
-        for (int i = a.Length - 1; i > 0; i--)
+        var order = new int[(long)perEpoch * members * batch];
+        var a = new int[ids.Length];
+        for (int m = 0; m < members; m++)
         {
-            int j = rng.Next(i + 1);
-            (a[i], a[j]) = (a[j], a[i]);
+            ids.CopyTo(a, 0);
+            var rng = new Random(unchecked(seed * 100_003 + epoch * 1_009 + m * 7_919));
+            for (int i = a.Length - 1; i > 0; i--)
+            {
+                int j = rng.Next(i + 1);
+                (a[i], a[j]) = (a[j], a[i]);
+            }
+            for (int it = 0; it < perEpoch; it++)
+            {
+                Array.Copy(a, it * batch, order, ((long)it * members + m) * batch, batch);
+            }
         }
-        return a;
+        return order;
     }
 
     static string Fingerprint(ExperimentConfig cfg, List<(string Image, string? Mask)> images, int channels, NoiseSource noise)
