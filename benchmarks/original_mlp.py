@@ -9,6 +9,10 @@ cross-entropy, the stopping rule (from epoch 4, stop after 51 minibatches withou
 mode of the members' argmax (ties to the smallest class), and dataset-level IoU with absent classes counted as 0.
 
     /usr/bin/python3 benchmarks/original_mlp.py DIR --classes 5 --ignore 255 [--members 10] [--seed 0]
+
+With --replay TRACE (from `IlgpuDiffSeg.Benchmarks train-trace DIR CLASSES STEPS TRACE`) it instead trains one PyTorch
+classifier from IlgpuDiffSeg's initial parameters on the same batches and compares losses and final parameters: the
+training step's parity with PyTorch.
 """
 import argparse
 import glob
@@ -103,6 +107,45 @@ def evaluate(models, features, masks, classes, ignore):
     return float(np.mean(ious)), ious
 
 
+def replay(a):
+    trf, trm = load(os.path.join(a.dir, "train"))
+    dim = trf[0].shape[0]
+    x = torch.cat([torch.from_numpy(f.reshape(dim, -1).T.copy()) for f in trf])
+    y = torch.cat([torch.from_numpy(m.reshape(-1)) for m in trm])
+    initial = np.load(os.path.join(a.replay, "initial.npy"))
+    order = torch.from_numpy(np.load(os.path.join(a.replay, "order.npy")))
+    model = PixelClassifier(a.classes, dim)
+    # IlgpuDiffSeg's packed member layout, in the original's state_dict order.
+    offset = 0
+    with torch.no_grad():
+        for name in ["layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias", "layers.3.weight", "layers.3.bias",
+                     "layers.5.weight", "layers.5.bias", "layers.6.weight", "layers.6.bias"]:
+            p = dict(model.named_parameters())[name]
+            p.copy_(torch.from_numpy(initial[offset:offset + p.numel()].reshape(p.shape)))
+            offset += p.numel()
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    for s in range(len(order) // 64):
+        idx = order[s * 64:(s + 1) * 64]
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    final = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    ours = np.load(os.path.join(a.replay, "final.npy"))
+    ours_losses = np.load(os.path.join(a.replay, "losses.npy"))
+    bn = [model.layers[2].running_mean, model.layers[2].running_var, model.layers[5].running_mean, model.layers[5].running_var]
+    running = torch.cat([t.reshape(-1) for t in bn]).numpy()
+    ours_running = np.load(os.path.join(a.replay, "running.npy"))
+    rel = np.abs(final - ours).max() / np.abs(final).max()
+    print(f"{len(losses)} steps; final loss torch {losses[-1]:.6f} ours {ours_losses[-1]:.6f}; "
+          f"max |loss diff| {np.abs(np.array(losses) - ours_losses).max():.2e}")
+    print(f"final parameters: max|diff|/max|torch| = {rel:.2e}; running stats: {np.abs(running - ours_running).max() / np.abs(running).max():.2e}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("dir")
@@ -111,8 +154,12 @@ def main():
     p.add_argument("--members", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=100)
+    p.add_argument("--replay")
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
+    if a.replay:
+        replay(a)
+        return
     trf, trm = load(os.path.join(a.dir, "train"))
     tef, tem = load(os.path.join(a.dir, "test"))
     start = time.time()

@@ -8,6 +8,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
 ///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
 ///   export-features EXP.json DIR                                            features + masks for original_mlp.py
+///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
 /// </summary>
 public static class Program
@@ -38,6 +39,8 @@ public static class Program
             }
             case "export-features":
                 return ExportFeatures.Run(args[1], args[2]);
+            case "train-trace":
+                return TrainTrace.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
             case "host":
                 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
                 return 0;
