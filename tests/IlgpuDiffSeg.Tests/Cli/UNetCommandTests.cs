@@ -27,3 +27,32 @@ public sealed class UNetCommandTests
         }
     }
 }
+
+[Collection("console")]
+public sealed class FeaturesCommandTests
+{
+    /// <summary>
+    /// `diffseg features` on x0[0] with the shared noise reproduces the official features.npy.
+    /// Tolerance: max |diff| ≤ 1e-4 · max |official|, as the library-level test.
+    /// </summary>
+    [Fact]
+    public void ReproducesOfficialFeaturesThroughTheCommand()
+    {
+        using var tmp = new TempDir();
+        string model = tmp.File("tiny.safetensors");
+        Assert.Equal(0, CliRunner.Run("convert", Fixtures.AdmTiny("model.pt"), "--flags", Fixtures.AdmTiny("flags.json"), "-o", model).ExitCode);
+        var x0 = Npy.ReadFloat32(Fixtures.AdmTiny("x0.npy"), out _);
+        Npy.Write(tmp.File("image.npy"), x0.AsSpan(0, 3 * 32 * 32), [3, 32, 32]);
+        var r = CliRunner.Run("features", "--model", model, "--image", tmp.File("image.npy"), "--noise", Fixtures.AdmTiny("noise.npy"),
+            "--steps", "50,150,250", "--blocks", "7,2,3,4,5", "-o", tmp.File("f.npy"), "--device", "cpu");
+        Assert.True(r.ExitCode == 0, r.Error);
+        var got = Npy.ReadFloat32(tmp.File("f.npy"), out var shape);
+        var want = Npy.ReadFloat32(Fixtures.AdmTiny("features.npy"), out var wantShape);
+        Assert.Equal(wantShape, shape);
+        TensorAssert.RelativeMaxBelow(want, got, 1e-4, "features via CLI");
+        var bad = CliRunner.Run("features", "--model", model, "--image", tmp.File("image.npy"), "--noise", Fixtures.AdmTiny("t.npy"),
+            "-o", tmp.File("g.npy"), "--device", "cpu");
+        CliRunner.AssertOneLineError(bad, "t.npy", "noise shape");
+        Assert.False(File.Exists(tmp.File("g.npy")));
+    }
+}

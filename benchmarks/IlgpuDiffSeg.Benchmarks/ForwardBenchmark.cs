@@ -1,0 +1,43 @@
+using System.Diagnostics;
+using System.Globalization;
+using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
+
+namespace IlgpuDiffSeg.Benchmarks;
+
+/// <summary>One full UNet forward pass of the LSUN-256 configuration (random weights) at a given batch size, timed after a
+/// warm-up pass: the figure issue 2 asks to write down.</summary>
+public static class ForwardBenchmark
+{
+    public static int Run(int batch, int reps)
+    {
+        using var dev = ComputeDevice.Create();
+        dev.HostKernels = true;
+        var clock = Stopwatch.StartNew();
+        using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));
+        ModelWeights.InitializeRandom(model, dev, 1);
+        Console.Error.WriteLine($"{model.ParameterCount:N0} parameters initialised in {clock.Elapsed.TotalSeconds:F1} s on {dev.Describe()}");
+        using var x = dev.Upload(NoiseSource(batch), batch, 3, 256, 256);
+        using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
+        clock.Restart();
+        using (var warm = model.Forward(x, t))
+        {
+            dev.Synchronize();
+        }
+        double first = clock.Elapsed.TotalSeconds;
+        clock.Restart();
+        for (int i = 0; i < reps; i++)
+        {
+            using var o = model.Forward(x, t);
+            dev.Synchronize();
+        }
+        double each = clock.Elapsed.TotalSeconds / reps;
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"LSUN-256 UNet forward, batch {batch}: {each:F3} s per pass (first pass, with kernel compilation: {first:F3} s); " +
+            $"{2.24e12 * batch / each / 1e12:F3} TFLOP/s at 2.24 TFLOP per image; peak device memory {dev.PeakDeviceBytes / 1e9:F2} GB; " +
+            $"device: {dev.Describe()}"));
+        return 0;
+    }
+
+    static float[] NoiseSource(int batch) => Pipeline.NoiseSource.Draw(batch * 3 * 256 * 256, 3);
+}
