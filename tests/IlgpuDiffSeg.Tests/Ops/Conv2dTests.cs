@@ -19,12 +19,18 @@ public abstract class Conv2dTests(ComputeDevice? device)
     public void MatchesReference(int n, int cin, int h, int w, int cout, int k, int stride, int version)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
+        Check(device!, n, cin, h, w, cout, k, stride, version);
+    }
+
+    /// <summary>With bias and residual, then without bias, against the reference; shared by every kernel version's tests.</summary>
+    public static void Check(ComputeDevice device, int n, int cin, int h, int w, int cout, int k, int stride, int version)
+    {
         var s = ConvShape.Create(n, cin, h, w, cout, k, stride, k / 2);
         var x = TestData.Uniform(n * cin * h * w, 1);
         var wt = TestData.Uniform(cout * cin * k * k, 2);
         var b = TestData.Uniform(cout, 3);
         var r = TestData.Uniform(n * cout * s.Ho * s.Wo, 4);
-        using var dx = device!.Upload(x, n, cin, h, w);
+        using var dx = device.Upload(x, n, cin, h, w);
         using var dw = device.Upload(wt, cout, cin, k, k);
         using var db = device.Upload(b, cout);
         using var dr = device.Upload(r, n, cout, s.Ho, s.Wo);

@@ -16,6 +16,12 @@ public abstract class GemmTests(ComputeDevice? device)
     public void RowMajorWithBiasAndResidualAndRelu(int m, int n, int k, bool transA, bool transB, int version)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
+        CheckRowMajor(device!, m, n, k, transA, transB, version);
+    }
+
+    /// <summary>α·A·B + bias + residual, ReLU, against the reference; shared by every kernel version's tests.</summary>
+    public static void CheckRowMajor(ComputeDevice device, int m, int n, int k, bool transA, bool transB, int version)
+    {
         var s = GemmShape.RowMajor(m, n, k, transA, transB);
         s.BiasRow = 1;
         s.Act = (int)Activation.Relu;
@@ -24,13 +30,13 @@ public abstract class GemmTests(ComputeDevice? device)
         var b = TestData.Uniform(k * n, 2);
         var bias = TestData.Uniform(m, 3);
         var r = TestData.Uniform(m * n, 4);
-        using var da = device!.Upload(a, m * k);
+        using var da = device.Upload(a, m * k);
         using var db = device.Upload(b, k * n);
         using var dbias = device.Upload(bias, m);
         using var dc = device.Upload(r, m * n);
         Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, version);
         s.HasBias = s.HasResidual = 1;
-        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, "gemm");
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, $"gemm v{version}");
     }
 
     [Theory]
@@ -59,6 +65,12 @@ public abstract class GemmTests(ComputeDevice? device)
     public void TwoBatchDimensionsWithOffsets()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
+        CheckBatched(device!, 2);
+    }
+
+    /// <summary>Two batch dimensions, offsets, a shared operand and a batched bias; shared by every kernel version's tests.</summary>
+    public static void CheckBatched(ComputeDevice device, int version)
+    {
         // C[b0,b1] = A[b0,b1]·B[b0] + bias[b0,b1] where B is shared across b1 (batch stride 0) and A is read transposed.
         var s = new GemmShape
         {
@@ -70,12 +82,12 @@ public abstract class GemmTests(ComputeDevice? device)
         };
         var a = TestData.Uniform(90, 5);
         var b = TestData.Uniform(41, 6);
-        using var da = device!.Upload(a, a.Length);
+        using var da = device.Upload(a, a.Length);
         using var db = device.Upload(b, b.Length);
         var bias = TestData.Uniform(12, 7);
         using var dbias = device.Upload(bias, 12);
         using var dc = device.Zeros(90);
-        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, version: version);
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, 90), dc.ToArray(), NmseBound, "batched gemm with batched bias");
     }
 
