@@ -1,28 +1,37 @@
 #!/usr/bin/env bash
-# Run ON THE DEVICE (see pack.sh): what the GPU is needed for, in one call, results under $OUT.
-#   1. the device, driver and ILGPU's view of it;
-#   2. the whole test suite (CUDA test classes run; the CPU ones too) — parity on CUDA;
-#   3. the GPU kernel/stage benchmark and its PyTorch peer, same device, same session;
-#   4. the memory benchmark at the Bedroom-28 shape.
+# Run ON THE DEVICE (see pack.sh and README.md here), one stage per call — a call may run at most 10 minutes:
+#   bash benchmarks/device/run.sh cuda-tests   the CUDA test classes: every kernel and the fixtures' parity on CUDA
+#   bash benchmarks/device/run.sh tests        the whole suite (CPU classes too)
+#   bash benchmarks/device/run.sh gpu          kernels and stages at LSUN-256 shapes (CUDA events, % of peak)
+#   bash benchmarks/device/run.sh peer         the PyTorch peer of `gpu`, same device (fp32, TF32, fp16)
+#   bash benchmarks/device/run.sh memory       lean vs materialised at the Bedroom-28 shape, 40 images
+# Results go to $OUT (device, driver and commit first).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/dev
-tar -C /tmp/dev -xJf publish/tests.tar.xz
-tar -C /tmp/dev -xJf publish/bench.tar.xz
-export DIFFSEG_FIXTURES=$PWD/shared/fixtures
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
-git rev-parse --short HEAD >> "$OUT/device.txt" 2>/dev/null || true
+mkdir -p "$OUT"
+# Unpacked inside the checkout: the tests find the repository (tests/fixtures, weights/) above their binaries.
+[ -x publish/tests/IlgpuDiffSeg.Tests ] || tar -C publish -xJf publish/tests.tar.xz
+[ -x publish/bench/IlgpuDiffSeg.Benchmarks ] || tar -C publish -xJf publish/bench.tar.xz
+export DIFFSEG_FIXTURES=$PWD/shared/fixtures DIFFSEG_REPO=$PWD
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; git rev-parse --short HEAD 2>/dev/null; } \
+    | tee "$OUT/device.txt"
 
-echo "== tests (CUDA and CPU) =="
-(cd "$PWD" && timeout 1500 /tmp/dev/tests/IlgpuDiffSeg.Tests -parallel none 2>&1 | tail -400) > "$OUT/tests.log"
-tail -5 "$OUT/tests.log"
-
-echo "== kernels and stages =="
-timeout 900 /tmp/dev/bench/IlgpuDiffSeg.Benchmarks gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
-PYTHONUNBUFFERED=1 timeout 900 python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
-cat "$OUT/gpu.md"; cat "$OUT/torch_peer.log"
-
-echo "== memory, Bedroom-28 shape =="
-timeout 1200 /tmp/dev/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
-cat "$OUT/memory-bedroom28.md"
+case "${1:-cuda-tests}" in
+  cuda-tests)
+    timeout 560 publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor -class "*Cuda" > "$OUT/tests-cuda.log" 2>&1
+    tail -5 "$OUT/tests-cuda.log" ;;
+  tests)
+    timeout 560 publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor > "$OUT/tests.log" 2>&1
+    tail -5 "$OUT/tests.log" ;;
+  gpu)
+    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
+    cat "$OUT/gpu.md" ;;
+  peer)
+    PYTHONUNBUFFERED=1 timeout 560 python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
+    cat "$OUT/torch_peer.log" ;;
+  memory)
+    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
+    cat "$OUT/memory-bedroom28.md" ;;
+  *) echo "unknown stage '$1'"; exit 2 ;;
+esac

@@ -5,11 +5,15 @@ public static class Fixtures
 {
     public static string RepoRoot { get; } = FindRepoRoot();
 
-    /// <summary>The checkout: above the test binaries, or above the working directory (a published test executable).</summary>
+    /// <summary>The checkout: $DIFFSEG_REPO, or above the test binaries, or above the working directory.</summary>
     static string FindRepoRoot()
     {
-        foreach (var start in new[] { AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
+        foreach (var start in new[] { Environment.GetEnvironmentVariable("DIFFSEG_REPO"), AppContext.BaseDirectory, Directory.GetCurrentDirectory() })
         {
+            if (string.IsNullOrEmpty(start) || !Directory.Exists(start))
+            {
+                continue;
+            }
             for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
             {
                 if (File.Exists(Path.Combine(dir.FullName, "IlgpuDiffSeg.sln")))
