@@ -257,8 +257,6 @@ public sealed class ComputeDevice : IDisposable
 
     public void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
 
-    internal void ReturnToPool(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
-
     /// <summary>Frees every cached (not in use) buffer.</summary>
     public void TrimPool() => pool.Trim();
 

@@ -122,7 +122,7 @@ public sealed class Tensor : IDisposable
     {
         if (owner && buffer is not null)
         {
-            device.ReturnToPool(buffer);
+            device.ReturnScratch(buffer);
             buffer = null;
         }
     }

@@ -154,6 +154,9 @@ public sealed class UNetModel : Module, IDisposable
         return block;
     }
 
+    /// <summary>Input height and width must be multiples of this (one halving per level below the first).</summary>
+    public int SizeMultiple => 1 << (levels - 1);
+
     /// <summary>Total number of weights.</summary>
     public long ParameterCount => Parameters().Sum(p => p.Count);
 
@@ -167,10 +170,9 @@ public sealed class UNetModel : Module, IDisposable
     {
         var dev = x.Device;
         int n = x[0];
-        int factor = 1 << (levels - 1);
-        if (x.Rank != 4 || x[1] != AdmFlags.InChannels || x[2] % factor != 0 || x[3] % factor != 0)
+        if (x.Rank != 4 || x[1] != AdmFlags.InChannels || x[2] % SizeMultiple != 0 || x[3] % SizeMultiple != 0)
         {
-            throw new DiffSegException($"input {x.ShapeString} must be (N, 3, H, W) with H and W divisible by {factor}");
+            throw new DiffSegException($"input {x.ShapeString} must be (N, 3, H, W) with H and W divisible by {SizeMultiple}");
         }
         if (t.Length != n)
         {

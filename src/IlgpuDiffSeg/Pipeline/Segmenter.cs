@@ -80,10 +80,9 @@ public sealed class Segmenter : IDisposable
             throw DiffSegException.For(cfg.SourcePath, $"dim[2] is {cfg.Dim[2]} but blocks [{string.Join(",", cfg.Blocks)}] at " +
                                                        $"{cfg.Steps.Length} steps give {extractor.Channels} feature channels");
         }
-        int factor = 1 << (model.Flags.ChannelMultipliers().Length - 1);
-        if (cfg.ImageSize % factor != 0)
+        if (cfg.ImageSize % model.SizeMultiple != 0)
         {
-            throw DiffSegException.For(cfg.SourcePath, $"image size {cfg.ImageSize} (dim[0]) is not divisible by {factor}, as the UNet needs");
+            throw DiffSegException.For(cfg.SourcePath, $"image size {cfg.ImageSize} (dim[0]) is not divisible by {model.SizeMultiple}, as the UNet needs");
         }
         return extractor;
     }

@@ -60,11 +60,6 @@ public sealed class UNetRun
         {
             throw DiffSegException.For(modelPath, "is not class-conditional: --y must not be given");
         }
-        int factor = 1 << (model.Flags.ChannelMultipliers().Length - 1);
-        if (xShape[2] % factor != 0 || xShape[3] % factor != 0)
-        {
-            throw new DiffSegException($"input images are {xShape[2]}×{xShape[3]}; this model needs sides divisible by {factor}");
-        }
         log?.Invoke($"model: {model.ParameterCount:N0} parameters, {model.OutputBlocks.Count} decoder blocks; batch {xShape[0]} at " +
                     $"{xShape[2]}×{xShape[3]}");
         using var dx = dev.Upload(x, xShape);
