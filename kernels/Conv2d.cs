@@ -3,6 +3,8 @@
 //   v1  one output element per grid-stride step, plain reduction over Cin·k·k. The shape of the reference.
 //   v2  register tile of 4 output channels × 4 output columns per step: each input value loaded once feeds
 //       4 channels and each weight feeds 4 columns (8 loads per 16 FMAs instead of 32). Default everywhere.
+//   v3  implicit GEMM through TiledGemm (weights × im2col read on the fly), for GPUs.
+//   v4  the same on tensor cores through TensorCoreGemm (fp16 operands, fp32 sums).
 //
 // x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout); y, residual: (N, Cout, Ho, Wo),
 // Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² → compute-bound for Cin ≥ 32.
@@ -269,12 +271,19 @@ public static class Conv2d
         var empty = y.View.SubView(0, 0);
         var biasView = bias?.View ?? empty;
         var residualView = residual?.View ?? empty;
-        if (version == 3)
+        if (version >= 3)
         {
             int kk = s.Cin * s.K * s.K;
             var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
-            TiledGemm.Run(dev, "conv2d.v3", tile, 1, new StridedOperand(w.View, 0, 1, 0, 0, kk, 1), new Im2ColOperand(x.View, s),
-                new ConvOutput(s), biasView, residualView, y.View);
+            var weights = new StridedOperand(w.View, 0, 1, 0, 0, kk, 1);
+            if (version == 4)
+            {
+                TensorCoreGemm.Run(dev, "conv2d.v4", tile, 1, weights, new Im2ColOperand(x.View, s), new ConvOutput(s), biasView, residualView, y.View);
+            }
+            else
+            {
+                TiledGemm.Run(dev, "conv2d.v3", tile, 1, weights, new Im2ColOperand(x.View, s), new ConvOutput(s), biasView, residualView, y.View);
+            }
             return;
         }
         if (version == 1)

@@ -5,6 +5,7 @@
 //   v1  one C element per grid-stride step.
 //   v2  4×4 register tile of C per step: 8 loads feed 16 FMAs. Default.
 //   v3  the shared-memory tiled kernel of TiledGemm (128×128 tiles, 8×8 per thread), for GPUs; opt-in until measured.
+//   v4  TensorCoreGemm: v3's tiling with fp16 operands on tensor cores (mma.sync), fp32 accumulation; opt-in (precision fp16).
 // FLOPs = 2·batches·M·N·K.
 using ILGPU;
 using ILGPU.Algorithms;
@@ -193,13 +194,20 @@ public static class Gemm
             return;
         }
         var empty = c.SubView(0, 0);
-        if (version == 3)
+        if (version >= 3)
         {
             var tile = new TileShape { M = s.M, N = s.N, K = s.K, HasBias = s.HasBias, HasResidual = s.HasResidual, Act = s.Act, Alpha = s.Alpha };
-            TiledGemm.Run(dev, "gemm.v3", tile, checked((int)s.Batches),
-                new StridedOperand(a, s.AOffset, s.Batch1, s.ABatch0, s.ABatch1, s.ARow, s.ACol),
-                new StridedOperand(b, s.BOffset, s.Batch1, s.BBatch0, s.BBatch1, s.BRow, s.BCol),
-                new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+            var aOperand = new StridedOperand(a, s.AOffset, s.Batch1, s.ABatch0, s.ABatch1, s.ARow, s.ACol);
+            var bOperand = new StridedOperand(b, s.BOffset, s.Batch1, s.BBatch0, s.BBatch1, s.BRow, s.BCol);
+            int batches = checked((int)s.Batches);
+            if (version == 4)
+            {
+                TensorCoreGemm.Run(dev, "gemm.v4", tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+            }
+            else
+            {
+                TiledGemm.Run(dev, "gemm.v3", tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+            }
             return;
         }
         if (version == 1)

@@ -173,7 +173,7 @@ public static class TiledGemm
         Store(s, c, batch, bias, residual, y, i, j1 + 3, v7);
     }
 
-    static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
+    internal static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
         float acc) where TC : struct, ITileOutput
     {
         if (j >= s.N)

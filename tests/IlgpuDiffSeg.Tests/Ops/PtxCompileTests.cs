@@ -81,6 +81,40 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"tiled {b.Name}: {ptx.Split('\n').Length} lines, {ptx.Split("fma.rn.f32").Length - 1 + ptx.Split("mul.f32").Length - 1} mul/fma");
     }
 
+    /// <summary>
+    /// The tensor-core kernel: one mma.sync per 16×8×16 tile (16 per k-step of a warp), fp16 packing by cvt, accumulators
+    /// in registers, shared memory within the default 48 KB.
+    /// </summary>
+    [Theory]
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
+    public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c)
+    {
+        var method = typeof(TensorCoreGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
+            CudaInstructionSet.ISA_85, null);
+        var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
+        string ptx = compiled.PTXAssembly;
+        if (Environment.GetEnvironmentVariable("DIFFSEG_DUMP_PTX") is { } dump)
+        {
+            File.WriteAllText(Path.Combine(dump, $"tensorcore-{b.Name}.ptx"), ptx);
+        }
+        Assert.Equal(16, ptx.Split("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32").Length - 1);
+        Assert.Contains("cvt.rn.f16x2.f32", ptx);
+        // ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
+        // into registers; anything larger in local memory would be a spilled accumulator or fragment array.
+        var locals = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.local\s[^\n]*\[(\d+)\]").Select(m => int.Parse(m.Groups[1].Value));
+        Assert.All(locals, size => Assert.Equal(4, size));
+        Assert.DoesNotContain(".extern .func", ptx);
+        var shared = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.shared\s[^\n]*\[(\d+)\]").Select(m => int.Parse(m.Groups[1].Value)).ToList();
+        log.WriteLine($"tensor-core {b.Name}: {ptx.Split('\n').Length} lines, shared {string.Join(" + ", shared)} bytes");
+        // Two 10 KB operand tiles, plus the emulation's exchange buffer: ILGPU leaves the CPU branch behind a constant
+        // predicate (mov.pred %p, 1) for ptxas to drop, so its buffer may stay declared. All within the default 48 KB.
+        Assert.Equal(2, shared.Count(size => size == TensorCoreGemm.Tile * 20 * 4));
+        Assert.True(shared.Sum() <= 48 * 1024, $"{shared.Sum()} bytes of shared memory");
+    }
+
     [Fact]
     public void EveryKernelFileIsCovered()
     {

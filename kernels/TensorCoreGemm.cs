@@ -1,0 +1,267 @@
+// TensorCoreGemm — v4 of Gemm and Conv2d: the tiled kernel of TiledGemm with its inner product on tensor cores.
+//   C(i, j) = act(α·Σ_k half(A(i, k))·half(B(k, j)) + bias + R), products of fp16-rounded operands summed in fp32 —
+//   the precision of the original's use_fp16 for the matrix products, while activations stay fp32 between kernels.
+//   Block tile 128×128, K slices of 32 staged in shared memory as packed fp16 pairs (2 × 10 KB); 8 warps, each owning a
+//   64×32 sub-tile as 4×4 tiles of mma.sync.m16n8k16 (64 fp32 accumulators per thread). Shared rows are padded to 20
+//   words so that the fragment reads of a warp (8 rows × 4 words) hit 32 distinct banks.
+// On CUDA the product is one inline-PTX mma.sync per 16×8×16 tile. Elsewhere (the CPU accelerator, warp-32 shape) the
+// same fragments are exchanged through shared memory and multiplied in fp32 (EmulatedMma): every index of the fragment
+// layout — packing, shared-memory addressing, which lane owns which output — is exercised on the CPU, and the GPU adds
+// only the instruction itself (PTX ISA 8.x, "Matrix Fragments for mma.m16n8k16 with floating point type").
+// Reference: Gemm.Reference over operands rounded to fp16 (RoundToHalf), tolerance in TensorCoreGemmTests.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Runtime.Cuda;
+using Half = ILGPU.Half;
+
+namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>Four fp32 accumulators of one lane in a 16×8 mma tile: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).</summary>
+public struct MmaAccumulator
+{
+    public float C0, C1, C2, C3;
+}
+
+/// <summary>One lane's A fragment of m16n8k16: fp16 pairs (g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..).</summary>
+public struct MmaFragmentA
+{
+    public uint R0, R1, R2, R3;
+}
+
+/// <summary>One lane's B fragment of m16n8k16: fp16 pairs (k = 2t.., n = g) and (k = 2t+8.., n = g).</summary>
+public struct MmaFragmentB
+{
+    public uint R0, R1;
+}
+
+public static class TensorCoreGemm
+{
+    public const int Tile = 128, Slice = 32, Threads = 256;
+
+    /// <summary>Words (fp16 pairs) per shared-memory row: Slice/2 = 16 plus 4 of padding against bank conflicts.</summary>
+    const int RowWords = Slice / 2 + 4;
+
+    /// <summary>Words a thread publishes per emulated mma: its A fragment (4) and B fragment (2).</summary>
+    const int ExchangeWords = 6;
+
+    // ---- CPU reference: the operands as the tensor cores see them
+
+    /// <summary>x rounded to the nearest fp16 (ties to even), back in fp32.</summary>
+    public static float[] RoundToHalf(float[] x) => x.Select(v => (float)(System.Half)v).ToArray();
+
+    /// <summary>Gemm.Reference with A and B rounded to fp16: what v4 computes, up to the order of fp32 additions.</summary>
+    public static float[] Reference(float[] a, float[] b, float[]? bias, float[]? residual, GemmShape s, int cLength) =>
+        Gemm.Reference(RoundToHalf(a), RoundToHalf(b), bias, residual, s, cLength);
+
+    // ---- the warp-level product
+
+    /// <summary>Two floats as an fp16 pair, lo in the low half, each rounded to nearest-even.</summary>
+    static uint Pack(float lo, float hi)
+    {
+        if (CudaAsm.IsSupported)
+        {
+            // cvt.f16x2 puts its first source in the upper half.
+            CudaAsm.Emit("cvt.rn.f16x2.f32 %0, %1, %2;", out uint pair, hi, lo);
+            return pair;
+        }
+        return HalfBits(lo) | (HalfBits(hi) << 16);
+    }
+
+    /// <summary>
+    /// fp16 bits of x, rounded to nearest-even like cvt.rn — not ILGPU.Half's software conversion, which truncates on the
+    /// CPU accelerator (measured: 50% of uniform(−1, 1) values differ from System.Half).
+    /// </summary>
+    public static uint HalfBits(float x)
+    {
+        uint bits = Interop.FloatAsInt(x);
+        uint sign = (bits >> 16) & 0x8000u;
+        uint magnitude = bits & 0x7FFFFFFFu;
+        if (magnitude >= 0x47800000u)
+        {
+            // ≥ 65536 (all of which round to infinity), infinity or NaN.
+            return sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u);
+        }
+        if (magnitude < 0x38800000u)
+        {
+            // Below fp16's smallest normal 2^-14: adding 0.5 (2^-1) leaves the subnormal's 10 bits at the bottom of the
+            // mantissa, rounded to nearest-even by the fp32 addition itself.
+            float aligned = Interop.IntAsFloat(magnitude) + 0.5f;
+            return sign | (Interop.FloatAsInt(aligned) - 0x3F000000u);
+        }
+        // Rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to nearest-even.
+        uint odd = (magnitude >> 13) & 1u;
+        return sign | ((magnitude - 0x38000000u + 0x0FFFu + odd) >> 13);
+    }
+
+    static float Lo(uint pair) => (float)Interop.IntAsFloat((ushort)(pair & 0xFFFF));
+
+    static float Hi(uint pair) => (float)Interop.IntAsFloat((ushort)(pair >> 16));
+
+    static float Dot2(uint x, uint y) => Lo(x) * Lo(y) + Hi(x) * Hi(y);
+
+    /// <summary>
+    /// D = A·B + C for one 16×8×16 tile, A row-major and B column-major, across the 32 lanes of a warp. exchange: six
+    /// words a thread of shared memory, used only where there is no tensor core.
+    /// </summary>
+    internal static MmaAccumulator Mma(MmaAccumulator c, MmaFragmentA a, MmaFragmentB b, ArrayView<uint> exchange)
+    {
+        if (CudaAsm.IsSupported)
+        {
+            Ref<float> d0 = c.C0, d1 = c.C1, d2 = c.C2, d3 = c.C3;
+            Ref<uint> a0 = a.R0, a1 = a.R1, a2 = a.R2, a3 = a.R3, b0 = b.R0, b1 = b.R1;
+            CudaAsm.EmitRef("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};",
+                ref d0, ref d1, ref d2, ref d3, ref a0, ref a1, ref a2, ref a3, ref b0, ref b1);
+            return new MmaAccumulator { C0 = d0.Value, C1 = d1.Value, C2 = d2.Value, C3 = d3.Value };
+        }
+        return EmulatedMma(c, a, b, exchange);
+    }
+
+    /// <summary>
+    /// mma.sync's result from the fragment layout alone: every lane publishes its fragments, then lane (g, t) reads rows g
+    /// and g+8 of A from lanes 4g..4g+3 and columns 2t, 2t+1 of B from lanes 8t..8t+3 and 8t+4..8t+7, four k-pairs at a
+    /// time. Two warp barriers instead of 32 shuffles: on the CPU simulator each is a barrier of 32 OS threads.
+    /// </summary>
+    static MmaAccumulator EmulatedMma(MmaAccumulator c, MmaFragmentA a, MmaFragmentB b, ArrayView<uint> exchange)
+    {
+        int lane = Warp.LaneIdx, g = lane / 4, t = lane % 4;
+        int warpBase = Warp.WarpIdx * 32 * ExchangeWords;
+        int own = warpBase + lane * ExchangeWords;
+        exchange[own] = a.R0;
+        exchange[own + 1] = a.R1;
+        exchange[own + 2] = a.R2;
+        exchange[own + 3] = a.R3;
+        exchange[own + 4] = b.R0;
+        exchange[own + 5] = b.R1;
+        Warp.Barrier();
+        for (int s = 0; s < 4; s++)
+        {
+            int aLane = warpBase + (4 * g + s) * ExchangeWords;
+            int col0Lane = warpBase + (8 * t + s) * ExchangeWords, col1Lane = warpBase + (8 * t + 4 + s) * ExchangeWords;
+            uint rowLo = exchange[aLane], row8Lo = exchange[aLane + 1], rowHi = exchange[aLane + 2], row8Hi = exchange[aLane + 3];
+            uint col0Lo = exchange[col0Lane + 4], col0Hi = exchange[col0Lane + 5];
+            uint col1Lo = exchange[col1Lane + 4], col1Hi = exchange[col1Lane + 5];
+            c.C0 += Dot2(rowLo, col0Lo) + Dot2(rowHi, col0Hi);
+            c.C1 += Dot2(rowLo, col1Lo) + Dot2(rowHi, col1Hi);
+            c.C2 += Dot2(row8Lo, col0Lo) + Dot2(row8Hi, col0Hi);
+            c.C3 += Dot2(row8Lo, col1Lo) + Dot2(row8Hi, col1Hi);
+        }
+        Warp.Barrier();
+        return c;
+    }
+
+    // ---- GPU kernel
+
+    static MmaFragmentA FragmentA(ArrayView<uint> sa, int row, int g, int t, int word) => new()
+    {
+        R0 = sa[(row + g) * RowWords + word + t],
+        R1 = sa[(row + g + 8) * RowWords + word + t],
+        R2 = sa[(row + g) * RowWords + word + 4 + t],
+        R3 = sa[(row + g + 8) * RowWords + word + 4 + t],
+    };
+
+    static MmaFragmentB FragmentB(ArrayView<uint> sb, int col, int g, int t, int word) => new()
+    {
+        R0 = sb[(col + g) * RowWords + word + t],
+        R1 = sb[(col + g) * RowWords + word + 4 + t],
+    };
+
+    static void Kernel<TA, TB, TC>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+        where TA : struct, ITileOperand
+        where TB : struct, ITileOperand
+        where TC : struct, ITileOutput
+    {
+        // sa[m][k/2] and sb[n][k/2]: both operands k-contiguous in pairs, as mma's row.col fragments want them.
+        var sa = SharedMemory.Allocate<uint>(Tile * RowWords);
+        var sb = SharedMemory.Allocate<uint>(Tile * RowWords);
+        var exchange = SharedMemory.Allocate<uint>(Threads * ExchangeWords);
+        int tid = Group.IdxX;
+        int batch = Grid.IdxZ;
+        int m0 = Grid.IdxY * Tile, n0 = Grid.IdxX * Tile;
+        int lane = tid % 32, g = lane / 4, t = lane % 4;
+        int wm = tid / 32 / 4 * 64, wn = tid / 32 % 4 * 32;
+        MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
+        MmaAccumulator c10 = default, c11 = default, c12 = default, c13 = default;
+        MmaAccumulator c20 = default, c21 = default, c22 = default, c23 = default;
+        MmaAccumulator c30 = default, c31 = default, c32 = default, c33 = default;
+        for (int k0 = 0; k0 < s.K; k0 += Slice)
+        {
+            for (int r = 0; r < Tile * Slice / 2 / Threads; r++)
+            {
+                int e = tid + r * Threads;
+                // Each word is two consecutive k; a warp walks the operand's contiguous dimension so its reads coalesce.
+                int am = a.ColumnsContiguous ? e / (Slice / 2) : e % Tile;
+                int ap = a.ColumnsContiguous ? e % (Slice / 2) : e / Tile;
+                int gi = m0 + am, gk = k0 + 2 * ap;
+                sa[am * RowWords + ap] = Pack(gi < s.M && gk < s.K ? a.Load(batch, gi, gk) : 0f,
+                    gi < s.M && gk + 1 < s.K ? a.Load(batch, gi, gk + 1) : 0f);
+                int bn = b.ColumnsContiguous ? e % Tile : e / (Slice / 2);
+                int bp = b.ColumnsContiguous ? e / Tile : e % (Slice / 2);
+                int gj = n0 + bn, gk2 = k0 + 2 * bp;
+                sb[bn * RowWords + bp] = Pack(gj < s.N && gk2 < s.K ? b.Load(batch, gk2, gj) : 0f,
+                    gj < s.N && gk2 + 1 < s.K ? b.Load(batch, gk2 + 1, gj) : 0f);
+            }
+            Group.Barrier();
+            for (int word = 0; word < Slice / 2; word += 8)
+            {
+                var a0 = FragmentA(sa, wm, g, t, word);
+                var a1 = FragmentA(sa, wm + 16, g, t, word);
+                var a2 = FragmentA(sa, wm + 32, g, t, word);
+                var a3 = FragmentA(sa, wm + 48, g, t, word);
+                var b0 = FragmentB(sb, wn, g, t, word);
+                var b1 = FragmentB(sb, wn + 8, g, t, word);
+                var b2 = FragmentB(sb, wn + 16, g, t, word);
+                var b3 = FragmentB(sb, wn + 24, g, t, word);
+                c00 = Mma(c00, a0, b0, exchange); c01 = Mma(c01, a0, b1, exchange); c02 = Mma(c02, a0, b2, exchange); c03 = Mma(c03, a0, b3, exchange);
+                c10 = Mma(c10, a1, b0, exchange); c11 = Mma(c11, a1, b1, exchange); c12 = Mma(c12, a1, b2, exchange); c13 = Mma(c13, a1, b3, exchange);
+                c20 = Mma(c20, a2, b0, exchange); c21 = Mma(c21, a2, b1, exchange); c22 = Mma(c22, a2, b2, exchange); c23 = Mma(c23, a2, b3, exchange);
+                c30 = Mma(c30, a3, b0, exchange); c31 = Mma(c31, a3, b1, exchange); c32 = Mma(c32, a3, b2, exchange); c33 = Mma(c33, a3, b3, exchange);
+            }
+            Group.Barrier();
+        }
+        int i = m0 + wm + g, j = n0 + wn + 2 * t;
+        Store(s, c, batch, bias, residual, y, i, j, c00); Store(s, c, batch, bias, residual, y, i, j + 8, c01);
+        Store(s, c, batch, bias, residual, y, i, j + 16, c02); Store(s, c, batch, bias, residual, y, i, j + 24, c03);
+        Store(s, c, batch, bias, residual, y, i + 16, j, c10); Store(s, c, batch, bias, residual, y, i + 16, j + 8, c11);
+        Store(s, c, batch, bias, residual, y, i + 16, j + 16, c12); Store(s, c, batch, bias, residual, y, i + 16, j + 24, c13);
+        Store(s, c, batch, bias, residual, y, i + 32, j, c20); Store(s, c, batch, bias, residual, y, i + 32, j + 8, c21);
+        Store(s, c, batch, bias, residual, y, i + 32, j + 16, c22); Store(s, c, batch, bias, residual, y, i + 32, j + 24, c23);
+        Store(s, c, batch, bias, residual, y, i + 48, j, c30); Store(s, c, batch, bias, residual, y, i + 48, j + 8, c31);
+        Store(s, c, batch, bias, residual, y, i + 48, j + 16, c32); Store(s, c, batch, bias, residual, y, i + 48, j + 24, c33);
+    }
+
+    /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
+    static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
+        MmaAccumulator acc) where TC : struct, ITileOutput
+    {
+        if (i < s.M)
+        {
+            TiledGemm.Store(s, c, batch, bias, residual, y, i, j, acc.C0);
+            TiledGemm.Store(s, c, batch, bias, residual, y, i, j + 1, acc.C1);
+        }
+        if (i + 8 < s.M)
+        {
+            TiledGemm.Store(s, c, batch, bias, residual, y, i + 8, j, acc.C2);
+            TiledGemm.Store(s, c, batch, bias, residual, y, i + 8, j + 1, acc.C3);
+        }
+    }
+
+    // ---- launcher
+
+    /// <summary>Launches over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (8 warps of 32).</summary>
+    public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
+        ArrayView<float> residual, ArrayView<float> y)
+        where TA : struct, ITileOperand
+        where TB : struct, ITileOperand
+        where TC : struct, ITileOutput
+    {
+        if (dev.Accelerator.WarpSize != 32 || dev.Accelerator.MaxNumThreadsPerGroup < Threads)
+        {
+            throw new NotSupportedException($"the tensor-core kernel needs 32-lane warps and {Threads}-thread groups; this accelerator " +
+                                            $"has {dev.Accelerator.WarpSize} and {dev.Accelerator.MaxNumThreadsPerGroup}");
+        }
+        var k = dev.Kernel(key, acc => acc.LoadStreamKernel<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>>(
+            Kernel<TA, TB, TC>));
+        var grid = new Index3D((s.N + Tile - 1) / Tile, (s.M + Tile - 1) / Tile, batches);
+        k(new KernelConfig(grid, new Index3D(Threads, 1, 1)), s, a, b, c, bias, residual, y);
+    }
+}
