@@ -74,8 +74,8 @@ public static class Attention
 
     // ---- launcher (kernels: Gemm, Softmax)
 
-    /// <summary>qkv: (N, 3C, T) → y: (N, C, T).</summary>
-    public static void Forward(Tensor qkv, Tensor y, int heads, bool legacyOrder)
+    /// <summary>qkv: (N, 3C, T) → y: (N, C, T); version: the Gemm kernel of both products (softmax stays fp32).</summary>
+    public static void Forward(Tensor qkv, Tensor y, int heads, bool legacyOrder, int version = 2)
     {
         var dev = qkv.Device;
         int n = qkv[0], channels = qkv[1] / 3, t = qkv.Length / (n * qkv[1]);
@@ -97,7 +97,7 @@ public static class Attention
                 BOffset = k0, BBatch0 = 3 * channels * t, BBatch1 = headStride, BRow = t, BCol = 1,
                 COffset = 0, CBatch0 = heads * t * t, CBatch1 = t * t, CRow = t, CCol = 1,
             };
-            Gemm.Run(dev, qk, qkv.View, qkv.View, scores.View);
+            Gemm.Run(dev, qk, qkv.View, qkv.View, scores.View, version: version);
             Softmax.Forward(dev, scores.View, scores.View, n * heads * t, t);
             // y[b, h·ch + c, i] = Σ_j v[c,j]·w[i,j]
             var av = new GemmShape
@@ -107,7 +107,7 @@ public static class Attention
                 BOffset = 0, BBatch0 = heads * t * t, BBatch1 = t * t, BRow = 1, BCol = t,
                 COffset = 0, CBatch0 = channels * t, CBatch1 = ch * t, CRow = t, CCol = 1,
             };
-            Gemm.Run(dev, av, qkv.View, scores.View, y.View);
+            Gemm.Run(dev, av, qkv.View, scores.View, y.View, version: version);
         }
         finally
         {

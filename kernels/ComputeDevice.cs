@@ -39,6 +39,13 @@ public sealed class ComputeDevice : IDisposable
 
     internal bool UseHostKernels => HostKernels && IsCpu;
 
+    /// <summary>
+    /// The kernel of the UNet's convolutions and attention products. Registers (fp32) by default; TensorCoreFp16 is the
+    /// counterpart of the original's use_fp16 (operands rounded to fp16, sums and activations fp32) and needs a GPU —
+    /// on the CPU it runs as an emulation meant for tests. The classifier always stays fp32.
+    /// </summary>
+    public MatmulKernel UNetMatmul { get; set; } = MatmulKernel.Registers;
+
     long trackedBytes, peakBytes;
 
     /// <summary>Device bytes held now by this program (tensor pool and every DeviceBuffer), and the peak since creation.</summary>

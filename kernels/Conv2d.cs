@@ -8,6 +8,7 @@
 //
 // x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout); y, residual: (N, Cout, Ho, Wo),
 // Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² → compute-bound for Cin ≥ 32.
+using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -188,11 +189,20 @@ public static class Conv2d
 
     const int HostColumns = 4096;
 
-    static unsafe void RunOnHost(ComputeDevice dev, ConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor? residual, Tensor y)
+    /// <summary>The CPU backend; halfOperands: v4's precision (input and weights rounded to fp16).</summary>
+    static unsafe void RunOnHost(ComputeDevice dev, ConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor? residual, Tensor y, bool halfOperands)
     {
         dev.Synchronize();
         float* px = (float*)x.View.LoadEffectiveAddressAsPtr();
         float* pw = (float*)w.View.LoadEffectiveAddressAsPtr();
+        // Pinned copies: their addresses stay valid while they are referenced (KeepAlive below).
+        float[]? xHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(px, x.Length) : null;
+        float[]? wHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(pw, w.Length) : null;
+        if (xHalf is not null && wHalf is not null)
+        {
+            px = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(xHalf, 0);
+            pw = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(wHalf, 0);
+        }
         float* pb = bias is null ? null : (float*)bias.View.LoadEffectiveAddressAsPtr();
         float* pr = residual is null ? null : (float*)residual.View.LoadEffectiveAddressAsPtr();
         float* py = (float*)y.View.LoadEffectiveAddressAsPtr();
@@ -227,6 +237,8 @@ public static class Conv2d
                 }
             }
         }
+        GC.KeepAlive(xHalf);
+        GC.KeepAlive(wHalf);
     }
 
     /// <summary>Row r = (ci, ky, kx) of the column matrix for output pixels [p0, p0 + count).</summary>
@@ -265,7 +277,7 @@ public static class Conv2d
         s.HasResidual = residual is null ? 0 : 1;
         if (dev.UseHostKernels)
         {
-            RunOnHost(dev, s, x, w, bias, residual, y);
+            RunOnHost(dev, s, x, w, bias, residual, y, halfOperands: version == 4);
             return;
         }
         var empty = y.View.SubView(0, 0);

@@ -7,6 +7,7 @@
 //   v3  the shared-memory tiled kernel of TiledGemm (128×128 tiles, 8×8 per thread), for GPUs; opt-in until measured.
 //   v4  TensorCoreGemm: v3's tiling with fp16 operands on tensor cores (mma.sync), fp32 accumulation; opt-in (precision fp16).
 // FLOPs = 2·batches·M·N·K.
+using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -18,6 +19,22 @@ public enum Activation
 {
     None = 0,
     Relu = 1,
+}
+
+/// <summary>The kernel behind a matrix product or convolution: the `version` argument of Gemm.Run and Conv2d.Forward.</summary>
+public enum MatmulKernel
+{
+    /// <summary>v1: one output per thread step; the shape of the reference.</summary>
+    Direct = 1,
+
+    /// <summary>v2: a 4×4 register tile per thread step; fp32.</summary>
+    Registers = 2,
+
+    /// <summary>v3: 128×128 shared-memory tiles, 8×8 per thread (TiledGemm); fp32.</summary>
+    Tiled = 3,
+
+    /// <summary>v4: v3's tiling on tensor cores, fp16 operands summed in fp32 (TensorCoreGemm); the original's use_fp16.</summary>
+    TensorCoreFp16 = 4,
 }
 
 /// <summary>Sizes and strides of one batched GEMM. Build with the helpers, not by hand.</summary>
@@ -190,7 +207,7 @@ public static class Gemm
         s.HasResidual = residual.HasValue ? 1 : 0;
         if (dev.UseHostKernels)
         {
-            RunOnHost(dev, s, a, b, c, bias, residual);
+            RunOnHost(dev, s, a, b, c, bias, residual, halfOperands: version == 4);
             return;
         }
         var empty = c.SubView(0, 0);
@@ -226,13 +243,26 @@ public static class Gemm
         }
     }
 
-    /// <summary>The CPU backend: HostGemm on the CPU accelerator's memory, after the queued kernels finished.</summary>
+    /// <summary>
+    /// The CPU backend: HostGemm on the CPU accelerator's memory, after the queued kernels finished. halfOperands: v4's
+    /// precision, A and B rounded to fp16 (pinned copies, kept alive until the product is done).
+    /// </summary>
     static unsafe void RunOnHost(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
-        ArrayView<float>? bias, ArrayView<float>? residual)
+        ArrayView<float>? bias, ArrayView<float>? residual, bool halfOperands)
     {
         dev.Synchronize();
-        HostGemm.Run(s, (float*)a.LoadEffectiveAddressAsPtr(), (float*)b.LoadEffectiveAddressAsPtr(), (float*)c.LoadEffectiveAddressAsPtr(),
+        float* pa = (float*)a.LoadEffectiveAddressAsPtr(), pb = (float*)b.LoadEffectiveAddressAsPtr();
+        float[]? aHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(pa, a.Length) : null;
+        float[]? bHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(pb, b.Length) : null;
+        if (aHalf is not null && bHalf is not null)
+        {
+            pa = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(aHalf, 0);
+            pb = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(bHalf, 0);
+        }
+        HostGemm.Run(s, pa, pb, (float*)c.LoadEffectiveAddressAsPtr(),
             bias is { } bv ? (float*)bv.LoadEffectiveAddressAsPtr() : null,
             residual is { } rv ? (float*)rv.LoadEffectiveAddressAsPtr() : null);
+        GC.KeepAlive(aHalf);
+        GC.KeepAlive(bHalf);
     }
 }

@@ -53,6 +53,25 @@ public static class TensorCoreGemm
     public static float[] Reference(float[] a, float[] b, float[]? bias, float[]? residual, GemmShape s, int cLength) =>
         Gemm.Reference(RoundToHalf(a), RoundToHalf(b), bias, residual, s, cLength);
 
+    /// <summary>
+    /// A pinned copy of a host-visible buffer with every value rounded to fp16: how the CPU backend (HostGemm) computes
+    /// v4's products — same operands, fp32 sums — at SIMD speed, for accuracy runs without a GPU.
+    /// </summary>
+    internal static unsafe float[] HalfRoundedCopy(float* source, long length)
+    {
+        var copy = GC.AllocateUninitializedArray<float>(checked((int)length), pinned: true);
+        var from = new ReadOnlySpan<float>(source, copy.Length);
+        Parallel.For(0, (copy.Length + 65535) / 65536, chunk =>
+        {
+            int start = chunk * 65536, end = Math.Min(copy.Length, start + 65536);
+            for (int i = start; i < end; i++)
+            {
+                copy[i] = (float)(System.Half)source[i];
+            }
+        });
+        return copy;
+    }
+
     // ---- the warp-level product
 
     /// <summary>Two floats as an fp16 pair, lo in the low half, each rounded to nearest-even.</summary>

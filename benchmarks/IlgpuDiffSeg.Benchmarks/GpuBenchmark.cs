@@ -22,22 +22,25 @@ public static class GpuBenchmark
 {
     public sealed record Row(string Name, double Milliseconds, double Flop, double Bytes, string Unit, double Rate, double PercentOfPeak);
 
-    sealed record Peak(double Fp32TeraFlops, double TeraBytesPerSecond);
+    sealed record Peak(double Fp32TeraFlops, double Fp16TensorTeraFlops, double TeraBytesPerSecond);
 
-    /// <summary>Datasheet peaks: fp32 (non-tensor) FLOP/s and memory bandwidth.</summary>
+    /// <summary>Datasheet peaks: fp32 (non-tensor) FLOP/s, dense fp16 tensor-core FLOP/s, memory bandwidth.</summary>
     static Peak PeakOf(ComputeDevice dev)
     {
         string name = dev.Accelerator.Name;
         if (name.Contains("H200", StringComparison.OrdinalIgnoreCase))
         {
-            return new Peak(67, 4.8);
+            return new Peak(67, 989, 4.8);
         }
         if (name.Contains("H100", StringComparison.OrdinalIgnoreCase))
         {
-            return name.Contains("PCIe", StringComparison.OrdinalIgnoreCase) ? new Peak(51, 2.0) : new Peak(67, 3.35);
+            return name.Contains("PCIe", StringComparison.OrdinalIgnoreCase) ? new Peak(51, 756, 2.0) : new Peak(67, 989, 3.35);
         }
-        return new Peak(double.NaN, double.NaN);
+        return new Peak(double.NaN, double.NaN, double.NaN);
     }
+
+    /// <summary>Kernel versions to compare: every GPU kernel on CUDA; the CPU backend ignores the version.</summary>
+    static int[] Versions(ComputeDevice dev) => dev.IsCuda ? [2, 3, 4] : [2];
 
     public static int Run(bool small, string? outFile)
     {
@@ -51,11 +54,11 @@ public static class GpuBenchmark
         using var model = new UNetModel(flags);
         ModelWeights.InitializeRandom(model, dev, 1);
 
-        void Add(string name, double ms, double flop, double bytes)
+        void Add(string name, double ms, double flop, double bytes, bool tensorCores = false)
         {
             bool compute = flop > 0;
             double rate = compute ? flop / (ms * 1e-3) / 1e12 : bytes / (ms * 1e-3) / 1e12;
-            double pct = 100 * rate / (compute ? peak.Fp32TeraFlops : peak.TeraBytesPerSecond);
+            double pct = 100 * rate / (!compute ? peak.TeraBytesPerSecond : tensorCores ? peak.Fp16TensorTeraFlops : peak.Fp32TeraFlops);
             rows.Add(new Row(name, ms, flop, bytes, compute ? "TFLOP/s" : "TB/s", rate, pct));
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name,-58} {ms,10:F3} ms  {rate,8:F3} {(compute ? "TFLOP/s" : "TB/s")}  {pct,6:F1}% of peak"));
         }
@@ -68,10 +71,10 @@ public static class GpuBenchmark
             using var w = dev.Zeros(channels, channels, 3, 3);
             using var b = dev.Zeros(channels);
             using var y = dev.Allocate(batch, channels, res, res);
-            foreach (int version in dev.IsCuda ? new[] { 2, 3 } : new[] { 2 })
+            foreach (int version in Versions(dev))
             {
                 Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v{version})", Time(dev, () => Conv2d.Forward(x, w, b, y, version: version)),
-                    2.0 * batch * channels * channels * 9 * res * res, 0);
+                    2.0 * batch * channels * channels * 9 * res * res, 0, tensorCores: version == 4);
             }
             using var g = dev.Zeros(channels);
             Add($"group_norm+silu {channels}ch @{res}² batch {batch}", Time(dev, () => GroupNorm.Forward(x, g, g, y, silu: true)),
@@ -79,7 +82,7 @@ public static class GpuBenchmark
             using var up = dev.Allocate(channels, size, size);
             Add($"bilinear {channels}ch {res}²→{size}²", Time(dev, () => UpsampleBilinear.Forward(x.Slice0(0), up)), 0, 4.0 * (x.Length / batch + up.Length));
         }
-        foreach (int version in dev.IsCuda ? new[] { 2, 3 } : new[] { 2 })
+        foreach (int version in Versions(dev).Where(v => v != 4))
         {
             int d = small ? 864 : 8448;
             using var xg = dev.Zeros(64, d);
@@ -105,18 +108,31 @@ public static class GpuBenchmark
         {
             using var qkv = dev.Zeros(1, 3 * channels, tokens);
             using var a = dev.Allocate(1, channels, tokens);
-            Add($"attention {channels}ch, {tokens} tokens, {heads} heads", Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true)),
-                4.0 * tokens * tokens * channels, 0);
+            foreach (int version in Versions(dev))
+            {
+                Add($"attention {channels}ch, {tokens} tokens, {heads} heads (v{version})",
+                    Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true, version)), 4.0 * tokens * tokens * channels, 0,
+                    tensorCores: version == 4);
+            }
         }
 
-        // End to end.
-        foreach (int batch in new[] { 1, 8 })
+        // End to end: the UNet with each kernel behind its convolutions and attention; the stages after it use the
+        // fastest fp32 one, since the pipeline's default precision is fp32.
+        var forwardMs = new Dictionary<int, double>();
+        foreach (int version in Versions(dev))
         {
-            using var x = dev.Zeros(batch, 3, size, size);
-            using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
-            Add($"UNet forward, batch {batch}", Time(dev, () => model.Forward(x, t).Dispose(), reps: small ? 3 : 5),
-                batch * ForwardFlop(small), 0);
+            dev.UNetMatmul = (MatmulKernel)version;
+            foreach (int batch in new[] { 1, 8 })
+            {
+                using var x = dev.Zeros(batch, 3, size, size);
+                using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
+                double ms = Time(dev, () => model.Forward(x, t).Dispose(), reps: small ? 3 : 5);
+                forwardMs.TryAdd(version, ms);
+                Add($"UNet forward, batch {batch} (v{version}: {dev.UNetMatmul})", ms, batch * ForwardFlop(small), 0, tensorCores: version == 4);
+            }
         }
+        dev.UNetMatmul = (MatmulKernel)forwardMs.Where(p => p.Key != 4).MinBy(p => p.Value).Key;
+        Console.Error.WriteLine($"stages below: UNet kernel {dev.UNetMatmul}");
         var extractor = new FeatureExtractor(model, [50, 150, 250], blocks);
         using (var image = dev.Zeros(3, size, size))
         using (var noise = dev.Zeros(3, size, size))

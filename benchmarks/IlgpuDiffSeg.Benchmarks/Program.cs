@@ -7,6 +7,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// Benchmarks (never tests). Usage:
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
 ///   forward [batch] [reps]                                                  one LSUN-256 UNet forward pass, timed
+///   precision [--out FILE.md]                                               LSUN-256 features, fp16 operands against fp32
 ///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
 ///   export-features EXP.json DIR                                            features + masks for original_mlp.py
 ///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
@@ -43,6 +44,11 @@ public static class Program
             case "forward":
                 return ForwardBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "1", CultureInfo.InvariantCulture),
                     int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture));
+            case "precision":
+            {
+                int outAt = Array.IndexOf(args, "--out");
+                return PrecisionBenchmark.Run(outAt >= 0 ? args[outAt + 1] : null);
+            }
             case "train-trace":
                 return TrainTrace.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
             case "host":

@@ -10,6 +10,7 @@ public static class Program
         var root = new RootCommand("IlgpuDiffSeg: label-efficient semantic segmentation with diffusion models (DDPM-seg), on ILGPU.");
         root.Options.Add(CommonOptions.Device);
         root.Options.Add(CommonOptions.CpuBackend);
+        root.Options.Add(CommonOptions.Precision);
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(ConvertCommand.Create());
         root.Subcommands.Add(UNetCommand.Create());
@@ -85,10 +86,19 @@ public static class CommonOptions
         Recursive = true,
     };
 
+    public static readonly Option<string> Precision = new("--precision")
+    {
+        Description = "UNet matrix products: fp32, or fp16 operands with fp32 sums on tensor cores (the original's use_fp16); " +
+                      "on the CPU the SIMD backend rounds the same operands",
+        DefaultValueFactory = _ => "fp32",
+        Recursive = true,
+    };
+
     static CommonOptions()
     {
         Device.AcceptOnlyFromAmong("auto", "cpu", "cuda");
         CpuBackend.AcceptOnlyFromAmong("simd", "ilgpu");
+        Precision.AcceptOnlyFromAmong("fp32", "fp16");
     }
 
     public static DeviceChoice DeviceChoiceOf(ParseResult r) => r.GetValue(Device) switch
@@ -102,7 +112,19 @@ public static class CommonOptions
     {
         var dev = ComputeDevice.Create(DeviceChoiceOf(r));
         dev.HostKernels = r.GetValue(CpuBackend) == "simd";
-        Console.Error.WriteLine($"device: {dev.Describe()}");
+        string precision = "";
+        if (r.GetValue(Precision) == "fp16")
+        {
+            if (dev.IsCpu && !dev.HostKernels)
+            {
+                dev.Dispose();
+                throw new DiffSegException("--precision fp16 needs tensor cores (CUDA) or, on the CPU, --cpu-backend simd, which rounds " +
+                                           "the same operands to fp16");
+            }
+            dev.UNetMatmul = MatmulKernel.TensorCoreFp16;
+            precision = dev.IsCuda ? ", UNet in fp16 on tensor cores" : ", UNet with fp16-rounded operands (as on tensor cores)";
+        }
+        Console.Error.WriteLine($"device: {dev.Describe()}{precision}");
         return dev;
     }
 

@@ -210,7 +210,7 @@ public sealed class AttentionBlock : Module, IBlockLayer
         using var normed = norm.Forward(x, silu: false);
         using var q = qkv.Forward(normed);
         using var a = x.Device.Allocate(x.Shape);
-        Attention.Forward(q, a, Heads, LegacyOrder);
+        Attention.Forward(q, a, Heads, LegacyOrder, (int)x.Device.UNetMatmul);
         return projOut.Forward(a, residual: x);
     }
 }

@@ -112,7 +112,7 @@ public sealed class Conv2dLayer : Module, IBlockLayer
     {
         int k = Weight.Shape[2], pad = k / 2;
         var y = x.Device.Allocate(x[0], OutChannels, (x[2] + 2 * pad - k) / Stride + 1, (x[3] + 2 * pad - k) / Stride + 1);
-        Conv2d.Forward(x, Weight.T, Bias.T, y, Stride, residual);
+        Conv2d.Forward(x, Weight.T, Bias.T, y, Stride, residual, (int)x.Device.UNetMatmul);
         return y;
     }
 
@@ -138,7 +138,7 @@ public sealed class Conv1x1Layer : Module
     {
         var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
         using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
-        Conv2d.Forward(x, w, Bias.T, y, 1, residual);
+        Conv2d.Forward(x, w, Bias.T, y, 1, residual, (int)x.Device.UNetMatmul);
         return y;
     }
 }

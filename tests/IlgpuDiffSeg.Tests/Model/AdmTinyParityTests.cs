@@ -18,13 +18,19 @@ public abstract class AdmTinyParityTests(ComputeDevice? device, ITestOutputHelpe
     public void ConvertedCheckpointReproducesEpsAndEveryDecoderBlock()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
+        CheckAgainstOfficial(device!, log, Bound);
+    }
+
+    /// <summary>Converts model.pt, runs x0.npy at t.npy on <paramref name="device"/>, and bounds every output's error.</summary>
+    public static void CheckAgainstOfficial(ComputeDevice device, ITestOutputHelper log, double bound)
+    {
         using var tmp = new TempDir();
         string converted = tmp.File("adm-tiny.safetensors");
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), converted);
-        using var model = ModelWeights.Load(converted, device!);
+        using var model = ModelWeights.Load(converted, device);
         var x0 = Npy.ReadFloat32(Fixtures.AdmTiny("x0.npy"), out var xShape);
         var t = Npy.Read(Fixtures.AdmTiny("t.npy")).ToInt64("t.npy").Select(v => (float)v).ToArray();
-        using var dx = device!.Upload(x0, xShape);
+        using var dx = device.Upload(x0, xShape);
         using var dt = device.Upload(t, t.Length);
         var blocks = Enumerable.Range(0, model.OutputBlocks.Count).ToArray();
         using var outputs = model.Forward(dx, dt, capture: blocks);
@@ -33,14 +39,42 @@ public abstract class AdmTinyParityTests(ComputeDevice? device, ITestOutputHelpe
         Assert.Equal(epsShape, outputs.Output!.Shape);
         var got = outputs.Output.ToArray();
         log.WriteLine($"eps: rel max err {TensorAssert.RelativeMaxError(eps, got):E2}");
-        TensorAssert.RelativeMaxBelow(eps, got, Bound, "eps");
+        TensorAssert.RelativeMaxBelow(eps, got, bound, "eps");
         foreach (var b in blocks)
         {
             var expected = Npy.ReadFloat32(Fixtures.AdmTiny($"out_block_{b}.npy"), out var shape);
             Assert.Equal(shape, outputs.Blocks[b].Shape);
             var actual = outputs.Blocks[b].ToArray();
             log.WriteLine($"out_block_{b} {outputs.Blocks[b].ShapeString}: rel max err {TensorAssert.RelativeMaxError(expected, actual):E2}");
-            TensorAssert.RelativeMaxBelow(expected, actual, Bound, $"out_block_{b}");
+            TensorAssert.RelativeMaxBelow(expected, actual, bound, $"out_block_{b}");
+        }
+    }
+}
+
+/// <summary>
+/// The tensor-core path (precision fp16) against the same official fp32 outputs. Only the operands of convolutions and
+/// attention products are rounded to fp16, so the error is that of fp16 inputs to fp32 sums: bound 5e-3 of max |official|
+/// (measured: eps 4.7e-4, decoder blocks ≤ 1.8e-3; the original's use_fp16, with fp16 activations too, sits near 1e-3). On the CPU the SIMD backend computes exactly
+/// these operands (TensorCoreGemmTests shows the v4 kernel equals them to NMSE 1e-10), as fast as fp32; the warp-32
+/// emulation of the kernel itself would take minutes here.
+/// </summary>
+public abstract class AdmTinyFp16Tests(ComputeDevice? device, ITestOutputHelper log)
+{
+    const double Bound = 5e-3;
+
+    [Fact]
+    public void TensorCorePathStaysWithinHalfPrecisionOfTheOfficialFp32()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var before = device!.UNetMatmul;
+        device.UNetMatmul = MatmulKernel.TensorCoreFp16;
+        try
+        {
+            AdmTinyParityTests.CheckAgainstOfficial(device, log, Bound);
+        }
+        finally
+        {
+            device.UNetMatmul = before;
         }
     }
 }
@@ -50,3 +84,9 @@ public sealed class AdmTinyParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper 
 
 [Collection("cuda")]
 public sealed class AdmTinyParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyParityTests(f.Device, log);
+
+[Collection("cpu")]
+public sealed class AdmTinyFp16TestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Device, log);
+
+[Collection("cuda")]
+public sealed class AdmTinyFp16TestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Device, log);
