@@ -46,6 +46,15 @@ public sealed class ComputeDevice : IDisposable
     /// </summary>
     public MatmulKernel UNetMatmul { get; set; } = MatmulKernel.Registers;
 
+    /// <summary>
+    /// With the tiled kernels (UNetMatmul v3, v4), apply each GroupNorm (+scale-shift, +SiLU) inside the convolution that
+    /// consumes it (Conv2d.ForwardNormalized) instead of as a pass of its own. On by default; off to measure the difference.
+    /// </summary>
+    public bool FuseNormIntoConv { get; set; } = true;
+
+    /// <summary>Whether the UNet's layers fuse their norms into convolutions on this device now.</summary>
+    public bool NormFusedIntoConv => FuseNormIntoConv && UNetMatmul >= MatmulKernel.Tiled && !UseHostKernels;
+
     long trackedBytes, peakBytes;
 
     /// <summary>Device bytes held now by this program (tensor pool and every DeviceBuffer), and the peak since creation.</summary>

@@ -5,6 +5,7 @@
 //       4 channels and each weight feeds 4 columns (8 loads per 16 FMAs instead of 32). Default everywhere.
 //   v3  implicit GEMM through TiledGemm (weights × im2col read on the fly), for GPUs.
 //   v4  the same on tensor cores through TensorCoreGemm (fp16 operands, fp32 sums).
+// ForwardNormalized: v3/v4 reading GroupNorm(+scale-shift)(+SiLU) of x on the fly (NormalizedIm2ColOperand).
 //
 // x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout); y, residual: (N, Cout, Ho, Wo),
 // Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² → compute-bound for Cin ≥ 32.
@@ -256,10 +257,8 @@ public static class Conv2d
 
     // ---- launcher
 
-    /// <summary>y = conv(x, w) + b (+ residual). Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
-    public static void Forward(Tensor x, Tensor w, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null, int version = 2)
+    static ConvShape Shape(Tensor x, Tensor w, Tensor? bias, Tensor y, int stride, Tensor? residual)
     {
-        var dev = x.Device;
         if (x.Rank != 4 || w.Rank != 4 || w[2] != w[3] || w[1] != x[1])
         {
             throw new ArgumentException($"conv2d: input {x.ShapeString} does not fit weight {w.ShapeString}");
@@ -275,6 +274,48 @@ public static class Conv2d
         }
         s.HasBias = bias is null ? 0 : 1;
         s.HasResidual = residual is null ? 0 : 1;
+        return s;
+    }
+
+    /// <summary>
+    /// y = conv(act(GN(x)), w) + b (+ residual) in one implicit-GEMM launch (v3 or v4): the input is normalized while it is
+    /// read, from <paramref name="coefficients"/> = GroupNorm.Coefficients(x, ...), with SiLU when <paramref name="silu"/>.
+    /// </summary>
+    public static void ForwardNormalized(Tensor x, Tensor coefficients, bool silu, Tensor w, Tensor? bias, Tensor y, int stride,
+        Tensor? residual, int version)
+    {
+        var dev = x.Device;
+        var s = Shape(x, w, bias, y, stride, residual);
+        if (coefficients.Length != 3L * s.N * s.Cin)
+        {
+            throw new ArgumentException($"conv2d: norm coefficients {coefficients.ShapeString} should be ({s.N}, {s.Cin}, 3)");
+        }
+        if (version < 3 || dev.UseHostKernels)
+        {
+            throw new NotSupportedException($"conv2d: the norm is fused only into the tiled kernels (v3, v4) on an ILGPU accelerator, not v{version}");
+        }
+        var empty = y.View.SubView(0, 0);
+        int kk = s.Cin * s.K * s.K;
+        var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
+        var weights = new StridedOperand(w.View, 0, 1, 0, 0, kk, 1);
+        var input = new NormalizedIm2ColOperand(x.View, coefficients.View, s, silu ? 1 : 0);
+        if (version == 4)
+        {
+            TensorCoreGemm.Run(dev, "conv2d.normalized.v4", tile, 1, weights, input, new ConvOutput(s), bias?.View ?? empty,
+                residual?.View ?? empty, y.View);
+        }
+        else
+        {
+            TiledGemm.Run(dev, "conv2d.normalized.v3", tile, 1, weights, input, new ConvOutput(s), bias?.View ?? empty,
+                residual?.View ?? empty, y.View);
+        }
+    }
+
+    /// <summary>y = conv(x, w) + b (+ residual). Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
+    public static void Forward(Tensor x, Tensor w, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null, int version = 2)
+    {
+        var dev = x.Device;
+        var s = Shape(x, w, bias, y, stride, residual);
         if (dev.UseHostKernels)
         {
             RunOnHost(dev, s, x, w, bias, residual, y, halfOperands: version == 4);

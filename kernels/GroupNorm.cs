@@ -9,6 +9,8 @@
 // with coalesced reads, while the CPU accelerator uses P = 1 (one thread per group, no barriers).
 //   v1  partial sums → partial squared deviations → finalise (mean, rstd) → fused element-wise apply.
 // x, y: (N, C, H, W) or (N, C, T); γ, β: (C); emb: (N, 2C). Memory-bound: 3 reads + 1 write per element.
+// Coefficients: the same statistics folded per (n, c) into (mean, a, b) with normalized = (x − mean)·a + b, for a
+// convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -146,6 +148,23 @@ public static class GroupNorm
         }
     }
 
+    static void CoefficientsKernel(Index1D index, GroupNormShape s, ArrayView<float> gamma, ArrayView<float> beta, ArrayView<float> emb,
+        ArrayView<float> stats, ArrayView<float> coefficients)
+    {
+        int ch = index % s.C, n = index / s.C;
+        int ng = n * s.Groups + ch / s.ChannelsPerGroup;
+        float a = stats[2 * ng + 1] * gamma[ch], b = beta[ch];
+        if (s.ScaleShift != 0)
+        {
+            float scale = 1f + emb[n * 2 * s.C + ch];
+            a *= scale;
+            b = b * scale + emb[n * 2 * s.C + s.C + ch];
+        }
+        coefficients[3 * index] = stats[2 * ng];
+        coefficients[3 * index + 1] = a;
+        coefficients[3 * index + 2] = b;
+    }
+
     // ---- launcher
 
     /// <summary>
@@ -156,23 +175,47 @@ public static class GroupNorm
         int groups = DefaultGroups, float eps = DefaultEps)
     {
         var dev = x.Device;
-        int n = x[0], c = x[1];
-        if (c % groups != 0 || gamma.Length != c || beta.Length != c || y.Length != x.Length)
+        if (y.Length != x.Length)
         {
-            throw new ArgumentException($"group_norm: input {x.ShapeString}, γ {gamma.ShapeString}, β {beta.ShapeString}, " +
-                                        $"output {y.ShapeString}, {groups} groups");
+            throw new ArgumentException($"group_norm: output {y.ShapeString} does not match input {x.ShapeString}");
+        }
+        var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu);
+        var stats = Statistics(dev, x, s);
+        try
+        {
+            var applyK = dev.Kernel("group_norm.apply", a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ApplyKernel));
+            int threads = dev.StrideThreads(x.Length);
+            applyK(threads, threads, s, x.View, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, y.View);
+        }
+        finally
+        {
+            dev.ReturnScratch(stats);
+        }
+    }
+    static GroupNormShape Shape(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift, int groups, float eps, bool silu)
+    {
+        int n = x[0], c = x[1];
+        if (c % groups != 0 || gamma.Length != c || beta.Length != c)
+        {
+            throw new ArgumentException($"group_norm: input {x.ShapeString}, γ {gamma.ShapeString}, β {beta.ShapeString}, {groups} groups");
         }
         if (scaleShift is not null && scaleShift.Length != n * 2 * c)
         {
             throw new ArgumentException($"group_norm: scale-shift {scaleShift.ShapeString} should be ({n}, {2 * c})");
         }
-        var s = new GroupNormShape
+        return new GroupNormShape
         {
             N = n, C = c, Spatial = x.Length / (n * c), Groups = groups, Eps = eps,
             Silu = silu ? 1 : 0, ScaleShift = scaleShift is null ? 0 : 1,
         };
+    }
+
+    /// <summary>(mean, rstd) of every (n, group) of x, in a scratch tensor the caller returns.</summary>
+    static MemoryBuffer1D<float, Stride1D.Dense> Statistics(ComputeDevice dev, Tensor x, GroupNormShape s)
+    {
         s.Partials = dev.IsCpu ? 1 : Math.Clamp(s.GroupSize / 256, 1, 256);
-        int groupCount = n * groups;
+        int groupCount = s.N * s.Groups;
         var partials = dev.RentScratch(groupCount * s.Partials);
         var squares = dev.RentScratch(groupCount * s.Partials);
         var stats = dev.RentScratch(2 * groupCount);
@@ -184,19 +227,39 @@ public static class GroupNorm
                 ArrayView<float>, ArrayView<float>, ArrayView<float>>(PartialSquaresKernel));
             var finK = dev.Kernel("group_norm.finalize", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
                 ArrayView<float>, ArrayView<float>, ArrayView<float>>(FinalizeKernel));
-            var applyK = dev.Kernel("group_norm.apply", a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ApplyKernel));
             sumK(groupCount * s.Partials, s, x.View, partials.View);
             sqK(groupCount * s.Partials, s, x.View, partials.View, squares.View);
             finK(groupCount, s, partials.View, squares.View, stats.View);
-            int threads = dev.StrideThreads(x.Length);
-            applyK(threads, threads, s, x.View, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, y.View);
+            return stats;
         }
         finally
         {
             dev.ReturnScratch(partials);
             dev.ReturnScratch(squares);
+        }
+    }
+
+    /// <summary>
+    /// The norm of Forward as per-(n, c) coefficients (N, C, 3) = (mean, a, b): [scale-shift](GN(x)·γ + β) equals
+    /// (x − mean)·a + b. The caller owns the returned tensor; SiLU, if any, is applied by the consumer.
+    /// </summary>
+    public static Tensor Coefficients(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift = null, int groups = DefaultGroups,
+        float eps = DefaultEps)
+    {
+        var dev = x.Device;
+        var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu: false);
+        var coefficients = dev.Allocate(s.N, s.C, 3);
+        var stats = Statistics(dev, x, s);
+        try
+        {
+            var k = dev.Kernel("group_norm.coefficients", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(CoefficientsKernel));
+            k(s.N * s.C, s, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, coefficients.View);
+        }
+        finally
+        {
             dev.ReturnScratch(stats);
         }
+        return coefficients;
     }
 }

@@ -43,11 +43,40 @@ public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : ITileOpe
 
     public float Load(int batch, int row, int col)
     {
+        int offset = Offset(s, row, col, out _);
+        return offset >= 0 ? x[offset] : 0f;
+    }
+
+    /// <summary>Where im2col element (row, col) sits in x, or −1 in the zero padding; imageChannel = image·Cin + ci.</summary>
+    public static int Offset(ConvShape s, int row, int col, out int imageChannel)
+    {
         int kx = row % s.K, ky = row / s.K % s.K, ci = row / (s.K * s.K);
         int pixels = s.Ho * s.Wo;
         int img = col / pixels, p = col % pixels;
         int iy = p / s.Wo * s.Stride - s.Pad + ky, ix = p % s.Wo * s.Stride - s.Pad + kx;
-        return iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? x[((img * s.Cin + ci) * s.H + iy) * s.W + ix] : 0f;
+        imageChannel = img * s.Cin + ci;
+        return iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? (imageChannel * s.H + iy) * s.W + ix : -1;
+    }
+}
+
+/// <summary>
+/// Im2ColOperand of the normalized input: each value is GroupNorm's (x − mean)·a + b from GroupNorm.Coefficients, then
+/// SiLU when silu ≠ 0, computed while loading — the norm costs no pass of its own. The padding stays zero: PyTorch pads
+/// the normalized tensor, not x.
+/// </summary>
+public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<float> coefficients, ConvShape s, int silu) : ITileOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public float Load(int batch, int row, int col)
+    {
+        int offset = Im2ColOperand.Offset(s, row, col, out int imageChannel);
+        if (offset < 0)
+        {
+            return 0f;
+        }
+        float v = (x[offset] - coefficients[3 * imageChannel]) * coefficients[3 * imageChannel + 1] + coefficients[3 * imageChannel + 2];
+        return silu != 0 ? v / (1f + XMath.Exp(-v)) : v;
     }
 }
 

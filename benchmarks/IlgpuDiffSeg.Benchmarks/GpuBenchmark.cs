@@ -118,21 +118,29 @@ public static class GpuBenchmark
 
         // End to end: the UNet with each kernel behind its convolutions and attention; the stages after it use the
         // fastest fp32 one, since the pipeline's default precision is fp32.
-        var forwardMs = new Dictionary<int, double>();
+        // The tiled kernels run with their norms fused into the convolutions and without, to show what fusion gains.
+        var forwardMs = new Dictionary<(int, bool), double>();
         foreach (int version in Versions(dev))
         {
-            dev.UNetMatmul = (MatmulKernel)version;
-            foreach (int batch in new[] { 1, 8 })
+            foreach (bool fuse in version >= 3 ? new[] { true, false } : new[] { false })
             {
-                using var x = dev.Zeros(batch, 3, size, size);
-                using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
-                double ms = Time(dev, () => model.Forward(x, t).Dispose(), reps: small ? 3 : 5);
-                forwardMs.TryAdd(version, ms);
-                Add($"UNet forward, batch {batch} (v{version}: {dev.UNetMatmul})", ms, batch * ForwardFlop(small), 0, tensorCores: version == 4);
+                dev.UNetMatmul = (MatmulKernel)version;
+                dev.FuseNormIntoConv = fuse;
+                foreach (int batch in new[] { 1, 8 })
+                {
+                    using var x = dev.Zeros(batch, 3, size, size);
+                    using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
+                    double ms = Time(dev, () => model.Forward(x, t).Dispose(), reps: small ? 3 : 5);
+                    forwardMs.TryAdd((version, fuse), ms);
+                    Add($"UNet forward, batch {batch} (v{version}: {dev.UNetMatmul}{(fuse ? ", norms fused" : "")})", ms,
+                        batch * ForwardFlop(small), 0, tensorCores: version == 4);
+                }
             }
         }
-        dev.UNetMatmul = (MatmulKernel)forwardMs.Where(p => p.Key != 4).MinBy(p => p.Value).Key;
-        Console.Error.WriteLine($"stages below: UNet kernel {dev.UNetMatmul}");
+        ((int bestVersion, bool bestFuse), _) = forwardMs.Where(p => p.Key.Item1 != 4).MinBy(p => p.Value);
+        dev.UNetMatmul = (MatmulKernel)bestVersion;
+        dev.FuseNormIntoConv = bestFuse;
+        Console.Error.WriteLine($"stages below: UNet kernel {dev.UNetMatmul}, norms fused: {dev.NormFusedIntoConv}");
         var extractor = new FeatureExtractor(model, [50, 150, 250], blocks);
         using (var image = dev.Zeros(3, size, size))
         using (var noise = dev.Zeros(3, size, size))

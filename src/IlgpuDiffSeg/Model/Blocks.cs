@@ -114,38 +114,33 @@ public sealed class ResBlock : Module, IBlockLayer
         var dev = x.Device;
         Tensor h;
         Tensor? resampledX = null;
-        using (var normed = inNorm.Forward(x, silu: true))
+        if (up || down)
         {
-            if (up || down)
-            {
-                using var resampledH = Resample(normed);
-                resampledX = Resample(x);
-                h = inConv.Forward(resampledH);
-            }
-            else
-            {
-                h = inConv.Forward(normed);
-            }
+            // The norm comes before the resampling here, so it cannot be folded into the convolution's reads.
+            using var normed = inNorm.Forward(x, silu: true);
+            using var resampledH = Resample(normed);
+            resampledX = Resample(x);
+            h = inConv.Forward(resampledH);
+        }
+        else
+        {
+            h = inConv.ForwardNormalized(x, inNorm, silu: true);
         }
         try
         {
             var xs = resampledX ?? x;
             using var e = embLinear.Forward(embSilu);
-            if (useScaleShift)
-            {
-                Kernels.GroupNorm.Forward(h, outNorm.Weight.T, outNorm.Bias.T, h, silu: true, scaleShift: e);
-            }
-            else
+            if (!useScaleShift)
             {
                 Kernels.Add.ChannelBias(h, e, h);
-                Kernels.GroupNorm.Forward(h, outNorm.Weight.T, outNorm.Bias.T, h, silu: true);
             }
+            var scaleShift = useScaleShift ? e : null;
             if (skip is null)
             {
-                return outConv.Forward(h, residual: xs);
+                return outConv.ForwardNormalized(h, outNorm, silu: true, scaleShift, residual: xs, overwriteInput: true);
             }
             using var s = skip.Forward(xs);
-            return outConv.Forward(h, residual: s);
+            return outConv.ForwardNormalized(h, outNorm, silu: true, scaleShift, residual: s, overwriteInput: true);
         }
         finally
         {
@@ -207,8 +202,7 @@ public sealed class AttentionBlock : Module, IBlockLayer
 
     public Tensor Forward(Tensor x)
     {
-        using var normed = norm.Forward(x, silu: false);
-        using var q = qkv.Forward(normed);
+        using var q = qkv.ForwardNormalized(x, norm);
         using var a = x.Device.Allocate(x.Shape);
         Attention.Forward(q, a, Heads, LegacyOrder, (int)x.Device.UNetMatmul);
         return projOut.Forward(a, residual: x);

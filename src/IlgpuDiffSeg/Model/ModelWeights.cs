@@ -124,7 +124,7 @@ public static class ModelWeights
     /// Random weights by the recipe of the shared fixtures (weights N(0, 1/fan_in), GroupNorm gains 1 + 0.1·N, every
     /// other vector 0.1·N), uploaded to the device. For benchmarks and demos that need no trained model.
     /// </summary>
-    public static void InitializeRandom(UNetModel model, ComputeDevice dev, int seed)
+    public static void InitializeRandom(Module model, ComputeDevice dev, int seed)
     {
         var rng = new MathNet.Numerics.Random.MersenneTwister(seed);
         foreach (var p in model.Parameters())

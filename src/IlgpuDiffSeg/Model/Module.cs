@@ -88,6 +88,35 @@ public sealed class GroupNormLayer : Module
         Kernels.GroupNorm.Forward(x, Weight.T, Bias.T, y, silu, scaleShift);
         return y;
     }
+
+    /// <summary>
+    /// y = conv(act(this(x)), w) + b (+ residual): one fused launch where the device fuses norms into convolutions, else
+    /// this norm's own pass first — into x itself when <paramref name="overwriteInput"/> (x is the caller's temporary).
+    /// </summary>
+    internal void ForwardInto(Tensor x, bool silu, Tensor? scaleShift, bool overwriteInput, Tensor w, Tensor bias, Tensor y, int stride,
+        Tensor? residual)
+    {
+        var dev = x.Device;
+        if (dev.NormFusedIntoConv)
+        {
+            using var coefficients = Kernels.GroupNorm.Coefficients(x, Weight.T, Bias.T, scaleShift);
+            Conv2d.ForwardNormalized(x, coefficients, silu, w, bias, y, stride, residual, (int)dev.UNetMatmul);
+            return;
+        }
+        var normed = overwriteInput ? x : dev.Allocate(x.Shape);
+        try
+        {
+            Kernels.GroupNorm.Forward(x, Weight.T, Bias.T, normed, silu, scaleShift);
+            Conv2d.Forward(normed, w, bias, y, stride, residual, (int)dev.UNetMatmul);
+        }
+        finally
+        {
+            if (!overwriteInput)
+            {
+                normed.Dispose();
+            }
+        }
+    }
 }
 
 /// <summary>conv_nd(2, cin, cout, k, padding=k/2, stride).</summary>
@@ -110,10 +139,28 @@ public sealed class Conv2dLayer : Module, IBlockLayer
 
     public Tensor Forward(Tensor x, Tensor? residual = null)
     {
-        int k = Weight.Shape[2], pad = k / 2;
-        var y = x.Device.Allocate(x[0], OutChannels, (x[2] + 2 * pad - k) / Stride + 1, (x[3] + 2 * pad - k) / Stride + 1);
+        var y = AllocateOutput(x);
         Conv2d.Forward(x, Weight.T, Bias.T, y, Stride, residual, (int)x.Device.UNetMatmul);
         return y;
+    }
+
+    /// <summary>
+    /// conv(act(norm(x))) + residual, with act = SiLU when <paramref name="silu"/>: one fused launch where the device fuses
+    /// norms (ComputeDevice.NormFusedIntoConv), else the norm's own pass — into x itself when <paramref name="overwriteInput"/>
+    /// (x is a temporary of the caller), so that the unfused path needs no extra activation.
+    /// </summary>
+    public Tensor ForwardNormalized(Tensor x, GroupNormLayer norm, bool silu, Tensor? scaleShift = null, Tensor? residual = null,
+        bool overwriteInput = false)
+    {
+        var y = AllocateOutput(x);
+        norm.ForwardInto(x, silu, scaleShift, overwriteInput, Weight.T, Bias.T, y, Stride, residual);
+        return y;
+    }
+
+    Tensor AllocateOutput(Tensor x)
+    {
+        int k = Weight.Shape[2], pad = k / 2;
+        return x.Device.Allocate(x[0], OutChannels, (x[2] + 2 * pad - k) / Stride + 1, (x[3] + 2 * pad - k) / Stride + 1);
     }
 
     Tensor IBlockLayer.Forward(Tensor x, Tensor embSilu) => Forward(x);
@@ -139,6 +186,15 @@ public sealed class Conv1x1Layer : Module
         var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
         using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
         Conv2d.Forward(x, w, Bias.T, y, 1, residual, (int)x.Device.UNetMatmul);
+        return y;
+    }
+
+    /// <summary>This layer applied to norm(x) (the attention's qkv of GN(x)); fused as in Conv2dLayer.ForwardNormalized.</summary>
+    public Tensor ForwardNormalized(Tensor x, GroupNormLayer norm)
+    {
+        var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
+        using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
+        norm.ForwardInto(x, silu: false, scaleShift: null, overwriteInput: false, w, Bias.T, y, 1, residual: null);
         return y;
     }
 }

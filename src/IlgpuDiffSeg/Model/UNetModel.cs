@@ -233,8 +233,7 @@ public sealed class UNetModel : Module, IDisposable
             }
             if (computeOutput)
             {
-                using var normed = outNorm.Forward(h, silu: true);
-                result.Output = outConv.Forward(normed);
+                result.Output = outConv.ForwardNormalized(h, outNorm, silu: true);
             }
             return result;
         }

@@ -66,6 +66,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     [Theory]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
     [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
     public void TiledKernelCompilesForSm90(Type a, Type b, Type c)
     {
         var method = typeof(TiledGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
@@ -88,6 +89,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     [Theory]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
     [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
     public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c)
     {
         var method = typeof(TensorCoreGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
