@@ -110,7 +110,8 @@ public static class GpuBenchmark
             using var a = dev.Allocate(1, channels, tokens);
             foreach (int version in Versions(dev))
             {
-                Add($"attention {channels}ch, {tokens} tokens, {heads} heads (v{version})",
+                string how = version == 3 && Attention.FlashSupported(dev, channels / heads) ? "flash" : $"score buffer, gemm v{version}";
+                Add($"attention {channels}ch, {tokens} tokens, {heads} heads ({how})",
                     Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true, version)), 4.0 * tokens * tokens * channels, 0,
                     tensorCores: version == 4);
             }

@@ -38,3 +38,33 @@ public sealed class AttentionTestsCpu(CpuDeviceFixture f) : AttentionTests(f.Dev
 
 [Collection("cuda")]
 public sealed class AttentionTestsCuda(CudaDeviceFixture f) : AttentionTests(f.Device);
+
+/// <summary>
+/// The flash kernel (tile by tile, online softmax, no score buffer) against the reference: sequences that cross the
+/// 64-query and 32-key tiles, head widths of 64 (the UNet's) and of 20 (channel masking), both orders, 1–3 images.
+/// Tolerance as above: NMSE ≤ 1e-10 (fp32 against double).
+/// </summary>
+public abstract class FlashAttentionTests(ComputeDevice? device)
+{
+    [Theory]
+    [InlineData(2, 128, 70, 2, true)]
+    [InlineData(1, 128, 70, 2, false)]
+    [InlineData(3, 60, 33, 3, true)]
+    [InlineData(1, 64, 5, 1, false)]
+    public void MatchesReference(int n, int channels, int t, int heads, bool legacy)
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var qkv = TestData.Uniform(n * 3 * channels * t, 13, 2f);
+        using var dq = device!.Upload(qkv, n, 3 * channels, t);
+        using var dy = device.Allocate(n, channels, t);
+        Assert.True(Attention.FlashSupported(device, channels / heads));
+        Attention.ForwardFlash(dq, dy, heads, legacy);
+        TensorAssert.NmseBelow(Attention.Reference(qkv, n, channels, t, heads, legacy), dy.ToArray(), 1e-10, "flash attention");
+    }
+}
+
+[Collection("cpu")]
+public sealed class FlashAttentionTestsCpuWarp32(CpuWarp32DeviceFixture f) : FlashAttentionTests(f.Device);
+
+[Collection("cuda")]
+public sealed class FlashAttentionTestsCuda(CudaDeviceFixture f) : FlashAttentionTests(f.Device);

@@ -117,6 +117,22 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         Assert.True(shared.Sum() <= 48 * 1024, $"{shared.Sum()} bytes of shared memory");
     }
 
+    /// <summary>The flash attention kernel: shared tiles, warp shuffles for the row statistics, 16 outputs in registers.</summary>
+    [Fact]
+    public void FlashAttentionCompilesForSm90()
+    {
+        var method = typeof(Attention).GetMethod("FlashKernel", BindingFlags.Static | BindingFlags.NonPublic)!;
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
+            CudaInstructionSet.ISA_85, null);
+        string ptx = ((PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default)).PTXAssembly;
+        Assert.Contains("shfl.sync.bfly", ptx);
+        Assert.Contains("bar.sync", ptx);
+        Assert.DoesNotContain(".local", ptx);
+        Assert.DoesNotContain(".extern .func", ptx);
+        log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
+    }
+
     [Fact]
     public void EveryKernelFileIsCovered()
     {
