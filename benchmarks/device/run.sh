@@ -5,6 +5,9 @@
 #   bash benchmarks/device/run.sh gpu          kernels and stages at LSUN-256 shapes (CUDA events, % of peak)
 #   bash benchmarks/device/run.sh peer         the PyTorch peer of `gpu`, same device (fp32, TF32, fp16)
 #   bash benchmarks/device/run.sh memory       lean vs materialised at the Bedroom-28 shape, 40 images
+#   bash benchmarks/device/run.sh ptx          ptxas -v (registers, spills, shared memory) of the tiled, tensor-core and
+#                                              flash kernels as ILGPU emits them, for sm_90
+#   bash benchmarks/device/run.sh precision    LSUN-256 features with fp16 operands (the mma.sync kernel) against fp32
 # Results go to $OUT (device, driver and commit first).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,6 +33,16 @@ case "${1:-cuda-tests}" in
   peer)
     PYTHONUNBUFFERED=1 timeout 560 python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
     cat "$OUT/torch_peer.log" ;;
+  ptx)
+    export PATH="$PATH:/usr/local/cuda/bin"
+    DIFFSEG_DUMP_PTX="$OUT/ptx" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor -class "*PtxCompileTests" > "$OUT/ptx-tests.log" 2>&1
+    tail -3 "$OUT/ptx-tests.log"
+    for f in "$OUT"/ptx/*.ptx; do
+      echo "== $(basename "$f")"; ptxas -arch=sm_90 -v -o /dev/null "$f" 2>&1 | grep -E "registers|spill|error" | sed 's/^ptxas info *: //'
+    done | tee "$OUT/ptxas.txt" ;;
+  precision)
+    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks precision --out "$OUT/precision.md" > /dev/null 2> "$OUT/precision.log"
+    cat "$OUT/precision.md" ;;
   memory)
     timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
     cat "$OUT/memory-bedroom28.md" ;;

@@ -26,6 +26,30 @@ public sealed class UNetCommandTests
             TensorAssert.RelativeMaxBelow(want, got, 1e-4, $"out_block_{b} via CLI");
         }
     }
+
+    /// <summary>
+    /// --precision fp16 on the CPU's simd backend: eps within the fp16 bound of AdmTinyFp16Tests (5e-3) and not equal
+    /// to the fp32 result; with the ilgpu backend, which has no fp16 path, a one-line error and no output.
+    /// </summary>
+    [Fact]
+    public void Fp16PrecisionRunsOnTheSimdBackendAndIsRefusedWithoutOne()
+    {
+        using var tmp = new TempDir();
+        string model = tmp.File("tiny.safetensors");
+        Assert.Equal(0, CliRunner.Run("convert", Fixtures.AdmTiny("model.pt"), "--flags", Fixtures.AdmTiny("flags.json"), "-o", model).ExitCode);
+        var u = CliRunner.Run("unet", "--model", model, "--x", Fixtures.AdmTiny("x0.npy"), "--t", Fixtures.AdmTiny("t.npy"),
+            "-o", tmp.File("eps.npy"), "--device", "cpu", "--precision", "fp16");
+        Assert.True(u.ExitCode == 0, u.Error);
+        Assert.Contains("fp16", u.Error);
+        var want = Npy.ReadFloat32(Fixtures.AdmTiny("eps.npy"), out _);
+        var got = Npy.ReadFloat32(tmp.File("eps.npy"), out _);
+        TensorAssert.RelativeMaxBelow(want, got, 5e-3, "fp16 eps via CLI");
+        Assert.True(TensorAssert.RelativeMaxError(want, got) > 1e-6, "fp16 operands should differ from fp32");
+        var refused = CliRunner.Run("unet", "--model", model, "--x", Fixtures.AdmTiny("x0.npy"), "--t", Fixtures.AdmTiny("t.npy"),
+            "-o", tmp.File("eps2.npy"), "--device", "cpu", "--cpu-backend", "ilgpu", "--precision", "fp16");
+        CliRunner.AssertOneLineError(refused, "--precision fp16");
+        Assert.False(File.Exists(tmp.File("eps2.npy")));
+    }
 }
 
 [Collection("console")]

@@ -75,6 +75,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             CudaInstructionSet.ISA_85, null);
         var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
         string ptx = compiled.PTXAssembly;
+        Dump($"tiled-{b.Name}", ptx);
         Assert.Contains(".shared", ptx);
         Assert.Contains("bar.sync", ptx);
         Assert.DoesNotContain(".local", ptx);
@@ -98,10 +99,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             CudaInstructionSet.ISA_85, null);
         var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
         string ptx = compiled.PTXAssembly;
-        if (Environment.GetEnvironmentVariable("DIFFSEG_DUMP_PTX") is { } dump)
-        {
-            File.WriteAllText(Path.Combine(dump, $"tensorcore-{b.Name}.ptx"), ptx);
-        }
+        Dump($"tensorcore-{b.Name}", ptx);
         Assert.Equal(16, ptx.Split("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32").Length - 1);
         Assert.Contains("cvt.rn.f16x2.f32", ptx);
         // ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
@@ -126,11 +124,22 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
             CudaInstructionSet.ISA_85, null);
         string ptx = ((PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default)).PTXAssembly;
+        Dump("flash-attention", ptx);
         Assert.Contains("shfl.sync.bfly", ptx);
         Assert.Contains("bar.sync", ptx);
         Assert.DoesNotContain(".local", ptx);
         Assert.DoesNotContain(".extern .func", ptx);
         log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
+    }
+
+    /// <summary>With DIFFSEG_DUMP_PTX=DIR, the hot kernels' PTX is written there (benchmarks/device/run.sh ptx runs ptxas -v on it).</summary>
+    static void Dump(string name, string ptx)
+    {
+        if (Environment.GetEnvironmentVariable("DIFFSEG_DUMP_PTX") is { Length: > 0 } directory)
+        {
+            Directory.CreateDirectory(directory);
+            File.WriteAllText(Path.Combine(directory, name + ".ptx"), ptx);
+        }
     }
 
     [Fact]
