@@ -278,9 +278,6 @@ public static class TensorCoreGemm
             throw new NotSupportedException($"the tensor-core kernel needs 32-lane warps and {Threads}-thread groups; this accelerator " +
                                             $"has {dev.Accelerator.WarpSize} and {dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        var k = dev.Kernel(key, acc => acc.LoadStreamKernel<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>>(
-            Kernel<TA, TB, TC>));
-        var grid = new Index3D((s.N + Tile - 1) / Tile, (s.M + Tile - 1) / Tile, batches);
-        k(new KernelConfig(grid, new Index3D(Threads, 1, 1)), s, a, b, c, bias, residual, y);
+        TiledGemm.Launch(dev, key, Kernel<TA, TB, TC>, s, batches, a, b, c, bias, residual, y);
     }
 }

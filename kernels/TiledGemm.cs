@@ -234,8 +234,18 @@ public static class TiledGemm
             throw new NotSupportedException($"the tiled kernel needs {Threads}-thread groups; this accelerator allows " +
                                             $"{dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        var k = dev.Kernel(key, acc => acc.LoadStreamKernel<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>>(
-            Kernel<TA, TB, TC>));
+        Launch(dev, key, Kernel<TA, TB, TC>, s, batches, a, b, c, bias, residual, y);
+    }
+
+    /// <summary>One tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (shared with TensorCoreGemm).</summary>
+    internal static void Launch<TA, TB, TC>(ComputeDevice dev, string key,
+        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> kernel, TileShape s, int batches, TA a, TB b,
+        TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+        where TA : struct, ITileOperand
+        where TB : struct, ITileOperand
+        where TC : struct, ITileOutput
+    {
+        var k = dev.Kernel(key, acc => acc.LoadStreamKernel(kernel));
         var grid = new Index3D((s.N + Tile - 1) / Tile, (s.M + Tile - 1) / Tile, batches);
         k(new KernelConfig(grid, new Index3D(Threads, 1, 1)), s, a, b, c, bias, residual, y);
     }

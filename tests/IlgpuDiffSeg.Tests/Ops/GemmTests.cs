@@ -22,6 +22,15 @@ public abstract class GemmTests(ComputeDevice? device)
     /// <summary>α·A·B + bias + residual, ReLU, against the reference; shared by every kernel version's tests.</summary>
     public static void CheckRowMajor(ComputeDevice device, int m, int n, int k, bool transA, bool transB, int version)
     {
+        var run = RunRowMajor(device, m, n, k, transA, transB, version);
+        TensorAssert.NmseBelow(Gemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, NmseBound, $"gemm v{version}");
+    }
+
+    public sealed record RowMajorRun(GemmShape Shape, float[] A, float[] B, float[] Bias, float[] Residual, float[] C);
+
+    /// <summary>C = ReLU(0.5·A·B + bias + residual) with the given kernel; the inputs and the result, for any reference.</summary>
+    public static RowMajorRun RunRowMajor(ComputeDevice device, int m, int n, int k, bool transA, bool transB, int version)
+    {
         var s = GemmShape.RowMajor(m, n, k, transA, transB);
         s.BiasRow = 1;
         s.Act = (int)Activation.Relu;
@@ -36,7 +45,7 @@ public abstract class GemmTests(ComputeDevice? device)
         using var dc = device.Upload(r, m * n);
         Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, version);
         s.HasBias = s.HasResidual = 1;
-        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), dc.ToArray(), NmseBound, $"gemm v{version}");
+        return new RowMajorRun(s, a, b, bias, r, dc.ToArray());
     }
 
     [Theory]

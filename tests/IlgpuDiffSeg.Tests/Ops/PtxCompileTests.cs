@@ -69,13 +69,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
     public void TiledKernelCompilesForSm90(Type a, Type b, Type c)
     {
-        var method = typeof(TiledGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
-        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
-        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
-            CudaInstructionSet.ISA_85, null);
-        var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
-        string ptx = compiled.PTXAssembly;
-        Dump($"tiled-{b.Name}", ptx);
+        string ptx = CompileExplicitlyGrouped(typeof(TiledGemm), "Kernel", $"tiled-{b.Name}", a, b, c);
         Assert.Contains(".shared", ptx);
         Assert.Contains("bar.sync", ptx);
         Assert.DoesNotContain(".local", ptx);
@@ -93,13 +87,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
     public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c)
     {
-        var method = typeof(TensorCoreGemm).GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!.MakeGenericMethod(a, b, c);
-        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
-        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
-            CudaInstructionSet.ISA_85, null);
-        var compiled = (PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default);
-        string ptx = compiled.PTXAssembly;
-        Dump($"tensorcore-{b.Name}", ptx);
+        string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}", a, b, c);
         Assert.Equal(16, ptx.Split("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32").Length - 1);
         Assert.Contains("cvt.rn.f16x2.f32", ptx);
         // ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
@@ -119,17 +107,28 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     [Fact]
     public void FlashAttentionCompilesForSm90()
     {
-        var method = typeof(Attention).GetMethod("FlashKernel", BindingFlags.Static | BindingFlags.NonPublic)!;
-        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
-        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
-            CudaInstructionSet.ISA_85, null);
-        string ptx = ((PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default)).PTXAssembly;
-        Dump("flash-attention", ptx);
+        string ptx = CompileExplicitlyGrouped(typeof(Attention), "FlashKernel", "flash-attention");
         Assert.Contains("shfl.sync.bfly", ptx);
         Assert.Contains("bar.sync", ptx);
         Assert.DoesNotContain(".local", ptx);
         Assert.DoesNotContain(".extern .func", ptx);
         log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
+    }
+
+    /// <summary>PTX of an explicitly grouped kernel (closed over <paramref name="typeArguments"/> if generic), dumped as <paramref name="dumpName"/>.</summary>
+    static string CompileExplicitlyGrouped(Type type, string name, string dumpName, params Type[] typeArguments)
+    {
+        var method = type.GetMethod(name, BindingFlags.Static | BindingFlags.NonPublic)!;
+        if (typeArguments.Length > 0)
+        {
+            method = method.MakeGenericMethod(typeArguments);
+        }
+        using var context = Context.Create(builder => builder.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+        using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
+            CudaInstructionSet.ISA_85, null);
+        string ptx = ((PTXCompiledKernel)backend.Compile(EntryPointDescription.FromExplicitlyGroupedKernel(method), default)).PTXAssembly;
+        Dump(dumpName, ptx);
+        return ptx;
     }
 
     /// <summary>With DIFFSEG_DUMP_PTX=DIR, the hot kernels' PTX is written there (benchmarks/device/run.sh ptx runs ptxas -v on it).</summary>

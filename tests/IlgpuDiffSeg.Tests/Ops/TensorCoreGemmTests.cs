@@ -21,23 +21,10 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     public void GemmMatchesHalfOperandReference(int m, int n, int k, bool transA, bool transB)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        var s = GemmShape.RowMajor(m, n, k, transA, transB);
-        s.BiasRow = 1;
-        s.Act = (int)Activation.Relu;
-        s.Alpha = 0.5f;
-        var a = TestData.Uniform(m * k, 1);
-        var b = TestData.Uniform(k * n, 2);
-        var bias = TestData.Uniform(m, 3);
-        var r = TestData.Uniform(m * n, 4);
-        using var da = device!.Upload(a, m * k);
-        using var db = device.Upload(b, k * n);
-        using var dbias = device.Upload(bias, m);
-        using var dc = device.Upload(r, m * n);
-        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, version: 4);
-        s.HasBias = s.HasResidual = 1;
-        var got = dc.ToArray();
-        TensorAssert.NmseBelow(TensorCoreGemm.Reference(a, b, bias, r, s, m * n), got, SameOperandsBound, "gemm v4 vs fp16 operands");
-        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, m * n), got, Fp32Bound, "gemm v4 vs fp32");
+        var run = GemmTests.RunRowMajor(device!, m, n, k, transA, transB, version: 4);
+        TensorAssert.NmseBelow(TensorCoreGemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, SameOperandsBound,
+            "gemm v4 vs fp16 operands");
+        TensorAssert.NmseBelow(Gemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, Fp32Bound, "gemm v4 vs fp32");
     }
 
     [Fact]
