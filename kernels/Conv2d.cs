@@ -21,12 +21,27 @@ public struct ConvShape
     public int N, Cin, H, W, Cout, K, Stride, Pad, Ho, Wo;
     public int HasBias, HasResidual;
 
+    /// <summary>Reciprocal(k²) and Reciprocal(k): Divide(n, them) is n / k² and n / k.</summary>
+    public uint TapReciprocal, KernelReciprocal;
+
     public static ConvShape Create(int n, int cin, int h, int w, int cout, int k, int stride, int pad) => new()
     {
         N = n, Cin = cin, H = h, W = w, Cout = cout, K = k, Stride = stride, Pad = pad,
         Ho = (h + 2 * pad - k) / stride + 1,
         Wo = (w + 2 * pad - k) / stride + 1,
+        TapReciprocal = Reciprocal(k * k),
+        KernelReciprocal = Reciprocal(k),
     };
+
+    /// <summary>
+    /// m = ⌊2³¹/d⌋ + 1, which fits 32 bits for every d ≥ 1. With m·d = 2³¹ + e, 1 ≤ e ≤ d:
+    /// 2n·m / 2³² = n/d + n·e/(d·2³¹), whose floor is ⌊n/d⌋ whenever n·e &lt; 2³¹ — for every n &lt; 2³¹/d, and im2col rows
+    /// (Cin·k²) are far below that.
+    /// </summary>
+    public static uint Reciprocal(int d) => (uint)((1UL << 31) / (uint)d + 1);
+
+    /// <summary>n / d for 0 ≤ n &lt; 2³¹/d, given Reciprocal(d): a shift and one 32×32→64 multiply instead of a division.</summary>
+    public static int Divide(int n, uint reciprocal) => (int)((ulong)((uint)n << 1) * reciprocal >> 32);
 }
 
 public static class Conv2d

@@ -1,9 +1,12 @@
 // TensorCoreGemm — v4 of Gemm and Conv2d: the tiled kernel of TiledGemm with its inner product on tensor cores.
 //   C(i, j) = act(α·Σ_k half(A(i, k))·half(B(k, j)) + bias + R), products of fp16-rounded operands summed in fp32 —
 //   the precision of the original's use_fp16 for the matrix products, while activations stay fp32 between kernels.
-//   Block tile 128×128, K slices of 32 staged in shared memory as packed fp16 pairs (2 × 10 KB); 8 warps, each owning a
+//   Block tile 128×128, K slices of 32 staged in shared memory as packed fp16 pairs, double-buffered (2 operands × 2
+//   stages × 10 KB): while the warps multiply one stage, the next slice's 32 fp32 values per thread are in flight in
+//   registers, packed to fp16 and stored into the other stage afterwards — one barrier per slice. 8 warps, each owning a
 //   64×32 sub-tile as 4×4 tiles of mma.sync.m16n8k16 (64 fp32 accumulators per thread). Shared rows are padded to 20
-//   words so that the fragment reads of a warp (8 rows × 4 words) hit 32 distinct banks.
+//   words so that the fragment reads of a warp (8 rows × 4 words) hit 32 distinct banks. Operands are read through the
+//   cursors of TileOperands.cs (no division per element).
 // On CUDA the product is one inline-PTX mma.sync per 16×8×16 tile. Elsewhere (the CPU accelerator, warp-32 shape) the
 // same fragments are exchanged through shared memory and multiplied in fp32 (EmulatedMma): every index of the fragment
 // layout — packing, shared-memory addressing, which lane owns which output — is exercised on the CPU, and the GPU adds
@@ -38,8 +41,14 @@ public static class TensorCoreGemm
 {
     public const int Tile = 128, Slice = 32, Threads = 256;
 
-    /// <summary>Words (fp16 pairs) per shared-memory row: Slice/2 = 16 plus 4 of padding against bank conflicts.</summary>
-    const int RowWords = Slice / 2 + 4;
+    /// <summary>Words (fp16 pairs) of one row's k slice.</summary>
+    const int WordsPerRow = Slice / 2;
+
+    /// <summary>Words per shared-memory row: the slice's 16 plus 4 of padding against bank conflicts.</summary>
+    const int RowWords = WordsPerRow + 4;
+
+    /// <summary>Words of one operand's stage: 128 rows (A) or columns (B).</summary>
+    const int StageWords = Tile * RowWords;
 
     /// <summary>Words a thread publishes per emulated mma: its A fragment (4) and B fragment (2).</summary>
     const int ExchangeWords = 6;
@@ -170,71 +179,180 @@ public static class TensorCoreGemm
 
     // ---- GPU kernel
 
-    static MmaFragmentA FragmentA(ArrayView<uint> sa, int row, int g, int t, int word) => new()
+    /// <summary>The A fragment of the 16 rows from shared offset <paramref name="rows"/> (row 0's word 0), k words word..word+7.</summary>
+    static MmaFragmentA FragmentA(ArrayView<uint> sa, int rows, int g, int t, int word) => new()
     {
-        R0 = sa[(row + g) * RowWords + word + t],
-        R1 = sa[(row + g + 8) * RowWords + word + t],
-        R2 = sa[(row + g) * RowWords + word + 4 + t],
-        R3 = sa[(row + g + 8) * RowWords + word + 4 + t],
+        R0 = sa[rows + g * RowWords + word + t],
+        R1 = sa[rows + (g + 8) * RowWords + word + t],
+        R2 = sa[rows + g * RowWords + word + 4 + t],
+        R3 = sa[rows + (g + 8) * RowWords + word + 4 + t],
     };
 
-    static MmaFragmentB FragmentB(ArrayView<uint> sb, int col, int g, int t, int word) => new()
+    /// <summary>The B fragment of the 8 columns from shared offset <paramref name="cols"/>, k words word..word+7.</summary>
+    static MmaFragmentB FragmentB(ArrayView<uint> sb, int cols, int g, int t, int word) => new()
     {
-        R0 = sb[(col + g) * RowWords + word + t],
-        R1 = sb[(col + g) * RowWords + word + 4 + t],
+        R0 = sb[cols + g * RowWords + word + t],
+        R1 = sb[cols + g * RowWords + word + 4 + t],
     };
 
     static void Kernel<TA, TB, TC>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, ITileOperand
-        where TB : struct, ITileOperand
+        where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
-        // sa[m][k/2] and sb[n][k/2]: both operands k-contiguous in pairs, as mma's row.col fragments want them.
-        var sa = SharedMemory.Allocate<uint>(Tile * RowWords);
-        var sb = SharedMemory.Allocate<uint>(Tile * RowWords);
+        // sa[stage][m][k/2] and sb[stage][n][k/2]: both operands k-contiguous in pairs, as mma's row.col fragments want them.
+        var sa = SharedMemory.Allocate<uint>(2 * StageWords);
+        var sb = SharedMemory.Allocate<uint>(2 * StageWords);
         var exchange = SharedMemory.Allocate<uint>(Threads * ExchangeWords);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
         int m0 = Grid.IdxY * Tile, n0 = Grid.IdxX * Tile;
-        int lane = tid % 32, g = lane / 4, t = lane % 4;
-        int wm = tid / 32 / 4 * 64, wn = tid / 32 % 4 * 32;
+        // Bit operations for the power-of-two constants: ILGPU sinks these into the loops, where ptxas compiles a signed % of a
+        // constant as a full division.
+        int lane = tid & 31, g = lane >> 2, t = lane & 3;
+        int wm = (tid >> 7) * 64, wn = ((tid >> 5) & 3) * 32;
+
+        // The words (k pairs) this thread stages, r = 0..7: A(m0 + am + r·amStep, k0 + 2(ap + r·apStep) + {0, 1}) and
+        // B likewise. A warp walks each operand's contiguous dimension, so its global reads coalesce.
+        bool aAlongK = a.ColumnsContiguous;
+        int am = aAlongK ? tid >> 4 : tid & (Tile - 1), amStep = aAlongK ? Threads / WordsPerRow : 0;
+        int ap = aAlongK ? tid & (WordsPerRow - 1) : tid >> 7, apStep = aAlongK ? 0 : Threads / Tile;
+        bool bAlongN = b.ColumnsContiguous;
+        int bn = bAlongN ? tid & (Tile - 1) : tid >> 4, bnStep = bAlongN ? 0 : Threads / WordsPerRow;
+        int bp = bAlongN ? tid >> 7 : tid & (WordsPerRow - 1), bpStep = bAlongN ? Threads / Tile : 0;
+
+        // Rows and columns outside the matrix read row/column 0 and stage zeros; bit r of a mask: element r is inside.
+        int aInside = m0 + am < s.M ? 1 : 0;
+        var ra0 = a.RowCursor(batch, (aInside & 1) != 0 ? m0 + am : 0);
+        aInside |= m0 + am + amStep < s.M ? 2 : 0;
+        var ra1 = a.RowCursor(batch, (aInside & 2) != 0 ? m0 + am + amStep : 0);
+        aInside |= m0 + am + 2 * amStep < s.M ? 4 : 0;
+        var ra2 = a.RowCursor(batch, (aInside & 4) != 0 ? m0 + am + 2 * amStep : 0);
+        aInside |= m0 + am + 3 * amStep < s.M ? 8 : 0;
+        var ra3 = a.RowCursor(batch, (aInside & 8) != 0 ? m0 + am + 3 * amStep : 0);
+        aInside |= m0 + am + 4 * amStep < s.M ? 16 : 0;
+        var ra4 = a.RowCursor(batch, (aInside & 16) != 0 ? m0 + am + 4 * amStep : 0);
+        aInside |= m0 + am + 5 * amStep < s.M ? 32 : 0;
+        var ra5 = a.RowCursor(batch, (aInside & 32) != 0 ? m0 + am + 5 * amStep : 0);
+        aInside |= m0 + am + 6 * amStep < s.M ? 64 : 0;
+        var ra6 = a.RowCursor(batch, (aInside & 64) != 0 ? m0 + am + 6 * amStep : 0);
+        aInside |= m0 + am + 7 * amStep < s.M ? 128 : 0;
+        var ra7 = a.RowCursor(batch, (aInside & 128) != 0 ? m0 + am + 7 * amStep : 0);
+        int bInside = n0 + bn < s.N ? 1 : 0;
+        var cb0 = b.ColumnCursor(batch, (bInside & 1) != 0 ? n0 + bn : 0);
+        bInside |= n0 + bn + bnStep < s.N ? 2 : 0;
+        var cb1 = b.ColumnCursor(batch, (bInside & 2) != 0 ? n0 + bn + bnStep : 0);
+        bInside |= n0 + bn + 2 * bnStep < s.N ? 4 : 0;
+        var cb2 = b.ColumnCursor(batch, (bInside & 4) != 0 ? n0 + bn + 2 * bnStep : 0);
+        bInside |= n0 + bn + 3 * bnStep < s.N ? 8 : 0;
+        var cb3 = b.ColumnCursor(batch, (bInside & 8) != 0 ? n0 + bn + 3 * bnStep : 0);
+        bInside |= n0 + bn + 4 * bnStep < s.N ? 16 : 0;
+        var cb4 = b.ColumnCursor(batch, (bInside & 16) != 0 ? n0 + bn + 4 * bnStep : 0);
+        bInside |= n0 + bn + 5 * bnStep < s.N ? 32 : 0;
+        var cb5 = b.ColumnCursor(batch, (bInside & 32) != 0 ? n0 + bn + 5 * bnStep : 0);
+        bInside |= n0 + bn + 6 * bnStep < s.N ? 64 : 0;
+        var cb6 = b.ColumnCursor(batch, (bInside & 64) != 0 ? n0 + bn + 6 * bnStep : 0);
+        bInside |= n0 + bn + 7 * bnStep < s.N ? 128 : 0;
+        var cb7 = b.ColumnCursor(batch, (bInside & 128) != 0 ? n0 + bn + 7 * bnStep : 0);
+        int sa0 = am * RowWords + ap, saStep = amStep * RowWords + apStep;
+        int sb0 = bn * RowWords + bp, sbStep = bnStep * RowWords + bpStep;
+
+        // Prologue: slice 0 into stage 0.
+        int ka = 2 * ap, kb = 2 * bp;
+        sa[sa0] = Pack(TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
+        sa[sa0 + saStep] = Pack(TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
+        sa[sa0 + 2 * saStep] = Pack(TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
+        sa[sa0 + 3 * saStep] = Pack(TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
+        sa[sa0 + 4 * saStep] = Pack(TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
+        sa[sa0 + 5 * saStep] = Pack(TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
+        sa[sa0 + 6 * saStep] = Pack(TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
+        sa[sa0 + 7 * saStep] = Pack(TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
+        sb[sb0] = Pack(FetchFinishB(b, cb0, (bInside & 1) != 0, kb, s.K), FetchFinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K));
+        sb[sb0 + sbStep] = Pack(FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K), FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K));
+        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K), FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K));
+        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K), FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K));
+        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K), FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K));
+        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K), FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K));
+        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K), FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K));
+        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K), FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K));
+        Group.Barrier();
+
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
         MmaAccumulator c10 = default, c11 = default, c12 = default, c13 = default;
         MmaAccumulator c20 = default, c21 = default, c22 = default, c23 = default;
         MmaAccumulator c30 = default, c31 = default, c32 = default, c33 = default;
+        int stage = 0;
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
-            for (int r = 0; r < Tile * Slice / 2 / Threads; r++)
+            // The next slice's loads go out first, raw; they are packed to fp16 only after this slice's 32 mma per warp.
+            // In the last slice they fetch nothing (k ≥ K reads element 0 and stages 0), which costs less than a branch.
+            ka = k0 + Slice + 2 * ap;
+            kb = k0 + Slice + 2 * bp;
+            float pa0l = TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka, s.K);
+            float pa0h = TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka + 1, s.K);
+            float pa1l = TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K);
+            float pa1h = TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K);
+            float pa2l = TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K);
+            float pa2h = TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K);
+            float pa3l = TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K);
+            float pa3h = TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K);
+            float pa4l = TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K);
+            float pa4h = TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K);
+            float pa5l = TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K);
+            float pa5h = TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K);
+            float pa6l = TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K);
+            float pa6h = TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
+            float pa7l = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
+            float pa7h = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
+            float pb0l = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb, s.K);
+            float pb0h = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb + 1, s.K);
+            float pb1l = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K);
+            float pb1h = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K);
+            float pb2l = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K);
+            float pb2h = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K);
+            float pb3l = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K);
+            float pb3h = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K);
+            float pb4l = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K);
+            float pb4h = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K);
+            float pb5l = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K);
+            float pb5h = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K);
+            float pb6l = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K);
+            float pb6h = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K);
+            float pb7l = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K);
+            float pb7h = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K);
+            for (int word = 0; word < WordsPerRow; word += 8)
             {
-                int e = tid + r * Threads;
-                // Each word is two consecutive k; a warp walks the operand's contiguous dimension so its reads coalesce.
-                int am = a.ColumnsContiguous ? e / (Slice / 2) : e % Tile;
-                int ap = a.ColumnsContiguous ? e % (Slice / 2) : e / Tile;
-                int gi = m0 + am, gk = k0 + 2 * ap;
-                sa[am * RowWords + ap] = Pack(gi < s.M && gk < s.K ? a.Load(batch, gi, gk) : 0f,
-                    gi < s.M && gk + 1 < s.K ? a.Load(batch, gi, gk + 1) : 0f);
-                int bn = b.ColumnsContiguous ? e % Tile : e / (Slice / 2);
-                int bp = b.ColumnsContiguous ? e / Tile : e % (Slice / 2);
-                int gj = n0 + bn, gk2 = k0 + 2 * bp;
-                sb[bn * RowWords + bp] = Pack(gj < s.N && gk2 < s.K ? b.Load(batch, gk2, gj) : 0f,
-                    gj < s.N && gk2 + 1 < s.K ? b.Load(batch, gk2 + 1, gj) : 0f);
-            }
-            Group.Barrier();
-            for (int word = 0; word < Slice / 2; word += 8)
-            {
-                var a0 = FragmentA(sa, wm, g, t, word);
-                var a1 = FragmentA(sa, wm + 16, g, t, word);
-                var a2 = FragmentA(sa, wm + 32, g, t, word);
-                var a3 = FragmentA(sa, wm + 48, g, t, word);
-                var b0 = FragmentB(sb, wn, g, t, word);
-                var b1 = FragmentB(sb, wn + 8, g, t, word);
-                var b2 = FragmentB(sb, wn + 16, g, t, word);
-                var b3 = FragmentB(sb, wn + 24, g, t, word);
+                var a0 = FragmentA(sa, stage + wm * RowWords, g, t, word);
+                var a1 = FragmentA(sa, stage + (wm + 16) * RowWords, g, t, word);
+                var a2 = FragmentA(sa, stage + (wm + 32) * RowWords, g, t, word);
+                var a3 = FragmentA(sa, stage + (wm + 48) * RowWords, g, t, word);
+                var b0 = FragmentB(sb, stage + wn * RowWords, g, t, word);
+                var b1 = FragmentB(sb, stage + (wn + 8) * RowWords, g, t, word);
+                var b2 = FragmentB(sb, stage + (wn + 16) * RowWords, g, t, word);
+                var b3 = FragmentB(sb, stage + (wn + 24) * RowWords, g, t, word);
                 c00 = Mma(c00, a0, b0, exchange); c01 = Mma(c01, a0, b1, exchange); c02 = Mma(c02, a0, b2, exchange); c03 = Mma(c03, a0, b3, exchange);
                 c10 = Mma(c10, a1, b0, exchange); c11 = Mma(c11, a1, b1, exchange); c12 = Mma(c12, a1, b2, exchange); c13 = Mma(c13, a1, b3, exchange);
                 c20 = Mma(c20, a2, b0, exchange); c21 = Mma(c21, a2, b1, exchange); c22 = Mma(c22, a2, b2, exchange); c23 = Mma(c23, a2, b3, exchange);
                 c30 = Mma(c30, a3, b0, exchange); c31 = Mma(c31, a3, b1, exchange); c32 = Mma(c32, a3, b2, exchange); c33 = Mma(c33, a3, b3, exchange);
             }
+            // The other stage was last read before the previous barrier, so it is free to overwrite.
+            stage = StageWords - stage;
+            sa[stage + sa0] = Pack(pa0l, pa0h);
+            sa[stage + sa0 + saStep] = Pack(pa1l, pa1h);
+            sa[stage + sa0 + 2 * saStep] = Pack(pa2l, pa2h);
+            sa[stage + sa0 + 3 * saStep] = Pack(pa3l, pa3h);
+            sa[stage + sa0 + 4 * saStep] = Pack(pa4l, pa4h);
+            sa[stage + sa0 + 5 * saStep] = Pack(pa5l, pa5h);
+            sa[stage + sa0 + 6 * saStep] = Pack(pa6l, pa6h);
+            sa[stage + sa0 + 7 * saStep] = Pack(pa7l, pa7h);
+            sb[stage + sb0] = Pack(TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb, s.K, pb0l), TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, pb0h));
+            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, pb1l), TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, pb1h));
+            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, pb2l), TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, pb2h));
+            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, pb3l), TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, pb3h));
+            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, pb4l), TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, pb4h));
+            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, pb5l), TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, pb5h));
+            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, pb6l), TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, pb6h));
+            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, pb7l), TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, pb7h));
             Group.Barrier();
         }
         int i = m0 + wm + g, j = n0 + wn + 2 * t;
@@ -247,6 +365,10 @@ public static class TensorCoreGemm
         Store(s, c, batch, bias, residual, y, i + 48, j, c30); Store(s, c, batch, bias, residual, y, i + 48, j + 8, c31);
         Store(s, c, batch, bias, residual, y, i + 48, j + 16, c32); Store(s, c, batch, bias, residual, y, i + 48, j + 24, c33);
     }
+
+    /// <summary>B(k, col) fetched and finished at once, for the prologue.</summary>
+    static float FetchFinishB<TB>(TB b, TileCursor column, bool inside, int k, int kCount) where TB : struct, IColumnOperand =>
+        TileStaging.FinishB(b, column, inside, k, kCount, TileStaging.FetchB(b, column, inside, k, kCount));
 
     /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
     static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
@@ -269,8 +391,8 @@ public static class TensorCoreGemm
     /// <summary>Launches over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (8 warps of 32).</summary>
     public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, ITileOperand
-        where TB : struct, ITileOperand
+        where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
         if (dev.Accelerator.WarpSize != 32 || dev.Accelerator.MaxNumThreadsPerGroup < Threads)

@@ -1,136 +1,90 @@
 // TiledGemm — v3 of Gemm and Conv2d for GPUs: one explicitly grouped kernel, generic over how its operands are read.
-//   C(i, j) = act(α·Σ_k A(i, k)·B(k, j) + bias + R) per batch, with A and B given as struct operands:
-//     StridedOperand  a strided (batched) matrix — every Gemm;
-//     Im2ColOperand   a convolution's input read as its im2col matrix on the fly (implicit GEMM: K = Cin·k², N = N·Ho·Wo).
-//   Block tile 128×128, K slices of 8 staged through shared memory (2 × 4 KB), 256 threads each accumulating an 8×8
-//   sub-tile in registers (rows ty·4+{0..3} and 64+ty·4+{0..3}, columns likewise, which keeps the shared-memory reads of
-//   a warp on distinct banks). Loads into shared memory follow the operand's contiguous dimension, so a warp's global
-//   reads coalesce. 64 FMAs per 16 shared loads per thread per k.
+//   C(i, j) = act(α·Σ_k A(i, k)·B(k, j) + bias + R) per batch, with A and B given as struct operands (TileOperands.cs):
+//     StridedOperand            a strided (batched) matrix — every Gemm;
+//     Im2ColOperand             a convolution's input read as its im2col matrix on the fly (implicit GEMM: K = Cin·k²,
+//                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied.
+//   Block tile 128×128, 256 threads each accumulating an 8×8 sub-tile in registers (rows ty·4+{0..3} and 64+ty·4+{0..3},
+//   columns likewise). K runs in slices of 8, double-buffered in shared memory (2 operands × 2 stages × 8 × 132 floats
+//   = 16.5 KB): while a thread computes on one stage, the next slice's global loads (4 of A, 4 of B per thread) are in
+//   flight in registers, and it stores them into the other stage afterwards — one barrier per slice, global latency
+//   hidden behind 512 FMAs.
+//   Per k a thread reads its 8 A and 8 B values as four float4 shared loads (64 FMAs per 4 loads): A's two addresses per
+//   warp broadcast, B's 16 consecutive float4s are conflict-free. Shared rows are 132 floats, so the stores of a warp
+//   staging along k (8 k × 4 rows) hit 32 distinct banks and rows stay 16-byte aligned.
+//   Staging follows each operand's contiguous dimension, so a warp's global reads coalesce; the row and column cursors
+//   are made once per launch, so a fetch costs an add (strided) or a multiply-high tap decomposition (im2col).
 // Not yet the CUDA default: it waits for a GPU to measure it against v2 (see benchmarks/IlgpuDiffSeg.Benchmarks gpu).
 // Tested against the references on the CPU accelerator with a warp-32 shape (256-thread groups).
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
+using ILGPU.Util;
 
 namespace IlgpuDiffSeg.Kernels;
-
-/// <summary>An operand of the tiled kernel: element (row, col) of batch item b.</summary>
-public interface ITileOperand
-{
-    /// <summary>True when consecutive columns are adjacent in memory (then loads run along columns).</summary>
-    bool ColumnsContiguous { get; }
-
-    float Load(int batch, int row, int col);
-}
-
-/// <summary>A strided, batched matrix: base + b0·batch0 + b1·batch1 + row·rowStride + col·colStride.</summary>
-public readonly struct StridedOperand(ArrayView<float> data, int offset, int batch1Count, int batch0Stride, int batch1Stride, int rowStride,
-    int colStride) : ITileOperand
-{
-    public bool ColumnsContiguous => colStride == 1;
-
-    public float Load(int batch, int row, int col) =>
-        data[offset + batch / batch1Count * batch0Stride + batch % batch1Count * batch1Stride + row * rowStride + col * colStride];
-}
-
-/// <summary>
-/// A convolution's input as the (Cin·k², N·Ho·Wo) im2col matrix, computed while loading: row r = (ci, ky, kx), column
-/// q = (image, oy, ox). Zero padding outside the image.
-/// </summary>
-public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : ITileOperand
-{
-    public bool ColumnsContiguous => true;
-
-    public float Load(int batch, int row, int col)
-    {
-        int offset = Offset(s, row, col, out _);
-        return offset >= 0 ? x[offset] : 0f;
-    }
-
-    /// <summary>Where im2col element (row, col) sits in x, or −1 in the zero padding; imageChannel = image·Cin + ci.</summary>
-    public static int Offset(ConvShape s, int row, int col, out int imageChannel)
-    {
-        int kx = row % s.K, ky = row / s.K % s.K, ci = row / (s.K * s.K);
-        int pixels = s.Ho * s.Wo;
-        int img = col / pixels, p = col % pixels;
-        int iy = p / s.Wo * s.Stride - s.Pad + ky, ix = p % s.Wo * s.Stride - s.Pad + kx;
-        imageChannel = img * s.Cin + ci;
-        return iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? (imageChannel * s.H + iy) * s.W + ix : -1;
-    }
-}
-
-/// <summary>
-/// Im2ColOperand of the normalized input: each value is GroupNorm's (x − mean)·a + b from GroupNorm.Coefficients, then
-/// SiLU when silu ≠ 0, computed while loading — the norm costs no pass of its own. The padding stays zero: PyTorch pads
-/// the normalized tensor, not x.
-/// </summary>
-public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<float> coefficients, ConvShape s, int silu) : ITileOperand
-{
-    public bool ColumnsContiguous => true;
-
-    public float Load(int batch, int row, int col)
-    {
-        int offset = Im2ColOperand.Offset(s, row, col, out int imageChannel);
-        if (offset < 0)
-        {
-            return 0f;
-        }
-        float v = (x[offset] - coefficients[3 * imageChannel]) * coefficients[3 * imageChannel + 1] + coefficients[3 * imageChannel + 2];
-        return silu != 0 ? v / (1f + XMath.Exp(-v)) : v;
-    }
-}
-
-/// <summary>Where C(i, j) of batch item b goes, and which bias applies.</summary>
-public interface ITileOutput
-{
-    int Offset(int batch, int i, int j);
-
-    int BiasIndex(int batch, int i, int j);
-}
-
-public readonly struct StridedOutput(GemmShape s) : ITileOutput
-{
-    public int Offset(int batch, int i, int j) =>
-        s.COffset + batch / s.Batch1 * s.CBatch0 + batch % s.Batch1 * s.CBatch1 + i * s.CRow + j * s.CCol;
-
-    public int BiasIndex(int batch, int i, int j) =>
-        batch / s.Batch1 * s.BiasBatch0 + batch % s.Batch1 * s.BiasBatch1 + i * s.BiasRow + j * s.BiasCol;
-}
-
-/// <summary>Output channel i, column q = (image, pixel) → y[image, i, pixel]; bias per output channel.</summary>
-public readonly struct ConvOutput(ConvShape s) : ITileOutput
-{
-    public int Offset(int batch, int i, int j)
-    {
-        int pixels = s.Ho * s.Wo;
-        return (j / pixels * s.Cout + i) * pixels + j % pixels;
-    }
-
-    public int BiasIndex(int batch, int i, int j) => i;
-}
-
-/// <summary>Sizes and epilogue of one tiled launch.</summary>
-public struct TileShape
-{
-    public int M, N, K, HasBias, HasResidual, Act;
-    public float Alpha;
-}
 
 public static class TiledGemm
 {
     public const int Tile = 128, Slice = 8, Threads = 256;
 
+    /// <summary>Floats per shared row (one k of a slice): the tile plus 4 of padding, a multiple of 4 for float4 reads.</summary>
+    const int RowFloats = Tile + 4;
+
+    /// <summary>Floats of one operand's stage: a slice of Slice rows.</summary>
+    const int StageFloats = Slice * RowFloats;
+
     static void Kernel<TA, TB, TC>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, ITileOperand
-        where TB : struct, ITileOperand
+        where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
-        var sa = SharedMemory.Allocate<float>(Slice * Tile);
-        var sb = SharedMemory.Allocate<float>(Slice * Tile);
+        // sa[stage][k][m] and sb[stage][k][n]; float4 views for the compute loop's reads.
+        var sa4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
+        var sb4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
+        var sa = sa4.Cast<float>();
+        var sb = sb4.Cast<float>();
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
         int m0 = Grid.IdxY * Tile, n0 = Grid.IdxX * Tile;
-        int tx = tid % 16, ty = tid / 16;
+        // Bit operations for the power-of-two constants: ILGPU sinks these into the loops, where ptxas compiles a signed % of a
+        // constant as a full division.
+        int tx = tid & 15, ty = tid >> 4;
+
+        // The elements this thread stages, r = 0..3: A(m0 + am + r·amStep, k0 + ak + r·akStep), B(k0 + bk + r·bkStep,
+        // n0 + bn + r·bnStep). A warp walks each operand's contiguous dimension.
+        bool aAlongK = a.ColumnsContiguous;
+        int am = aAlongK ? tid >> 3 : tid & (Tile - 1), amStep = aAlongK ? Threads / Slice : 0;
+        int ak = aAlongK ? tid & (Slice - 1) : tid >> 7, akStep = aAlongK ? 0 : Threads / Tile;
+        bool bAlongN = b.ColumnsContiguous;
+        int bn = bAlongN ? tid & (Tile - 1) : tid >> 3, bnStep = bAlongN ? 0 : Threads / Slice;
+        int bk = bAlongN ? tid >> 7 : tid & (Slice - 1), bkStep = bAlongN ? Threads / Tile : 0;
+
+        // Rows and columns outside the matrix read row/column 0 and stage zeros.
+        bool ia0 = m0 + am < s.M, ia1 = m0 + am + amStep < s.M, ia2 = m0 + am + 2 * amStep < s.M, ia3 = m0 + am + 3 * amStep < s.M;
+        var ra0 = a.RowCursor(batch, ia0 ? m0 + am : 0);
+        var ra1 = a.RowCursor(batch, ia1 ? m0 + am + amStep : 0);
+        var ra2 = a.RowCursor(batch, ia2 ? m0 + am + 2 * amStep : 0);
+        var ra3 = a.RowCursor(batch, ia3 ? m0 + am + 3 * amStep : 0);
+        bool ib0 = n0 + bn < s.N, ib1 = n0 + bn + bnStep < s.N, ib2 = n0 + bn + 2 * bnStep < s.N, ib3 = n0 + bn + 3 * bnStep < s.N;
+        var cb0 = b.ColumnCursor(batch, ib0 ? n0 + bn : 0);
+        var cb1 = b.ColumnCursor(batch, ib1 ? n0 + bn + bnStep : 0);
+        var cb2 = b.ColumnCursor(batch, ib2 ? n0 + bn + 2 * bnStep : 0);
+        var cb3 = b.ColumnCursor(batch, ib3 ? n0 + bn + 3 * bnStep : 0);
+        // Shared offsets of the four staged elements within a stage.
+        int sa0 = ak * RowFloats + am, saStep = akStep * RowFloats + amStep;
+        int sb0 = bk * RowFloats + bn, sbStep = bkStep * RowFloats + bnStep;
+
+        // Prologue: slice 0 into stage 0.
+        int ka = ak, kb = bk;
+        sa[sa0] = TileStaging.FetchA(a, ra0, ia0, ka, s.K);
+        sa[sa0 + saStep] = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
+        sa[sa0 + 2 * saStep] = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
+        sa[sa0 + 3 * saStep] = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
+        sb[sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, TileStaging.FetchB(b, cb0, ib0, kb, s.K));
+        sb[sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K));
+        sb[sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K));
+        sb[sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K));
+        Group.Barrier();
+
         float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c04 = 0, c05 = 0, c06 = 0, c07 = 0;
         float c10 = 0, c11 = 0, c12 = 0, c13 = 0, c14 = 0, c15 = 0, c16 = 0, c17 = 0;
         float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c24 = 0, c25 = 0, c26 = 0, c27 = 0;
@@ -139,30 +93,31 @@ public static class TiledGemm
         float c50 = 0, c51 = 0, c52 = 0, c53 = 0, c54 = 0, c55 = 0, c56 = 0, c57 = 0;
         float c60 = 0, c61 = 0, c62 = 0, c63 = 0, c64 = 0, c65 = 0, c66 = 0, c67 = 0;
         float c70 = 0, c71 = 0, c72 = 0, c73 = 0, c74 = 0, c75 = 0, c76 = 0, c77 = 0;
+        int stage = 0;
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
-            for (int r = 0; r < Tile * Slice / Threads; r++)
-            {
-                int e = tid + r * Threads;
-                // A slice (Tile rows × Slice k): along k when k is contiguous, else along rows.
-                int am = a.ColumnsContiguous ? e / Slice : e % Tile;
-                int ak = a.ColumnsContiguous ? e % Slice : e / Tile;
-                int gi = m0 + am, gk = k0 + ak;
-                sa[ak * Tile + am] = gi < s.M && gk < s.K ? a.Load(batch, gi, gk) : 0f;
-                // B slice (Slice k × Tile columns): along columns when they are contiguous, else along k.
-                int bn = b.ColumnsContiguous ? e % Tile : e / Slice;
-                int bk = b.ColumnsContiguous ? e / Tile : e % Slice;
-                int gj = n0 + bn, gk2 = k0 + bk;
-                sb[bk * Tile + bn] = gj < s.N && gk2 < s.K ? b.Load(batch, gk2, gj) : 0f;
-            }
-            Group.Barrier();
+            // The next slice's loads go out first; their values are needed only after this slice's 512 FMAs.
+            // In the last slice they fetch nothing (k ≥ K reads element 0 and stages 0), which costs less than a branch.
+            ka = k0 + Slice + ak;
+            kb = k0 + Slice + bk;
+            float pa0 = TileStaging.FetchA(a, ra0, ia0, ka, s.K);
+            float pa1 = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
+            float pa2 = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
+            float pa3 = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
+            float pb0 = TileStaging.FetchB(b, cb0, ib0, kb, s.K);
+            float pb1 = TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K);
+            float pb2 = TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K);
+            float pb3 = TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K);
+            int row4 = stage >> 2;
             for (int k = 0; k < Slice; k++)
             {
-                int ra = k * Tile + ty * 4, rb = k * Tile + tx * 4;
-                float a0 = sa[ra], a1 = sa[ra + 1], a2 = sa[ra + 2], a3 = sa[ra + 3];
-                float a4 = sa[ra + 64], a5 = sa[ra + 65], a6 = sa[ra + 66], a7 = sa[ra + 67];
-                float b0 = sb[rb], b1 = sb[rb + 1], b2 = sb[rb + 2], b3 = sb[rb + 3];
-                float b4 = sb[rb + 64], b5 = sb[rb + 65], b6 = sb[rb + 66], b7 = sb[rb + 67];
+                var aLo = sa4[row4 + ty];
+                var aHi = sa4[row4 + 16 + ty];
+                var bLo = sb4[row4 + tx];
+                var bHi = sb4[row4 + 16 + tx];
+                row4 += RowFloats / 4;
+                float a0 = aLo.X, a1 = aLo.Y, a2 = aLo.Z, a3 = aLo.W, a4 = aHi.X, a5 = aHi.Y, a6 = aHi.Z, a7 = aHi.W;
+                float b0 = bLo.X, b1 = bLo.Y, b2 = bLo.Z, b3 = bLo.W, b4 = bHi.X, b5 = bHi.Y, b6 = bHi.Z, b7 = bHi.W;
                 c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3; c04 += a0 * b4; c05 += a0 * b5; c06 += a0 * b6; c07 += a0 * b7;
                 c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3; c14 += a1 * b4; c15 += a1 * b5; c16 += a1 * b6; c17 += a1 * b7;
                 c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3; c24 += a2 * b4; c25 += a2 * b5; c26 += a2 * b6; c27 += a2 * b7;
@@ -172,6 +127,16 @@ public static class TiledGemm
                 c60 += a6 * b0; c61 += a6 * b1; c62 += a6 * b2; c63 += a6 * b3; c64 += a6 * b4; c65 += a6 * b5; c66 += a6 * b6; c67 += a6 * b7;
                 c70 += a7 * b0; c71 += a7 * b1; c72 += a7 * b2; c73 += a7 * b3; c74 += a7 * b4; c75 += a7 * b5; c76 += a7 * b6; c77 += a7 * b7;
             }
+            // The other stage was last read before the previous barrier, so it is free to overwrite.
+            stage = StageFloats - stage;
+            sa[stage + sa0] = pa0;
+            sa[stage + sa0 + saStep] = pa1;
+            sa[stage + sa0 + 2 * saStep] = pa2;
+            sa[stage + sa0 + 3 * saStep] = pa3;
+            sb[stage + sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, pb0);
+            sb[stage + sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, pb1);
+            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, pb2);
+            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, pb3);
             Group.Barrier();
         }
         int i0 = m0 + ty * 4, i1 = m0 + 64 + ty * 4, j0 = n0 + tx * 4, j1 = n0 + 64 + tx * 4;
@@ -225,8 +190,8 @@ public static class TiledGemm
     /// <summary>Launches the tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads.</summary>
     public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, ITileOperand
-        where TB : struct, ITileOperand
+        where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
         if (dev.Accelerator.MaxNumThreadsPerGroup < Threads)
@@ -241,8 +206,8 @@ public static class TiledGemm
     internal static void Launch<TA, TB, TC>(ComputeDevice dev, string key,
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> kernel, TileShape s, int batches, TA a, TB b,
         TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, ITileOperand
-        where TB : struct, ITileOperand
+        where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
         var k = dev.Kernel(key, acc => acc.LoadStreamKernel(kernel));

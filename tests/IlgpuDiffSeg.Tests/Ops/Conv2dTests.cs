@@ -50,3 +50,30 @@ public sealed class Conv2dTestsCpuSimd(CpuSimdDeviceFixture f) : Conv2dTests(f.D
 
 [Collection("cuda")]
 public sealed class Conv2dTestsCuda(CudaDeviceFixture f) : Conv2dTests(f.Device);
+
+/// <summary>The tiled kernels' im2col tap decomposition divides by k² and k with ConvShape's reciprocals: exact, no tolerance.</summary>
+public sealed class ConvShapeTests
+{
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(3)]
+    [InlineData(5)]
+    [InlineData(7)]
+    [InlineData(9)]
+    [InlineData(25)]
+    [InlineData(49)]
+    public void DivideByReciprocalIsExact(int d)
+    {
+        uint m = ConvShape.Reciprocal(d);
+        // Every row of an im2col matrix with up to 4096 input channels, then samples up to the proven range 2³¹/d.
+        for (int n = 0; n < 4096 * 49; n++)
+        {
+            Assert.Equal(n / d, ConvShape.Divide(n, m));
+        }
+        for (long n = 4096 * 49; n < (1L << 31) / d; n += 9973)
+        {
+            Assert.Equal((int)n / d, ConvShape.Divide((int)n, m));
+        }
+    }
+}

@@ -97,9 +97,9 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         Assert.DoesNotContain(".extern .func", ptx);
         var shared = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.shared\s[^\n]*\[(\d+)\]").Select(m => int.Parse(m.Groups[1].Value)).ToList();
         log.WriteLine($"tensor-core {b.Name}: {ptx.Split('\n').Length} lines, shared {string.Join(" + ", shared)} bytes");
-        // Two 10 KB operand tiles, plus the emulation's exchange buffer: ILGPU leaves the CPU branch behind a constant
-        // predicate (mov.pred %p, 1) for ptxas to drop, so its buffer may stay declared. All within the default 48 KB.
-        Assert.Equal(2, shared.Count(size => size == TensorCoreGemm.Tile * 20 * 4));
+        // Two operands × two stages of 10 KB, plus the emulation's exchange buffer: ILGPU leaves the CPU branch behind a
+        // constant predicate (mov.pred %p, 1) for ptxas to drop, so its buffer may stay declared. All within the default 48 KB.
+        Assert.Equal(2, shared.Count(size => size == 2 * TensorCoreGemm.Tile * 20 * 4));
         Assert.True(shared.Sum() <= 48 * 1024, $"{shared.Sum()} bytes of shared memory");
     }
 

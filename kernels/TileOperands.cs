@@ -1,0 +1,211 @@
+// TileOperands — how the tiled kernels (TiledGemm v3, TensorCoreGemm v4) read their operands and write their results.
+//   A (M × K) is read along fixed rows, B (K × N) along fixed columns: in every launch each thread stages the same few
+//   rows of A and columns of B, one k slice at a time. So an operand is read in two steps:
+//     a cursor per fixed row or column, made once per launch — all the divisions (batch split, image/pixel of an im2col
+//     column) are paid there;
+//     fetches along k, which cost an add (strided) or a multiply-high tap decomposition and two compares (im2col).
+//   Fetching is split from finishing a value (GroupNorm + SiLU of the fused convolution input) so that a kernel can issue
+//   the next slice's global loads before it computes on the current one, and transform the values only when it stores
+//   them into shared memory. Every fetch is in bounds by construction (rows, columns and taps outside are clamped to
+//   element 0 and the value replaced by 0 afterwards), so a kernel's load phase has no branches.
+// The CPU references are Gemm.Reference and Conv2d.Reference; the operands are tested through the kernels that use them.
+using ILGPU;
+using ILGPU.Algorithms;
+using ILGPU.Runtime;
+using ILGPU.Util;
+
+namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>
+/// One thread's handle on a fixed row of A or column of B: the offset of its element k = 0 and, for an im2col column,
+/// the input origin (Y, X) of its receptive field and its image's first channel (image·Cin).
+/// </summary>
+public struct TileCursor
+{
+    public int Base, Y, X, Channel;
+}
+
+/// <summary>The A operand of a tiled kernel: M × K, read along rows.</summary>
+public interface IRowOperand
+{
+    /// <summary>True when consecutive columns (k) are adjacent in memory (then a warp stages along k).</summary>
+    bool ColumnsContiguous { get; }
+
+    /// <summary>The cursor of row <paramref name="row"/> (0 ≤ row &lt; M) of batch item <paramref name="batch"/>.</summary>
+    TileCursor RowCursor(int batch, int row);
+
+    /// <summary>A(row, col) for 0 ≤ col &lt; K.</summary>
+    float FetchInRow(TileCursor row, int col);
+}
+
+/// <summary>The B operand of a tiled kernel: K × N, read along columns.</summary>
+public interface IColumnOperand
+{
+    /// <summary>True when consecutive columns (n) are adjacent in memory (then a warp stages along n).</summary>
+    bool ColumnsContiguous { get; }
+
+    /// <summary>The cursor of column <paramref name="col"/> (0 ≤ col &lt; N) of batch item <paramref name="batch"/>.</summary>
+    TileCursor ColumnCursor(int batch, int col);
+
+    /// <summary>What memory holds for B(row, col), 0 ≤ row &lt; K: the raw value, before <see cref="FinishInColumn"/>.</summary>
+    float FetchInColumn(TileCursor column, int row);
+
+    /// <summary>B(row, col) from its fetched value.</summary>
+    float FinishInColumn(TileCursor column, int row, float fetched);
+}
+
+/// <summary>A strided, batched matrix: base + b0·batch0 + b1·batch1 + row·rowStride + col·colStride.</summary>
+public readonly struct StridedOperand(ArrayView<float> data, int offset, int batch1Count, int batch0Stride, int batch1Stride, int rowStride,
+    int colStride) : IRowOperand, IColumnOperand
+{
+    public bool ColumnsContiguous => colStride == 1;
+
+    int BatchBase(int batch) => offset + batch / batch1Count * batch0Stride + batch % batch1Count * batch1Stride;
+
+    public TileCursor RowCursor(int batch, int row) => new() { Base = BatchBase(batch) + row * rowStride };
+
+    public float FetchInRow(TileCursor row, int col) => data[row.Base + col * colStride];
+
+    public TileCursor ColumnCursor(int batch, int col) => new() { Base = BatchBase(batch) + col * colStride };
+
+    public float FetchInColumn(TileCursor column, int row) => data[column.Base + row * rowStride];
+
+    public float FinishInColumn(TileCursor column, int row, float fetched) => fetched;
+}
+
+/// <summary>
+/// A convolution's input as the (Cin·k², N·Ho·Wo) im2col matrix, computed while loading: row r = (ci, ky, kx), column
+/// q = (image, oy, ox). Zero padding outside the image.
+/// </summary>
+public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : IColumnOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor ColumnCursor(int batch, int col) => Cursor(s, col);
+
+    public float FetchInColumn(TileCursor column, int row) => Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, int row, float fetched) => fetched;
+
+    /// <summary>The cursor of im2col column q = (image, oy, ox).</summary>
+    public static TileCursor Cursor(ConvShape s, int col)
+    {
+        int pixels = s.Ho * s.Wo;
+        int img = col / pixels, p = col - img * pixels;
+        int oy = p / s.Wo, ox = p - oy * s.Wo;
+        return new TileCursor { Base = img * s.Cin * s.H * s.W, Y = oy * s.Stride - s.Pad, X = ox * s.Stride - s.Pad, Channel = img * s.Cin };
+    }
+
+    /// <summary>Im2col row r = (ci, ky, kx) without a division: multiply-high by ConvShape's reciprocals of k² and k.</summary>
+    public static int Tap(ConvShape s, int row, out int ky, out int kx)
+    {
+        int ci = ConvShape.Divide(row, s.TapReciprocal);
+        int tap = row - ci * s.K * s.K;
+        ky = ConvShape.Divide(tap, s.KernelReciprocal);
+        kx = tap - ky * s.K;
+        return ci;
+    }
+
+    /// <summary>Where element <paramref name="row"/> of the column sits in x, or −1 in the zero padding.</summary>
+    public static int Offset(ConvShape s, TileCursor column, int row, out int ci)
+    {
+        ci = Tap(s, row, out int ky, out int kx);
+        int iy = column.Y + ky, ix = column.X + kx;
+        // & rather than &&: both compares are cheap, and a short circuit would be a branch in the load phase.
+        return Utilities.Select(((uint)iy < (uint)s.H) & ((uint)ix < (uint)s.W), column.Base + (ci * s.H + iy) * s.W + ix, -1);
+    }
+
+    /// <summary>x at the element, or 0 in the padding; the load itself always reads inside x.</summary>
+    public static float Fetch(ArrayView<float> x, ConvShape s, TileCursor column, int row)
+    {
+        int offset = Offset(s, column, row, out _);
+        return Utilities.Select(offset >= 0, x[Utilities.Select(offset >= 0, offset, 0)], 0f);
+    }
+}
+
+/// <summary>
+/// Im2ColOperand of the normalized input: each value is GroupNorm's (x − mean)·a + b from GroupNorm.Coefficients, then
+/// SiLU when silu ≠ 0, computed while staging — the norm costs no pass of its own. The padding stays zero: PyTorch pads
+/// the normalized tensor, not x.
+/// </summary>
+public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<float> coefficients, ConvShape s, int silu) : IColumnOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor ColumnCursor(int batch, int col) => Im2ColOperand.Cursor(s, col);
+
+    public float FetchInColumn(TileCursor column, int row) => Im2ColOperand.Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, int row, float fetched)
+    {
+        int offset = Im2ColOperand.Offset(s, column, row, out int ci);
+        int c = 3 * (column.Channel + ci);
+        float v = (fetched - coefficients[c]) * coefficients[c + 1] + coefficients[c + 2];
+        v = Utilities.Select(silu != 0, v / (1f + XMath.Exp(-v)), v);
+        return Utilities.Select(offset >= 0, v, 0f);
+    }
+}
+
+/// <summary>Where C(i, j) of batch item b goes, and which bias applies.</summary>
+public interface ITileOutput
+{
+    int Offset(int batch, int i, int j);
+
+    int BiasIndex(int batch, int i, int j);
+}
+
+public readonly struct StridedOutput(GemmShape s) : ITileOutput
+{
+    public int Offset(int batch, int i, int j) =>
+        s.COffset + batch / s.Batch1 * s.CBatch0 + batch % s.Batch1 * s.CBatch1 + i * s.CRow + j * s.CCol;
+
+    public int BiasIndex(int batch, int i, int j) =>
+        batch / s.Batch1 * s.BiasBatch0 + batch % s.Batch1 * s.BiasBatch1 + i * s.BiasRow + j * s.BiasCol;
+}
+
+/// <summary>Output channel i, column q = (image, pixel) → y[image, i, pixel]; bias per output channel.</summary>
+public readonly struct ConvOutput(ConvShape s) : ITileOutput
+{
+    public int Offset(int batch, int i, int j)
+    {
+        int pixels = s.Ho * s.Wo;
+        return (j / pixels * s.Cout + i) * pixels + j % pixels;
+    }
+
+    public int BiasIndex(int batch, int i, int j) => i;
+}
+
+/// <summary>Sizes and epilogue of one tiled launch.</summary>
+public struct TileShape
+{
+    public int M, N, K, HasBias, HasResidual, Act;
+    public float Alpha;
+}
+
+/// <summary>The per-thread staging helpers both tiled kernels share.</summary>
+static class TileStaging
+{
+    // Selects, not C#'s ?: — ILGPU turns ?: into branches, and the load phase should have none.
+
+    /// <summary>A(row, k), or 0 where the row is outside the tile's matrix or k ≥ K; the load stays in bounds.</summary>
+    public static float FetchA<TA>(TA a, TileCursor row, bool rowInside, int k, int kCount) where TA : struct, IRowOperand
+    {
+        bool inside = rowInside & (k < kCount);
+        return Utilities.Select(inside, a.FetchInRow(row, Utilities.Select(inside, k, 0)), 0f);
+    }
+
+    /// <summary>The fetched B(k, col), or 0 outside.</summary>
+    public static float FetchB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount) where TB : struct, IColumnOperand
+    {
+        bool inside = columnInside & (k < kCount);
+        return Utilities.Select(inside, b.FetchInColumn(column, Utilities.Select(inside, k, 0)), 0f);
+    }
+
+    /// <summary>B(k, col) from what FetchB returned, or 0 outside.</summary>
+    public static float FinishB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, float fetched)
+        where TB : struct, IColumnOperand
+    {
+        bool inside = columnInside & (k < kCount);
+        return Utilities.Select(inside, b.FinishInColumn(column, Utilities.Select(inside, k, 0), fetched), 0f);
+    }
+}
