@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# Run ON THE DEVICE (see pack.sh and README.md here), one stage per call — a call may run at most 10 minutes:
+# Run ON THE DEVICE (see pack.sh and README.md here). A task is lent 15 minutes of device time in all, a machine's start
+# included, and a call may run 10: so the default stage, `all`, does the whole job in one call of at most 9 minutes.
+#   bash benchmarks/device/run.sh all          cuda-tests, ptx, gpu and peer back to back under one deadline, then
+#                                              precision and memory while time remains; everything in $OUT/results.tar.gz
+#                                              (under the 8-file limit on what comes back) and a summary on stdout
+# or one stage alone:
 #   bash benchmarks/device/run.sh cuda-tests   the CUDA test classes: every kernel and the fixtures' parity on CUDA
 #   bash benchmarks/device/run.sh tests        the whole suite (CPU classes too)
 #   bash benchmarks/device/run.sh gpu          kernels and stages at LSUN-256 shapes (CUDA events, % of peak)
@@ -17,34 +22,62 @@ mkdir -p "$OUT"
 [ -x publish/tests/IlgpuDiffSeg.Tests ] || tar -C publish -xJf publish/tests.tar.xz
 [ -x publish/bench/IlgpuDiffSeg.Benchmarks ] || tar -C publish -xJf publish/bench.tar.xz
 export DIFFSEG_FIXTURES=$PWD/shared/fixtures DIFFSEG_REPO=$PWD
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; git rev-parse --short HEAD 2>/dev/null; } \
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; echo "commit $(cat publish/bench/commit.txt 2>/dev/null)"; } \
     | tee "$OUT/device.txt"
 
-case "${1:-cuda-tests}" in
+# Seconds left before the `all` deadline; a stage runs only if its budget fits.
+deadline=$((SECONDS + ${DIFFSEG_DEVICE_SECONDS:-540}))
+fits() { [ $((deadline - SECONDS)) -ge "$1" ]; }
+
+stage() {
+  case "$1" in
   cuda-tests)
-    timeout 560 publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor -class "*Cuda" > "$OUT/tests-cuda.log" 2>&1
-    tail -5 "$OUT/tests-cuda.log" ;;
+    timeout "${2:-560}" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor -class "*Cuda" > "$OUT/tests-cuda.log" 2>&1
+    tail -5 "$OUT/tests-cuda.log"; grep -E "^failed " "$OUT/tests-cuda.log" | head -20 ;;
   tests)
-    timeout 560 publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor > "$OUT/tests.log" 2>&1
+    timeout "${2:-560}" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor > "$OUT/tests.log" 2>&1
     tail -5 "$OUT/tests.log" ;;
   gpu)
-    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
-    cat "$OUT/gpu.md" ;;
+    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
+    cat "$OUT/gpu.md" 2>/dev/null || tail -20 "$OUT/gpu.log" ;;
   peer)
-    PYTHONUNBUFFERED=1 timeout 560 python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
+    PYTHONUNBUFFERED=1 timeout "${2:-560}" python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
     cat "$OUT/torch_peer.log" ;;
   ptx)
     export PATH="$PATH:/usr/local/cuda/bin"
-    DIFFSEG_DUMP_PTX="$OUT/ptx" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor -class "*PtxCompileTests" > "$OUT/ptx-tests.log" 2>&1
+    # The PTX goes outside $OUT: only 8 files come back.
+    DIFFSEG_DUMP_PTX=/tmp/diffseg-ptx timeout "${2:-120}" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor \
+        -class "*PtxCompileTests" > "$OUT/ptx-tests.log" 2>&1
     tail -3 "$OUT/ptx-tests.log"
-    for f in "$OUT"/ptx/*.ptx; do
+    for f in /tmp/diffseg-ptx/*.ptx; do
       echo "== $(basename "$f")"; ptxas -arch=sm_90 -v -o /dev/null "$f" 2>&1 | grep -E "registers|spill|error" | sed 's/^ptxas info *: //'
     done | tee "$OUT/ptxas.txt" ;;
   precision)
-    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks precision --out "$OUT/precision.md" > /dev/null 2> "$OUT/precision.log"
+    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks precision --out "$OUT/precision.md" > /dev/null 2> "$OUT/precision.log"
     cat "$OUT/precision.md" ;;
   memory)
-    timeout 560 publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
+    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
     cat "$OUT/memory-bedroom28.md" ;;
   *) echo "unknown stage '$1'"; exit 2 ;;
+  esac
+}
+
+case "${1:-all}" in
+  all)
+    # Budgets in seconds: correctness first, since nothing else is trustworthy before it; then the measurements that
+    # must share one session (ours and the peer's); the rest only while time remains.
+    for plan in cuda-tests:200 ptx:30 gpu:200 peer:120 precision:90 memory:150; do
+      name=${plan%%:*} budget=${plan##*:}
+      if fits "$budget"; then
+        echo "### $name (budget ${budget}s, $((deadline - SECONDS))s left)"
+        stage "$name" "$budget"
+      else
+        echo "### $name skipped: $((deadline - SECONDS))s left, budget ${budget}s" | tee -a "$OUT/skipped.txt"
+      fi
+    done
+    (cd "$OUT" && tar -czf /tmp/results.tar.gz --exclude=results.tar.gz . && mv /tmp/results.tar.gz results.tar.gz \
+        && find . -maxdepth 1 -type f ! -name results.tar.gz ! -name device.txt -delete)
+    ls -la "$OUT" ;;
+  *) stage "$1" ;;
 esac
+exit 0
