@@ -15,6 +15,7 @@
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
+using ILGPU.Util;
 using Half = ILGPU.Half;
 
 namespace IlgpuDiffSeg.Kernels;
@@ -204,6 +205,8 @@ public static class TensorCoreGemm
         var sa = SharedMemory.Allocate<uint>(2 * StageWords);
         var sb = SharedMemory.Allocate<uint>(2 * StageWords);
         var exchange = SharedMemory.Allocate<uint>(Threads * ExchangeWords);
+        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
         int m0 = Grid.IdxY * Tile, n0 = Grid.IdxX * Tile;
@@ -257,7 +260,13 @@ public static class TensorCoreGemm
         int sa0 = am * RowWords + ap, saStep = amStep * RowWords + apStep;
         int sb0 = bn * RowWords + bp, sbStep = bnStep * RowWords + bpStep;
 
-        // Prologue: slice 0 into stage 0.
+        // Prologue: the taps of slices 0 and 1, then slice 0 into stage 0.
+        if (tid < Slice)
+        {
+            taps[tid] = TileStaging.TapB(b, tid, s.K);
+            taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
+        }
+        Group.Barrier();
         int ka = 2 * ap, kb = 2 * bp;
         sa[sa0] = Pack(TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
         sa[sa0 + saStep] = Pack(TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
@@ -267,21 +276,21 @@ public static class TensorCoreGemm
         sa[sa0 + 5 * saStep] = Pack(TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
         sa[sa0 + 6 * saStep] = Pack(TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
         sa[sa0 + 7 * saStep] = Pack(TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
-        sb[sb0] = Pack(FetchFinishB(b, cb0, (bInside & 1) != 0, kb, s.K), FetchFinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K));
-        sb[sb0 + sbStep] = Pack(FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K), FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K));
-        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K), FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K));
-        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K), FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K));
-        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K), FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K));
-        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K), FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K));
-        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K), FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K));
-        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K), FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K));
+        sb[sb0] = Pack(FetchFinishB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[2 * bp]), FetchFinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[2 * bp + 1]));
+        sb[sb0 + sbStep] = Pack(FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[2 * bp + 2 * bpStep]), FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[2 * bp + 2 * bpStep + 1]));
+        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[2 * bp + 4 * bpStep]), FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[2 * bp + 4 * bpStep + 1]));
+        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[2 * bp + 6 * bpStep]), FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[2 * bp + 6 * bpStep + 1]));
+        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[2 * bp + 8 * bpStep]), FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[2 * bp + 8 * bpStep + 1]));
+        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[2 * bp + 10 * bpStep]), FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[2 * bp + 10 * bpStep + 1]));
+        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[2 * bp + 12 * bpStep]), FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[2 * bp + 12 * bpStep + 1]));
+        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[2 * bp + 14 * bpStep]), FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[2 * bp + 14 * bpStep + 1]));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
         MmaAccumulator c10 = default, c11 = default, c12 = default, c13 = default;
         MmaAccumulator c20 = default, c21 = default, c22 = default, c23 = default;
         MmaAccumulator c30 = default, c31 = default, c32 = default, c33 = default;
-        int stage = 0;
+        int stage = 0, tapNext = Slice;
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
             // The next slice's loads go out first, raw; they are packed to fp16 only after this slice's 32 mma per warp.
@@ -304,22 +313,22 @@ public static class TensorCoreGemm
             float pa6h = TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
             float pa7l = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
             float pa7h = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
-            float pb0l = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb, s.K);
-            float pb0h = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb + 1, s.K);
-            float pb1l = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K);
-            float pb1h = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K);
-            float pb2l = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K);
-            float pb2h = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K);
-            float pb3l = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K);
-            float pb3h = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K);
-            float pb4l = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K);
-            float pb4h = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K);
-            float pb5l = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K);
-            float pb5h = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K);
-            float pb6l = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K);
-            float pb6h = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K);
-            float pb7l = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K);
-            float pb7h = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K);
+            float pb0l = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp]);
+            float pb0h = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1]);
+            float pb1l = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep]);
+            float pb1h = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1]);
+            float pb2l = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep]);
+            float pb2h = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1]);
+            float pb3l = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep]);
+            float pb3h = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1]);
+            float pb4l = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep]);
+            float pb4h = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1]);
+            float pb5l = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep]);
+            float pb5h = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1]);
+            float pb6l = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep]);
+            float pb6h = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1]);
+            float pb7l = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep]);
+            float pb7h = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1]);
             for (int word = 0; word < WordsPerRow; word += 8)
             {
                 var a0 = FragmentA(sa, stage + wm * RowWords, g, t, word);
@@ -345,14 +354,28 @@ public static class TensorCoreGemm
             sa[stage + sa0 + 5 * saStep] = Pack(pa5l, pa5h);
             sa[stage + sa0 + 6 * saStep] = Pack(pa6l, pa6h);
             sa[stage + sa0 + 7 * saStep] = Pack(pa7l, pa7h);
-            sb[stage + sb0] = Pack(TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb, s.K, pb0l), TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, pb0h));
-            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, pb1l), TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, pb1h));
-            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, pb2l), TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, pb2h));
-            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, pb3l), TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, pb3h));
-            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, pb4l), TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, pb4h));
-            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, pb5l), TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, pb5h));
-            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, pb6l), TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, pb6h));
-            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, pb7l), TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, pb7h));
+            sb[stage + sb0] = Pack(TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp], pb0l),
+                TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1], pb0h));
+            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep], pb1l),
+                TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1], pb1h));
+            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep], pb2l),
+                TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1], pb2h));
+            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep], pb3l),
+                TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1], pb3h));
+            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep], pb4l),
+                TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1], pb4h));
+            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep], pb5l),
+                TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1], pb5h));
+            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep], pb6l),
+                TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1], pb6h));
+            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep], pb7l),
+                TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1], pb7h));
+            // The taps of the slice after next replace those of this slice, which nobody reads any more.
+            tapNext = Slice - tapNext;
+            if (tid < Slice)
+            {
+                taps[tapNext + tid] = TileStaging.TapB(b, k0 + 2 * Slice + tid, s.K);
+            }
             Group.Barrier();
         }
         int i = m0 + wm + g, j = n0 + wn + 2 * t;
@@ -367,8 +390,8 @@ public static class TensorCoreGemm
     }
 
     /// <summary>B(k, col) fetched and finished at once, for the prologue.</summary>
-    static float FetchFinishB<TB>(TB b, TileCursor column, bool inside, int k, int kCount) where TB : struct, IColumnOperand =>
-        TileStaging.FinishB(b, column, inside, k, kCount, TileStaging.FetchB(b, column, inside, k, kCount));
+    static float FetchFinishB<TB>(TB b, TileCursor column, bool inside, int k, int kCount, Int4 tap) where TB : struct, IColumnOperand =>
+        TileStaging.FinishB(b, column, inside, k, kCount, tap, TileStaging.FetchB(b, column, inside, k, kCount, tap));
 
     /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
     static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,

@@ -1,13 +1,16 @@
 // TileOperands — how the tiled kernels (TiledGemm v3, TensorCoreGemm v4) read their operands and write their results.
 //   A (M × K) is read along fixed rows, B (K × N) along fixed columns: in every launch each thread stages the same few
-//   rows of A and columns of B, one k slice at a time. So an operand is read in two steps:
-//     a cursor per fixed row or column, made once per launch — all the divisions (batch split, image/pixel of an im2col
-//     column) are paid there;
-//     fetches along k, which cost an add (strided) or a multiply-high tap decomposition and two compares (im2col).
+//   rows of A and columns of B, one k slice at a time. So an operand is read in three parts:
+//     a cursor per fixed row or column, made once per launch — the batch split and an im2col column's image and pixel,
+//     all the divisions, are paid there;
+//     for B, a tap per k, made once per slice by one warp into a small shared table — an im2col row's (ci, ky, kx) and
+//     its offset from the column's origin — since every column of the tile needs the same k's;
+//     fetches, which combine the two: an add (strided) or an add and two compares (im2col).
 //   Fetching is split from finishing a value (GroupNorm + SiLU of the fused convolution input) so that a kernel can issue
 //   the next slice's global loads before it computes on the current one, and transform the values only when it stores
 //   them into shared memory. Every fetch is in bounds by construction (rows, columns and taps outside are clamped to
-//   element 0 and the value replaced by 0 afterwards), so a kernel's load phase has no branches.
+//   element 0 and the value replaced by 0 afterwards), and selects stand where C# would branch, so a kernel's load phase
+//   has no branches.
 // The CPU references are Gemm.Reference and Conv2d.Reference; the operands are tested through the kernels that use them.
 using ILGPU;
 using ILGPU.Algorithms;
@@ -38,6 +41,20 @@ public interface IRowOperand
     float FetchInRow(TileCursor row, int col);
 }
 
+/// <summary>
+/// What a B operand needs to know of row k, the same for every column: for im2col the offset of (ci, ky, kx) from a
+/// column's origin, the tap (ky, kx) for the padding test and ci for the norm's coefficients; for a strided matrix only the
+/// offset. Stored in shared memory as an Int4 (one 16-byte read).
+/// </summary>
+public struct TileTap
+{
+    public int Delta, Ky, Kx, Ci;
+
+    public static TileTap FromInt4(Int4 v) => new() { Delta = v.X, Ky = v.Y, Kx = v.Z, Ci = v.W };
+
+    public readonly Int4 ToInt4() => new(Delta, Ky, Kx, Ci);
+}
+
 /// <summary>The B operand of a tiled kernel: K × N, read along columns.</summary>
 public interface IColumnOperand
 {
@@ -47,11 +64,14 @@ public interface IColumnOperand
     /// <summary>The cursor of column <paramref name="col"/> (0 ≤ col &lt; N) of batch item <paramref name="batch"/>.</summary>
     TileCursor ColumnCursor(int batch, int col);
 
-    /// <summary>What memory holds for B(row, col), 0 ≤ row &lt; K: the raw value, before <see cref="FinishInColumn"/>.</summary>
-    float FetchInColumn(TileCursor column, int row);
+    /// <summary>The tap of row <paramref name="row"/>, 0 ≤ row &lt; K.</summary>
+    TileTap Tap(int row);
+
+    /// <summary>What memory holds for B(row, col): the raw value, before <see cref="FinishInColumn"/>.</summary>
+    float FetchInColumn(TileCursor column, TileTap row);
 
     /// <summary>B(row, col) from its fetched value.</summary>
-    float FinishInColumn(TileCursor column, int row, float fetched);
+    float FinishInColumn(TileCursor column, TileTap row, float fetched);
 }
 
 /// <summary>A strided, batched matrix: base + b0·batch0 + b1·batch1 + row·rowStride + col·colStride.</summary>
@@ -68,14 +88,18 @@ public readonly struct StridedOperand(ArrayView<float> data, int offset, int bat
 
     public TileCursor ColumnCursor(int batch, int col) => new() { Base = BatchBase(batch) + col * colStride };
 
-    public float FetchInColumn(TileCursor column, int row) => data[column.Base + row * rowStride];
+    public TileTap Tap(int row) => new() { Delta = row * rowStride };
 
-    public float FinishInColumn(TileCursor column, int row, float fetched) => fetched;
+    public float FetchInColumn(TileCursor column, TileTap row) => data[column.Base + row.Delta];
+
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched) => fetched;
 }
 
 /// <summary>
 /// A convolution's input as the (Cin·k², N·Ho·Wo) im2col matrix, computed while loading: row r = (ci, ky, kx), column
-/// q = (image, oy, ox). Zero padding outside the image.
+/// q = (image, oy, ox). Zero padding outside the image. A column's cursor holds its receptive field's origin (Y, X) =
+/// (oy·stride − pad, ox·stride − pad) and Base, the offset of (image, 0, Y, X) — outside x when the origin is in the
+/// padding, but only ever read at taps inside the image.
 /// </summary>
 public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : IColumnOperand
 {
@@ -83,9 +107,11 @@ public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : IColumnO
 
     public TileCursor ColumnCursor(int batch, int col) => Cursor(s, col);
 
-    public float FetchInColumn(TileCursor column, int row) => Fetch(x, s, column, row);
+    public TileTap Tap(int row) => TapOf(s, row);
 
-    public float FinishInColumn(TileCursor column, int row, float fetched) => fetched;
+    public float FetchInColumn(TileCursor column, TileTap row) => Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched) => fetched;
 
     /// <summary>The cursor of im2col column q = (image, oy, ox).</summary>
     public static TileCursor Cursor(ConvShape s, int col)
@@ -93,33 +119,30 @@ public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : IColumnO
         int pixels = s.Ho * s.Wo;
         int img = col / pixels, p = col - img * pixels;
         int oy = p / s.Wo, ox = p - oy * s.Wo;
-        return new TileCursor { Base = img * s.Cin * s.H * s.W, Y = oy * s.Stride - s.Pad, X = ox * s.Stride - s.Pad, Channel = img * s.Cin };
+        int y = oy * s.Stride - s.Pad, x = ox * s.Stride - s.Pad;
+        return new TileCursor { Base = img * s.Cin * s.H * s.W + y * s.W + x, Y = y, X = x, Channel = img * s.Cin };
     }
 
     /// <summary>Im2col row r = (ci, ky, kx) without a division: multiply-high by ConvShape's reciprocals of k² and k.</summary>
-    public static int Tap(ConvShape s, int row, out int ky, out int kx)
+    public static TileTap TapOf(ConvShape s, int row)
     {
         int ci = ConvShape.Divide(row, s.TapReciprocal);
         int tap = row - ci * s.K * s.K;
-        ky = ConvShape.Divide(tap, s.KernelReciprocal);
-        kx = tap - ky * s.K;
-        return ci;
+        int ky = ConvShape.Divide(tap, s.KernelReciprocal);
+        int kx = tap - ky * s.K;
+        return new TileTap { Delta = (ci * s.H + ky) * s.W + kx, Ky = ky, Kx = kx, Ci = ci };
     }
 
-    /// <summary>Where element <paramref name="row"/> of the column sits in x, or −1 in the zero padding.</summary>
-    public static int Offset(ConvShape s, TileCursor column, int row, out int ci)
-    {
-        ci = Tap(s, row, out int ky, out int kx);
-        int iy = column.Y + ky, ix = column.X + kx;
+    /// <summary>Whether the tap lands inside the image (else it reads the zero padding).</summary>
+    public static bool Inside(ConvShape s, TileCursor column, TileTap row) =>
         // & rather than &&: both compares are cheap, and a short circuit would be a branch in the load phase.
-        return Utilities.Select(((uint)iy < (uint)s.H) & ((uint)ix < (uint)s.W), column.Base + (ci * s.H + iy) * s.W + ix, -1);
-    }
+        ((uint)(column.Y + row.Ky) < (uint)s.H) & ((uint)(column.X + row.Kx) < (uint)s.W);
 
     /// <summary>x at the element, or 0 in the padding; the load itself always reads inside x.</summary>
-    public static float Fetch(ArrayView<float> x, ConvShape s, TileCursor column, int row)
+    public static float Fetch(ArrayView<float> x, ConvShape s, TileCursor column, TileTap row)
     {
-        int offset = Offset(s, column, row, out _);
-        return Utilities.Select(offset >= 0, x[Utilities.Select(offset >= 0, offset, 0)], 0f);
+        bool inside = Inside(s, column, row);
+        return Utilities.Select(inside, x[Utilities.Select(inside, column.Base + row.Delta, 0)], 0f);
     }
 }
 
@@ -134,15 +157,16 @@ public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<flo
 
     public TileCursor ColumnCursor(int batch, int col) => Im2ColOperand.Cursor(s, col);
 
-    public float FetchInColumn(TileCursor column, int row) => Im2ColOperand.Fetch(x, s, column, row);
+    public TileTap Tap(int row) => Im2ColOperand.TapOf(s, row);
 
-    public float FinishInColumn(TileCursor column, int row, float fetched)
+    public float FetchInColumn(TileCursor column, TileTap row) => Im2ColOperand.Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched)
     {
-        int offset = Im2ColOperand.Offset(s, column, row, out int ci);
-        int c = 3 * (column.Channel + ci);
+        int c = 3 * (column.Channel + row.Ci);
         float v = (fetched - coefficients[c]) * coefficients[c + 1] + coefficients[c + 2];
         v = Utilities.Select(silu != 0, v / (1f + XMath.Exp(-v)), v);
-        return Utilities.Select(offset >= 0, v, 0f);
+        return Utilities.Select(Im2ColOperand.Inside(s, column, row), v, 0f);
     }
 }
 
@@ -194,18 +218,22 @@ static class TileStaging
         return Utilities.Select(inside, a.FetchInRow(row, Utilities.Select(inside, k, 0)), 0f);
     }
 
-    /// <summary>The fetched B(k, col), or 0 outside.</summary>
-    public static float FetchB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount) where TB : struct, IColumnOperand
+    /// <summary>The tap of row k for the shared table; rows k ≥ K get row 0's (their values are zeroed by the fetch).</summary>
+    public static Int4 TapB<TB>(TB b, int k, int kCount) where TB : struct, IColumnOperand =>
+        b.Tap(Utilities.Select(k < kCount, k, 0)).ToInt4();
+
+    /// <summary>The fetched B(k, col), or 0 outside the matrix.</summary>
+    public static float FetchB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap) where TB : struct, IColumnOperand
     {
         bool inside = columnInside & (k < kCount);
-        return Utilities.Select(inside, b.FetchInColumn(column, Utilities.Select(inside, k, 0)), 0f);
+        return Utilities.Select(inside, b.FetchInColumn(column, TileTap.FromInt4(tap)), 0f);
     }
 
-    /// <summary>B(k, col) from what FetchB returned, or 0 outside.</summary>
-    public static float FinishB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, float fetched)
+    /// <summary>B(k, col) from what FetchB returned, or 0 outside the matrix.</summary>
+    public static float FinishB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap, float fetched)
         where TB : struct, IColumnOperand
     {
         bool inside = columnInside & (k < kCount);
-        return Utilities.Select(inside, b.FinishInColumn(column, Utilities.Select(inside, k, 0), fetched), 0f);
+        return Utilities.Select(inside, b.FinishInColumn(column, TileTap.FromInt4(tap), fetched), 0f);
     }
 }

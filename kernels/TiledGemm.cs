@@ -42,6 +42,8 @@ public static class TiledGemm
         var sb4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
         var sa = sa4.Cast<float>();
         var sb = sb4.Cast<float>();
+        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
         int m0 = Grid.IdxY * Tile, n0 = Grid.IdxX * Tile;
@@ -73,16 +75,22 @@ public static class TiledGemm
         int sa0 = ak * RowFloats + am, saStep = akStep * RowFloats + amStep;
         int sb0 = bk * RowFloats + bn, sbStep = bkStep * RowFloats + bnStep;
 
-        // Prologue: slice 0 into stage 0.
+        // Prologue: the taps of slices 0 and 1, then slice 0 into stage 0.
+        if (tid < Slice)
+        {
+            taps[tid] = TileStaging.TapB(b, tid, s.K);
+            taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
+        }
+        Group.Barrier();
         int ka = ak, kb = bk;
         sa[sa0] = TileStaging.FetchA(a, ra0, ia0, ka, s.K);
         sa[sa0 + saStep] = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
         sa[sa0 + 2 * saStep] = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
         sa[sa0 + 3 * saStep] = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
-        sb[sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, TileStaging.FetchB(b, cb0, ib0, kb, s.K));
-        sb[sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K));
-        sb[sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K));
-        sb[sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K));
+        sb[sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, taps[bk], TileStaging.FetchB(b, cb0, ib0, kb, s.K, taps[bk]));
+        sb[sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep], TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep]));
+        sb[sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep], TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep]));
+        sb[sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep], TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep]));
         Group.Barrier();
 
         float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c04 = 0, c05 = 0, c06 = 0, c07 = 0;
@@ -93,7 +101,7 @@ public static class TiledGemm
         float c50 = 0, c51 = 0, c52 = 0, c53 = 0, c54 = 0, c55 = 0, c56 = 0, c57 = 0;
         float c60 = 0, c61 = 0, c62 = 0, c63 = 0, c64 = 0, c65 = 0, c66 = 0, c67 = 0;
         float c70 = 0, c71 = 0, c72 = 0, c73 = 0, c74 = 0, c75 = 0, c76 = 0, c77 = 0;
-        int stage = 0;
+        int stage = 0, tapNext = Slice;
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
             // The next slice's loads go out first; their values are needed only after this slice's 512 FMAs.
@@ -104,10 +112,10 @@ public static class TiledGemm
             float pa1 = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
             float pa2 = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
             float pa3 = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB(b, cb0, ib0, kb, s.K);
-            float pb1 = TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K);
-            float pb2 = TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K);
-            float pb3 = TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K);
+            float pb0 = TileStaging.FetchB(b, cb0, ib0, kb, s.K, taps[tapNext + bk]);
+            float pb1 = TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep]);
+            float pb2 = TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep]);
+            float pb3 = TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep]);
             int row4 = stage >> 2;
             for (int k = 0; k < Slice; k++)
             {
@@ -133,10 +141,16 @@ public static class TiledGemm
             sa[stage + sa0 + saStep] = pa1;
             sa[stage + sa0 + 2 * saStep] = pa2;
             sa[stage + sa0 + 3 * saStep] = pa3;
-            sb[stage + sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, pb0);
-            sb[stage + sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, pb1);
-            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, pb2);
-            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, pb3);
+            sb[stage + sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, taps[tapNext + bk], pb0);
+            sb[stage + sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep], pb1);
+            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep], pb2);
+            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep], pb3);
+            // The taps of the slice after next replace those of this slice, which nobody reads any more.
+            tapNext = Slice - tapNext;
+            if (tid < Slice)
+            {
+                taps[tapNext + tid] = TileStaging.TapB(b, k0 + 2 * Slice + tid, s.K);
+            }
             Group.Barrier();
         }
         int i0 = m0 + ty * 4, i1 = m0 + 64 + ty * 4, j0 = n0 + tx * 4, j1 = n0 + 64 + tx * 4;
