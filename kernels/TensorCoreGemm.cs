@@ -196,10 +196,11 @@ public static class TensorCoreGemm
         R1 = sb[cols + g * RowWords + word + 4 + t],
     };
 
-    static void Kernel<TA, TB, TC>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+    static void Kernel<TA, TB, TC, TE>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
+        where TE : struct, ITileEdges
     {
         // sa[stage][m][k/2] and sb[stage][n][k/2]: both operands k-contiguous in pairs, as mma's row.col fragments want them.
         var sa = SharedMemory.Allocate<uint>(2 * StageWords);
@@ -225,37 +226,37 @@ public static class TensorCoreGemm
         int bp = bAlongN ? tid >> 7 : tid & (WordsPerRow - 1), bpStep = bAlongN ? Threads / Tile : 0;
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros; bit r of a mask: element r is inside.
-        int aInside = m0 + am < s.M ? 1 : 0;
+        int aInside = TileStaging.Inside<TE>(m0 + am, s.M) ? 1 : 0;
         var ra0 = a.RowCursor(batch, (aInside & 1) != 0 ? m0 + am : 0);
-        aInside |= m0 + am + amStep < s.M ? 2 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + amStep, s.M) ? 2 : 0;
         var ra1 = a.RowCursor(batch, (aInside & 2) != 0 ? m0 + am + amStep : 0);
-        aInside |= m0 + am + 2 * amStep < s.M ? 4 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 2 * amStep, s.M) ? 4 : 0;
         var ra2 = a.RowCursor(batch, (aInside & 4) != 0 ? m0 + am + 2 * amStep : 0);
-        aInside |= m0 + am + 3 * amStep < s.M ? 8 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 3 * amStep, s.M) ? 8 : 0;
         var ra3 = a.RowCursor(batch, (aInside & 8) != 0 ? m0 + am + 3 * amStep : 0);
-        aInside |= m0 + am + 4 * amStep < s.M ? 16 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 4 * amStep, s.M) ? 16 : 0;
         var ra4 = a.RowCursor(batch, (aInside & 16) != 0 ? m0 + am + 4 * amStep : 0);
-        aInside |= m0 + am + 5 * amStep < s.M ? 32 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 5 * amStep, s.M) ? 32 : 0;
         var ra5 = a.RowCursor(batch, (aInside & 32) != 0 ? m0 + am + 5 * amStep : 0);
-        aInside |= m0 + am + 6 * amStep < s.M ? 64 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 6 * amStep, s.M) ? 64 : 0;
         var ra6 = a.RowCursor(batch, (aInside & 64) != 0 ? m0 + am + 6 * amStep : 0);
-        aInside |= m0 + am + 7 * amStep < s.M ? 128 : 0;
+        aInside |= TileStaging.Inside<TE>(m0 + am + 7 * amStep, s.M) ? 128 : 0;
         var ra7 = a.RowCursor(batch, (aInside & 128) != 0 ? m0 + am + 7 * amStep : 0);
-        int bInside = n0 + bn < s.N ? 1 : 0;
+        int bInside = TileStaging.Inside<TE>(n0 + bn, s.N) ? 1 : 0;
         var cb0 = b.ColumnCursor(batch, (bInside & 1) != 0 ? n0 + bn : 0);
-        bInside |= n0 + bn + bnStep < s.N ? 2 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + bnStep, s.N) ? 2 : 0;
         var cb1 = b.ColumnCursor(batch, (bInside & 2) != 0 ? n0 + bn + bnStep : 0);
-        bInside |= n0 + bn + 2 * bnStep < s.N ? 4 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 2 * bnStep, s.N) ? 4 : 0;
         var cb2 = b.ColumnCursor(batch, (bInside & 4) != 0 ? n0 + bn + 2 * bnStep : 0);
-        bInside |= n0 + bn + 3 * bnStep < s.N ? 8 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 3 * bnStep, s.N) ? 8 : 0;
         var cb3 = b.ColumnCursor(batch, (bInside & 8) != 0 ? n0 + bn + 3 * bnStep : 0);
-        bInside |= n0 + bn + 4 * bnStep < s.N ? 16 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 4 * bnStep, s.N) ? 16 : 0;
         var cb4 = b.ColumnCursor(batch, (bInside & 16) != 0 ? n0 + bn + 4 * bnStep : 0);
-        bInside |= n0 + bn + 5 * bnStep < s.N ? 32 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 5 * bnStep, s.N) ? 32 : 0;
         var cb5 = b.ColumnCursor(batch, (bInside & 32) != 0 ? n0 + bn + 5 * bnStep : 0);
-        bInside |= n0 + bn + 6 * bnStep < s.N ? 64 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 6 * bnStep, s.N) ? 64 : 0;
         var cb6 = b.ColumnCursor(batch, (bInside & 64) != 0 ? n0 + bn + 6 * bnStep : 0);
-        bInside |= n0 + bn + 7 * bnStep < s.N ? 128 : 0;
+        bInside |= TileStaging.Inside<TE>(n0 + bn + 7 * bnStep, s.N) ? 128 : 0;
         var cb7 = b.ColumnCursor(batch, (bInside & 128) != 0 ? n0 + bn + 7 * bnStep : 0);
         int sa0 = am * RowWords + ap, saStep = amStep * RowWords + apStep;
         int sb0 = bn * RowWords + bp, sbStep = bnStep * RowWords + bpStep;
@@ -268,22 +269,22 @@ public static class TensorCoreGemm
         }
         Group.Barrier();
         int ka = 2 * ap, kb = 2 * bp;
-        sa[sa0] = Pack(TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
-        sa[sa0 + saStep] = Pack(TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
-        sa[sa0 + 2 * saStep] = Pack(TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
-        sa[sa0 + 3 * saStep] = Pack(TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
-        sa[sa0 + 4 * saStep] = Pack(TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
-        sa[sa0 + 5 * saStep] = Pack(TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
-        sa[sa0 + 6 * saStep] = Pack(TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
-        sa[sa0 + 7 * saStep] = Pack(TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
-        sb[sb0] = Pack(FetchFinishB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[2 * bp]), FetchFinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[2 * bp + 1]));
-        sb[sb0 + sbStep] = Pack(FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[2 * bp + 2 * bpStep]), FetchFinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[2 * bp + 2 * bpStep + 1]));
-        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[2 * bp + 4 * bpStep]), FetchFinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[2 * bp + 4 * bpStep + 1]));
-        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[2 * bp + 6 * bpStep]), FetchFinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[2 * bp + 6 * bpStep + 1]));
-        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[2 * bp + 8 * bpStep]), FetchFinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[2 * bp + 8 * bpStep + 1]));
-        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[2 * bp + 10 * bpStep]), FetchFinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[2 * bp + 10 * bpStep + 1]));
-        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[2 * bp + 12 * bpStep]), FetchFinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[2 * bp + 12 * bpStep + 1]));
-        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[2 * bp + 14 * bpStep]), FetchFinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[2 * bp + 14 * bpStep + 1]));
+        sa[sa0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
+        sa[sa0 + saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
+        sa[sa0 + 2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
+        sa[sa0 + 3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
+        sa[sa0 + 4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
+        sa[sa0 + 5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
+        sa[sa0 + 6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
+        sa[sa0 + 7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
+        sb[sb0] = Pack(FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[2 * bp]), FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[2 * bp + 1]));
+        sb[sb0 + sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[2 * bp + 2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[2 * bp + 2 * bpStep + 1]));
+        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[2 * bp + 4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[2 * bp + 4 * bpStep + 1]));
+        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[2 * bp + 6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[2 * bp + 6 * bpStep + 1]));
+        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[2 * bp + 8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[2 * bp + 8 * bpStep + 1]));
+        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[2 * bp + 10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[2 * bp + 10 * bpStep + 1]));
+        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[2 * bp + 12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[2 * bp + 12 * bpStep + 1]));
+        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[2 * bp + 14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[2 * bp + 14 * bpStep + 1]));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -294,41 +295,42 @@ public static class TensorCoreGemm
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
             // The next slice's loads go out first, raw; they are packed to fp16 only after this slice's 32 mma per warp.
-            // In the last slice they fetch nothing (k ≥ K reads element 0 and stages 0), which costs less than a branch.
-            ka = k0 + Slice + 2 * ap;
-            kb = k0 + Slice + 2 * bp;
-            float pa0l = TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka, s.K);
-            float pa0h = TileStaging.FetchA(a, ra0, (aInside & 1) != 0, ka + 1, s.K);
-            float pa1l = TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K);
-            float pa1h = TileStaging.FetchA(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K);
-            float pa2l = TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K);
-            float pa2h = TileStaging.FetchA(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K);
-            float pa3l = TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K);
-            float pa3h = TileStaging.FetchA(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K);
-            float pa4l = TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K);
-            float pa4h = TileStaging.FetchA(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K);
-            float pa5l = TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K);
-            float pa5h = TileStaging.FetchA(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K);
-            float pa6l = TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K);
-            float pa6h = TileStaging.FetchA(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
-            float pa7l = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
-            float pa7h = TileStaging.FetchA(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
-            float pb0l = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp]);
-            float pb0h = TileStaging.FetchB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1]);
-            float pb1l = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep]);
-            float pb1h = TileStaging.FetchB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1]);
-            float pb2l = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep]);
-            float pb2h = TileStaging.FetchB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1]);
-            float pb3l = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep]);
-            float pb3h = TileStaging.FetchB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1]);
-            float pb4l = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep]);
-            float pb4h = TileStaging.FetchB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1]);
-            float pb5l = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep]);
-            float pb5h = TileStaging.FetchB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1]);
-            float pb6l = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep]);
-            float pb6h = TileStaging.FetchB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1]);
-            float pb7l = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep]);
-            float pb7h = TileStaging.FetchB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1]);
+            // After the last slice they fetch slice 0 again, unused: cheaper than a branch, and in bounds with exact tiles.
+            int kNext = TileStaging.NextSlice(k0, Slice, s.K);
+            ka = kNext + 2 * ap;
+            kb = kNext + 2 * bp;
+            float pa0l = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K);
+            float pa0h = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K);
+            float pa1l = TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K);
+            float pa1h = TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K);
+            float pa2l = TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K);
+            float pa2h = TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K);
+            float pa3l = TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K);
+            float pa3h = TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K);
+            float pa4l = TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K);
+            float pa4h = TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K);
+            float pa5l = TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K);
+            float pa5h = TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K);
+            float pa6l = TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K);
+            float pa6h = TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
+            float pa7l = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
+            float pa7h = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
+            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp]);
+            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1]);
+            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep]);
+            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1]);
+            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep]);
+            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1]);
+            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep]);
+            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1]);
+            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep]);
+            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1]);
+            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep]);
+            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1]);
+            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep]);
+            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1]);
+            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep]);
+            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1]);
             for (int word = 0; word < WordsPerRow; word += 8)
             {
                 var a0 = FragmentA(sa, stage + wm * RowWords, g, t, word);
@@ -354,22 +356,22 @@ public static class TensorCoreGemm
             sa[stage + sa0 + 5 * saStep] = Pack(pa5l, pa5h);
             sa[stage + sa0 + 6 * saStep] = Pack(pa6l, pa6h);
             sa[stage + sa0 + 7 * saStep] = Pack(pa7l, pa7h);
-            sb[stage + sb0] = Pack(TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp], pb0l),
-                TileStaging.FinishB(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1], pb0h));
-            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep], pb1l),
-                TileStaging.FinishB(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1], pb1h));
-            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep], pb2l),
-                TileStaging.FinishB(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1], pb2h));
-            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep], pb3l),
-                TileStaging.FinishB(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1], pb3h));
-            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep], pb4l),
-                TileStaging.FinishB(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1], pb4h));
-            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep], pb5l),
-                TileStaging.FinishB(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1], pb5h));
-            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep], pb6l),
-                TileStaging.FinishB(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1], pb6h));
-            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep], pb7l),
-                TileStaging.FinishB(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1], pb7h));
+            sb[stage + sb0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp], pb0l),
+                TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1], pb0h));
+            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep], pb1l),
+                TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1], pb1h));
+            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep], pb2l),
+                TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1], pb2h));
+            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep], pb3l),
+                TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1], pb3h));
+            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep], pb4l),
+                TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1], pb4h));
+            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep], pb5l),
+                TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1], pb5h));
+            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep], pb6l),
+                TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1], pb6h));
+            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep], pb7l),
+                TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1], pb7h));
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             if (tid < Slice)
@@ -390,8 +392,10 @@ public static class TensorCoreGemm
     }
 
     /// <summary>B(k, col) fetched and finished at once, for the prologue.</summary>
-    static float FetchFinishB<TB>(TB b, TileCursor column, bool inside, int k, int kCount, Int4 tap) where TB : struct, IColumnOperand =>
-        TileStaging.FinishB(b, column, inside, k, kCount, tap, TileStaging.FetchB(b, column, inside, k, kCount, tap));
+    static float FetchFinishB<TB, TE>(TB b, TileCursor column, bool inside, int k, int kCount, Int4 tap)
+        where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges =>
+        TileStaging.FinishB<TB, TE>(b, column, inside, k, kCount, tap, TileStaging.FetchB<TB, TE>(b, column, inside, k, kCount, tap));
 
     /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
     static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
@@ -423,6 +427,7 @@ public static class TensorCoreGemm
             throw new NotSupportedException($"the tensor-core kernel needs 32-lane warps and {Threads}-thread groups; this accelerator " +
                                             $"has {dev.Accelerator.WarpSize} and {dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        TiledGemm.Launch(dev, key, Kernel<TA, TB, TC>, s, batches, a, b, c, bias, residual, y);
+        TiledGemm.Launch(dev, key, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias,
+            residual, y);
     }
 }

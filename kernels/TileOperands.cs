@@ -206,15 +206,45 @@ public struct TileShape
     public float Alpha;
 }
 
+/// <summary>
+/// Whether a launch's tiles reach past its matrix (M or N not a multiple of the tile, K not of the slice): then every
+/// staged element is tested against the edges; otherwise the tests are constants and fold away. The kernels are compiled
+/// once for each.
+/// </summary>
+public interface ITileEdges
+{
+    bool Checked { get; }
+}
+
+/// <summary>Tiles that end at the matrix's edges: no test.</summary>
+public readonly struct ExactTiles : ITileEdges
+{
+    public bool Checked => false;
+}
+
+/// <summary>Tiles that cross an edge somewhere: every element tested.</summary>
+public readonly struct CheckedEdges : ITileEdges
+{
+    public bool Checked => true;
+}
+
 /// <summary>The per-thread staging helpers both tiled kernels share.</summary>
 static class TileStaging
 {
+    /// <summary>i &lt; n, or the constant true when the tiles are exact.</summary>
+    public static bool Inside<TE>(int i, int n) where TE : struct, ITileEdges => Utilities.Select(default(TE).Checked, i < n, true);
+
+    /// <summary>The first k of the slice after the one at k0, or 0 after the last slice (whose prefetch is never used).</summary>
+    public static int NextSlice(int k0, int slice, int kCount) => Utilities.Select(k0 + slice < kCount, k0 + slice, 0);
+
     // Selects, not C#'s ?: — ILGPU turns ?: into branches, and the load phase should have none.
 
     /// <summary>A(row, k), or 0 where the row is outside the tile's matrix or k ≥ K; the load stays in bounds.</summary>
-    public static float FetchA<TA>(TA a, TileCursor row, bool rowInside, int k, int kCount) where TA : struct, IRowOperand
+    public static float FetchA<TA, TE>(TA a, TileCursor row, bool rowInside, int k, int kCount)
+        where TA : struct, IRowOperand
+        where TE : struct, ITileEdges
     {
-        bool inside = rowInside & (k < kCount);
+        bool inside = rowInside & Inside<TE>(k, kCount);
         return Utilities.Select(inside, a.FetchInRow(row, Utilities.Select(inside, k, 0)), 0f);
     }
 
@@ -223,17 +253,20 @@ static class TileStaging
         b.Tap(Utilities.Select(k < kCount, k, 0)).ToInt4();
 
     /// <summary>The fetched B(k, col), or 0 outside the matrix.</summary>
-    public static float FetchB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap) where TB : struct, IColumnOperand
+    public static float FetchB<TB, TE>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap)
+        where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges
     {
-        bool inside = columnInside & (k < kCount);
+        bool inside = columnInside & Inside<TE>(k, kCount);
         return Utilities.Select(inside, b.FetchInColumn(column, TileTap.FromInt4(tap)), 0f);
     }
 
     /// <summary>B(k, col) from what FetchB returned, or 0 outside the matrix.</summary>
-    public static float FinishB<TB>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap, float fetched)
+    public static float FinishB<TB, TE>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap, float fetched)
         where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges
     {
-        bool inside = columnInside & (k < kCount);
+        bool inside = columnInside & Inside<TE>(k, kCount);
         return Utilities.Select(inside, b.FinishInColumn(column, TileTap.FromInt4(tap), fetched), 0f);
     }
 }

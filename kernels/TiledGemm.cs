@@ -32,10 +32,11 @@ public static class TiledGemm
     /// <summary>Floats of one operand's stage: a slice of Slice rows.</summary>
     const int StageFloats = Slice * RowFloats;
 
-    static void Kernel<TA, TB, TC>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+    static void Kernel<TA, TB, TC, TE>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
+        where TE : struct, ITileEdges
     {
         // sa[stage][k][m] and sb[stage][k][n]; float4 views for the compute loop's reads.
         var sa4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
@@ -61,12 +62,12 @@ public static class TiledGemm
         int bk = bAlongN ? tid >> 7 : tid & (Slice - 1), bkStep = bAlongN ? Threads / Tile : 0;
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros.
-        bool ia0 = m0 + am < s.M, ia1 = m0 + am + amStep < s.M, ia2 = m0 + am + 2 * amStep < s.M, ia3 = m0 + am + 3 * amStep < s.M;
+        bool ia0 = TileStaging.Inside<TE>(m0 + am, s.M), ia1 = TileStaging.Inside<TE>(m0 + am + amStep, s.M), ia2 = TileStaging.Inside<TE>(m0 + am + 2 * amStep, s.M), ia3 = TileStaging.Inside<TE>(m0 + am + 3 * amStep, s.M);
         var ra0 = a.RowCursor(batch, ia0 ? m0 + am : 0);
         var ra1 = a.RowCursor(batch, ia1 ? m0 + am + amStep : 0);
         var ra2 = a.RowCursor(batch, ia2 ? m0 + am + 2 * amStep : 0);
         var ra3 = a.RowCursor(batch, ia3 ? m0 + am + 3 * amStep : 0);
-        bool ib0 = n0 + bn < s.N, ib1 = n0 + bn + bnStep < s.N, ib2 = n0 + bn + 2 * bnStep < s.N, ib3 = n0 + bn + 3 * bnStep < s.N;
+        bool ib0 = TileStaging.Inside<TE>(n0 + bn, s.N), ib1 = TileStaging.Inside<TE>(n0 + bn + bnStep, s.N), ib2 = TileStaging.Inside<TE>(n0 + bn + 2 * bnStep, s.N), ib3 = TileStaging.Inside<TE>(n0 + bn + 3 * bnStep, s.N);
         var cb0 = b.ColumnCursor(batch, ib0 ? n0 + bn : 0);
         var cb1 = b.ColumnCursor(batch, ib1 ? n0 + bn + bnStep : 0);
         var cb2 = b.ColumnCursor(batch, ib2 ? n0 + bn + 2 * bnStep : 0);
@@ -83,14 +84,14 @@ public static class TiledGemm
         }
         Group.Barrier();
         int ka = ak, kb = bk;
-        sa[sa0] = TileStaging.FetchA(a, ra0, ia0, ka, s.K);
-        sa[sa0 + saStep] = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
-        sa[sa0 + 2 * saStep] = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
-        sa[sa0 + 3 * saStep] = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
-        sb[sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, taps[bk], TileStaging.FetchB(b, cb0, ib0, kb, s.K, taps[bk]));
-        sb[sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep], TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep]));
-        sb[sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep], TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep]));
-        sb[sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep], TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep]));
+        sa[sa0] = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
+        sa[sa0 + saStep] = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
+        sa[sa0 + 2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
+        sa[sa0 + 3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
+        sb[sb0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, taps[bk], TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, taps[bk]));
+        sb[sb0 + sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep], TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep]));
+        sb[sb0 + 2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep]));
+        sb[sb0 + 3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep]));
         Group.Barrier();
 
         float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c04 = 0, c05 = 0, c06 = 0, c07 = 0;
@@ -105,17 +106,18 @@ public static class TiledGemm
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
             // The next slice's loads go out first; their values are needed only after this slice's 512 FMAs.
-            // In the last slice they fetch nothing (k ≥ K reads element 0 and stages 0), which costs less than a branch.
-            ka = k0 + Slice + ak;
-            kb = k0 + Slice + bk;
-            float pa0 = TileStaging.FetchA(a, ra0, ia0, ka, s.K);
-            float pa1 = TileStaging.FetchA(a, ra1, ia1, ka + akStep, s.K);
-            float pa2 = TileStaging.FetchA(a, ra2, ia2, ka + 2 * akStep, s.K);
-            float pa3 = TileStaging.FetchA(a, ra3, ia3, ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB(b, cb0, ib0, kb, s.K, taps[tapNext + bk]);
-            float pb1 = TileStaging.FetchB(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep]);
-            float pb2 = TileStaging.FetchB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep]);
-            float pb3 = TileStaging.FetchB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep]);
+            // After the last slice they fetch slice 0 again, unused: cheaper than a branch, and in bounds with exact tiles.
+            int kNext = TileStaging.NextSlice(k0, Slice, s.K);
+            ka = kNext + ak;
+            kb = kNext + bk;
+            float pa0 = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
+            float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
+            float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
+            float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
+            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, taps[tapNext + bk]);
+            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep]);
+            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep]);
+            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep]);
             int row4 = stage >> 2;
             for (int k = 0; k < Slice; k++)
             {
@@ -141,10 +143,10 @@ public static class TiledGemm
             sa[stage + sa0 + saStep] = pa1;
             sa[stage + sa0 + 2 * saStep] = pa2;
             sa[stage + sa0 + 3 * saStep] = pa3;
-            sb[stage + sb0] = TileStaging.FinishB(b, cb0, ib0, kb, s.K, taps[tapNext + bk], pb0);
-            sb[stage + sb0 + sbStep] = TileStaging.FinishB(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep], pb1);
-            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep], pb2);
-            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep], pb3);
+            sb[stage + sb0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, taps[tapNext + bk], pb0);
+            sb[stage + sb0 + sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep], pb1);
+            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep], pb2);
+            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep], pb3);
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             if (tid < Slice)
@@ -213,18 +215,24 @@ public static class TiledGemm
             throw new NotSupportedException($"the tiled kernel needs {Threads}-thread groups; this accelerator allows " +
                                             $"{dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        Launch(dev, key, Kernel<TA, TB, TC>, s, batches, a, b, c, bias, residual, y);
+        Launch(dev, key, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias, residual, y);
     }
 
-    /// <summary>One tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (shared with TensorCoreGemm).</summary>
+    /// <summary>
+    /// One tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (shared with TensorCoreGemm): the
+    /// exact-tile instance when M and N are multiples of the tile and K of <paramref name="slice"/>, else the checked one.
+    /// </summary>
     internal static void Launch<TA, TB, TC>(ComputeDevice dev, string key,
-        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> kernel, TileShape s, int batches, TA a, TB b,
-        TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> exact,
+        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> edgeChecked, int slice, TileShape s, int batches,
+        TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {
-        var k = dev.Kernel(key, acc => acc.LoadStreamKernel(kernel));
+        bool isExact = s.M % Tile == 0 && s.N % Tile == 0 && s.K % slice == 0;
+        var kernel = isExact ? exact : edgeChecked;
+        var k = dev.Kernel(isExact ? key + ".exact" : key, acc => acc.LoadStreamKernel(kernel));
         var grid = new Index3D((s.N + Tile - 1) / Tile, (s.M + Tile - 1) / Tile, batches);
         k(new KernelConfig(grid, new Index3D(Threads, 1, 1)), s, a, b, c, bias, residual, y);
     }

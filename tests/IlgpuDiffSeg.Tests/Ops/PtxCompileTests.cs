@@ -62,15 +62,24 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"{name}: {ptx.Split('\n').Length} lines of PTX");
     }
 
-    /// <summary>The explicitly grouped tiled kernel, as Gemm and Conv2d instantiate it; its accumulators must stay in registers.</summary>
+    /// <summary>
+    /// The explicitly grouped tiled kernel, as Gemm and Conv2d instantiate it, for tiles that cross edges and exact ones;
+    /// its accumulators must stay in registers.
+    /// </summary>
     [Theory]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
-    public void TiledKernelCompilesForSm90(Type a, Type b, Type c)
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    public void TiledKernelCompilesForSm90(Type a, Type b, Type c, Type edges)
     {
-        string ptx = CompileExplicitlyGrouped(typeof(TiledGemm), "Kernel", $"tiled-{b.Name}", a, b, c);
+        string ptx = CompileExplicitlyGrouped(typeof(TiledGemm), "Kernel", $"tiled-{b.Name}-{edges.Name}", a, b, c, edges);
         Assert.Contains(".shared", ptx);
+        // The compute loop reads its operands as float4 from 16-byte aligned shared rows.
+        Assert.Contains("ld.shared.v4", ptx);
+        Assert.DoesNotContain(".shared .align 4 .b8", ptx);
         Assert.Contains("bar.sync", ptx);
         Assert.DoesNotContain(".local", ptx);
         Assert.DoesNotContain(".extern .func", ptx);
@@ -82,12 +91,15 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     /// in registers, shared memory within the default 48 KB.
     /// </summary>
     [Theory]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput))]
-    public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c)
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
+    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c, Type edges)
     {
-        string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}", a, b, c);
+        string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}-{edges.Name}", a, b, c, edges);
         Assert.Equal(16, ptx.Split("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32").Length - 1);
         Assert.Contains("cvt.rn.f16x2.f32", ptx);
         // ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds

@@ -19,6 +19,8 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     [InlineData(67, 9, 33, false, true)]
     [InlineData(9, 11, 1, true, true)]
     [InlineData(33, 20, 99, false, false)] // four slices: both shared stages written twice
+    [InlineData(128, 128, 96, false, false)] // exact tiles: no edge tests compiled in
+    [InlineData(128, 256, 64, true, true)]
     public void GemmMatchesHalfOperandReference(int m, int n, int k, bool transA, bool transB)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
@@ -39,6 +41,7 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     [InlineData(2, 5, 9, 7, 6, 3, 1)]
     [InlineData(1, 11, 12, 12, 9, 3, 2)]
     [InlineData(2, 6, 5, 11, 7, 1, 1)]
+    [InlineData(2, 32, 8, 8, 128, 3, 1)] // exact tiles: M = N = 128, K = 288
     public void ConvMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
     {
         Assert.SkipWhen(device is null, "no CUDA device");

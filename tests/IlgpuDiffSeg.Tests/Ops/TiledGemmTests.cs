@@ -16,6 +16,8 @@ public abstract class TiledGemmTests(ComputeDevice? device)
     [InlineData(67, 5, 33, false, true)]
     [InlineData(9, 11, 1, true, true)]
     [InlineData(20, 140, 70, false, true)] // nine slices: both shared stages written four times or more
+    [InlineData(128, 256, 24, false, false)] // exact tiles: no edge tests compiled in
+    [InlineData(128, 128, 16, true, true)]
     public void GemmMatchesReference(int m, int n, int k, bool transA, bool transB)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
@@ -33,6 +35,7 @@ public abstract class TiledGemmTests(ComputeDevice? device)
     [InlineData(2, 5, 9, 7, 6, 3, 1)]
     [InlineData(1, 3, 12, 12, 9, 3, 2)]
     [InlineData(2, 6, 5, 11, 7, 1, 1)]
+    [InlineData(2, 8, 8, 8, 128, 3, 1)] // exact tiles: M = N = 128, K = 72
     public void ConvMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
