@@ -180,21 +180,45 @@ public static class TensorCoreGemm
 
     // ---- GPU kernel
 
-    /// <summary>The A fragment of the 16 rows from shared offset <paramref name="rows"/> (row 0's word 0), k words word..word+7.</summary>
-    static MmaFragmentA FragmentA(ArrayView<uint> sa, int rows, int g, int t, int word) => new()
+    /// <summary>
+    /// The A fragment of 16 rows: <paramref name="lane"/> is the view at the lane's word (row g, word t) of the tile's
+    /// first row, <paramref name="rows"/> the offset of the 16-row block, <paramref name="word"/> the k-step's first word.
+    /// </summary>
+    static MmaFragmentA FragmentA(ArrayView<uint> lane, int rows, int word) => new()
     {
-        R0 = sa[rows + g * RowWords + word + t],
-        R1 = sa[rows + (g + 8) * RowWords + word + t],
-        R2 = sa[rows + g * RowWords + word + 4 + t],
-        R3 = sa[rows + (g + 8) * RowWords + word + 4 + t],
+        R0 = lane[rows + word],
+        R1 = lane[rows + 8 * RowWords + word],
+        R2 = lane[rows + word + 4],
+        R3 = lane[rows + 8 * RowWords + word + 4],
     };
 
-    /// <summary>The B fragment of the 8 columns from shared offset <paramref name="cols"/>, k words word..word+7.</summary>
-    static MmaFragmentB FragmentB(ArrayView<uint> sb, int cols, int g, int t, int word) => new()
+    /// <summary>The B fragment of 8 columns, addressed like <see cref="FragmentA"/>.</summary>
+    static MmaFragmentB FragmentB(ArrayView<uint> lane, int cols, int word) => new()
     {
-        R0 = sb[cols + g * RowWords + word + t],
-        R1 = sb[cols + g * RowWords + word + 4 + t],
+        R0 = lane[cols + word],
+        R1 = lane[cols + word + 4],
     };
+
+    /// <summary>One k-step (16 k) of a warp's 64×32 sub-tile: 4 A and 4 B fragments, 16 mma.</summary>
+    static void MultiplyStep(ArrayView<uint> aLane, ArrayView<uint> bLane, int word, ArrayView<uint> exchange,
+        ref MmaAccumulator c00, ref MmaAccumulator c01, ref MmaAccumulator c02, ref MmaAccumulator c03,
+        ref MmaAccumulator c10, ref MmaAccumulator c11, ref MmaAccumulator c12, ref MmaAccumulator c13,
+        ref MmaAccumulator c20, ref MmaAccumulator c21, ref MmaAccumulator c22, ref MmaAccumulator c23,
+        ref MmaAccumulator c30, ref MmaAccumulator c31, ref MmaAccumulator c32, ref MmaAccumulator c33)
+    {
+        var a0 = FragmentA(aLane, 0, word);
+        var a1 = FragmentA(aLane, 16 * RowWords, word);
+        var a2 = FragmentA(aLane, 32 * RowWords, word);
+        var a3 = FragmentA(aLane, 48 * RowWords, word);
+        var b0 = FragmentB(bLane, 0, word);
+        var b1 = FragmentB(bLane, 8 * RowWords, word);
+        var b2 = FragmentB(bLane, 16 * RowWords, word);
+        var b3 = FragmentB(bLane, 24 * RowWords, word);
+        c00 = Mma(c00, a0, b0, exchange); c01 = Mma(c01, a0, b1, exchange); c02 = Mma(c02, a0, b2, exchange); c03 = Mma(c03, a0, b3, exchange);
+        c10 = Mma(c10, a1, b0, exchange); c11 = Mma(c11, a1, b1, exchange); c12 = Mma(c12, a1, b2, exchange); c13 = Mma(c13, a1, b3, exchange);
+        c20 = Mma(c20, a2, b0, exchange); c21 = Mma(c21, a2, b1, exchange); c22 = Mma(c22, a2, b2, exchange); c23 = Mma(c23, a2, b3, exchange);
+        c30 = Mma(c30, a3, b0, exchange); c31 = Mma(c31, a3, b1, exchange); c32 = Mma(c32, a3, b2, exchange); c33 = Mma(c33, a3, b3, exchange);
+    }
 
     static void Kernel<TA, TB, TC, TE>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
@@ -331,21 +355,14 @@ public static class TensorCoreGemm
             float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1]);
             float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep]);
             float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1]);
-            for (int word = 0; word < WordsPerRow; word += 8)
-            {
-                var a0 = FragmentA(sa, stage + wm * RowWords, g, t, word);
-                var a1 = FragmentA(sa, stage + (wm + 16) * RowWords, g, t, word);
-                var a2 = FragmentA(sa, stage + (wm + 32) * RowWords, g, t, word);
-                var a3 = FragmentA(sa, stage + (wm + 48) * RowWords, g, t, word);
-                var b0 = FragmentB(sb, stage + wn * RowWords, g, t, word);
-                var b1 = FragmentB(sb, stage + (wn + 8) * RowWords, g, t, word);
-                var b2 = FragmentB(sb, stage + (wn + 16) * RowWords, g, t, word);
-                var b3 = FragmentB(sb, stage + (wn + 24) * RowWords, g, t, word);
-                c00 = Mma(c00, a0, b0, exchange); c01 = Mma(c01, a0, b1, exchange); c02 = Mma(c02, a0, b2, exchange); c03 = Mma(c03, a0, b3, exchange);
-                c10 = Mma(c10, a1, b0, exchange); c11 = Mma(c11, a1, b1, exchange); c12 = Mma(c12, a1, b2, exchange); c13 = Mma(c13, a1, b3, exchange);
-                c20 = Mma(c20, a2, b0, exchange); c21 = Mma(c21, a2, b1, exchange); c22 = Mma(c22, a2, b2, exchange); c23 = Mma(c23, a2, b3, exchange);
-                c30 = Mma(c30, a3, b0, exchange); c31 = Mma(c31, a3, b1, exchange); c32 = Mma(c32, a3, b2, exchange); c33 = Mma(c33, a3, b3, exchange);
-            }
+            // The slice's two k-steps from one base per operand, written out: every fragment read is then the base plus a
+            // constant, which ptxas folds into the load (a loop over the steps recomputed 24 addresses per step).
+            var aFragments = sa.SubView(stage + (wm + g) * RowWords + t, StageWords - (wm + g) * RowWords - t);
+            var bFragments = sb.SubView(stage + (wn + g) * RowWords + t, StageWords - (wn + g) * RowWords - t);
+            MultiplyStep(aFragments, bFragments, 0, exchange, ref c00, ref c01, ref c02, ref c03, ref c10, ref c11, ref c12, ref c13,
+                ref c20, ref c21, ref c22, ref c23, ref c30, ref c31, ref c32, ref c33);
+            MultiplyStep(aFragments, bFragments, 8, exchange, ref c00, ref c01, ref c02, ref c03, ref c10, ref c11, ref c12, ref c13,
+                ref c20, ref c21, ref c22, ref c23, ref c30, ref c31, ref c32, ref c33);
             // The other stage was last read before the previous barrier, so it is free to overwrite.
             stage = StageWords - stage;
             sa[stage + sa0] = Pack(pa0l, pa0h);
