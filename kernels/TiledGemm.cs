@@ -3,16 +3,20 @@
 //     StridedOperand            a strided (batched) matrix — every Gemm;
 //     Im2ColOperand             a convolution's input read as its im2col matrix on the fly (implicit GEMM: K = Cin·k²,
 //                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied.
-//   Block tile 128×128, 256 threads each accumulating an 8×8 sub-tile in registers (rows ty·4+{0..3} and 64+ty·4+{0..3},
-//   columns likewise). K runs in slices of 8, double-buffered in shared memory (2 operands × 2 stages × 8 × 132 floats
-//   = 16.5 KB): while a thread computes on one stage, the next slice's global loads (4 of A, 4 of B per thread) are in
-//   flight in registers, and it stores them into the other stage afterwards — one barrier per slice, global latency
-//   hidden behind 512 FMAs.
+//   Block tile 128×128, 256 threads each accumulating an 8×8 sub-tile in registers (Accumulator8x8: rows ty·4+{0..3}
+//   and 64+ty·4+{0..3}, columns likewise). K runs in slices of 8, double-buffered in shared memory (2 operands × 2
+//   stages × 8 × 132 floats = 16.5 KB, plus B's taps of two slices): while a thread computes on one stage, the next
+//   slice's global loads (4 of A, 4 of B per thread) are in flight in registers, and it stores them into the other stage
+//   afterwards — one barrier per slice, global latency hidden behind 512 FMAs.
 //   Per k a thread reads its 8 A and 8 B values as four float4 shared loads (64 FMAs per 4 loads): A's two addresses per
 //   warp broadcast, B's 16 consecutive float4s are conflict-free. Shared rows are 132 floats, so the stores of a warp
-//   staging along k (8 k × 4 rows) hit 32 distinct banks and rows stay 16-byte aligned.
-//   Staging follows each operand's contiguous dimension, so a warp's global reads coalesce; the row and column cursors
-//   are made once per launch, so a fetch costs an add (strided) or a multiply-high tap decomposition (im2col).
+//   staging along k (8 k × 4 rows) hit 32 distinct banks and rows stay 16-byte aligned. k-steps go in pairs from one
+//   base, so the reads' addresses are constants ptxas folds into the loads.
+//   Staging follows each operand's contiguous dimension, so a warp's global reads coalesce; rows, columns and taps are
+//   resolved once per launch or slice (TileOperands.cs), so a fetch costs an add or two. Launches whose tiles end at the
+//   matrix's edges run an instance compiled without edge tests (ExactTiles).
+//   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 712 instructions, 72% FFMA, at
+//   128 registers (exact tiles).
 // Not yet the CUDA default: it waits for a GPU to measure it against v2 (see benchmarks/IlgpuDiffSeg.Benchmarks gpu).
 // Tested against the references on the CPU accelerator with a warp-32 shape (256-thread groups).
 using ILGPU;
@@ -21,6 +25,34 @@ using ILGPU.Runtime;
 using ILGPU.Util;
 
 namespace IlgpuDiffSeg.Kernels;
+
+/// <summary>One thread's 8×8 outputs of the tiled kernel: rows a0..a7, columns b0..b7 (fields, so they stay in registers).</summary>
+public struct Accumulator8x8
+{
+    public float C00, C01, C02, C03, C04, C05, C06, C07;
+    public float C10, C11, C12, C13, C14, C15, C16, C17;
+    public float C20, C21, C22, C23, C24, C25, C26, C27;
+    public float C30, C31, C32, C33, C34, C35, C36, C37;
+    public float C40, C41, C42, C43, C44, C45, C46, C47;
+    public float C50, C51, C52, C53, C54, C55, C56, C57;
+    public float C60, C61, C62, C63, C64, C65, C66, C67;
+    public float C70, C71, C72, C73, C74, C75, C76, C77;
+
+    /// <summary>One k-step: the outer product of a thread's 8 A values (two float4) and 8 B values.</summary>
+    public void Add(Float4 aLo, Float4 aHi, Float4 bLo, Float4 bHi)
+    {
+        float a0 = aLo.X, a1 = aLo.Y, a2 = aLo.Z, a3 = aLo.W, a4 = aHi.X, a5 = aHi.Y, a6 = aHi.Z, a7 = aHi.W;
+        float b0 = bLo.X, b1 = bLo.Y, b2 = bLo.Z, b3 = bLo.W, b4 = bHi.X, b5 = bHi.Y, b6 = bHi.Z, b7 = bHi.W;
+        C00 += a0 * b0; C01 += a0 * b1; C02 += a0 * b2; C03 += a0 * b3; C04 += a0 * b4; C05 += a0 * b5; C06 += a0 * b6; C07 += a0 * b7;
+        C10 += a1 * b0; C11 += a1 * b1; C12 += a1 * b2; C13 += a1 * b3; C14 += a1 * b4; C15 += a1 * b5; C16 += a1 * b6; C17 += a1 * b7;
+        C20 += a2 * b0; C21 += a2 * b1; C22 += a2 * b2; C23 += a2 * b3; C24 += a2 * b4; C25 += a2 * b5; C26 += a2 * b6; C27 += a2 * b7;
+        C30 += a3 * b0; C31 += a3 * b1; C32 += a3 * b2; C33 += a3 * b3; C34 += a3 * b4; C35 += a3 * b5; C36 += a3 * b6; C37 += a3 * b7;
+        C40 += a4 * b0; C41 += a4 * b1; C42 += a4 * b2; C43 += a4 * b3; C44 += a4 * b4; C45 += a4 * b5; C46 += a4 * b6; C47 += a4 * b7;
+        C50 += a5 * b0; C51 += a5 * b1; C52 += a5 * b2; C53 += a5 * b3; C54 += a5 * b4; C55 += a5 * b5; C56 += a5 * b6; C57 += a5 * b7;
+        C60 += a6 * b0; C61 += a6 * b1; C62 += a6 * b2; C63 += a6 * b3; C64 += a6 * b4; C65 += a6 * b5; C66 += a6 * b6; C67 += a6 * b7;
+        C70 += a7 * b0; C71 += a7 * b1; C72 += a7 * b2; C73 += a7 * b3; C74 += a7 * b4; C75 += a7 * b5; C76 += a7 * b6; C77 += a7 * b7;
+    }
+}
 
 public static class TiledGemm
 {
@@ -94,14 +126,7 @@ public static class TiledGemm
         sb[sb0 + 3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep]));
         Group.Barrier();
 
-        float c00 = 0, c01 = 0, c02 = 0, c03 = 0, c04 = 0, c05 = 0, c06 = 0, c07 = 0;
-        float c10 = 0, c11 = 0, c12 = 0, c13 = 0, c14 = 0, c15 = 0, c16 = 0, c17 = 0;
-        float c20 = 0, c21 = 0, c22 = 0, c23 = 0, c24 = 0, c25 = 0, c26 = 0, c27 = 0;
-        float c30 = 0, c31 = 0, c32 = 0, c33 = 0, c34 = 0, c35 = 0, c36 = 0, c37 = 0;
-        float c40 = 0, c41 = 0, c42 = 0, c43 = 0, c44 = 0, c45 = 0, c46 = 0, c47 = 0;
-        float c50 = 0, c51 = 0, c52 = 0, c53 = 0, c54 = 0, c55 = 0, c56 = 0, c57 = 0;
-        float c60 = 0, c61 = 0, c62 = 0, c63 = 0, c64 = 0, c65 = 0, c66 = 0, c67 = 0;
-        float c70 = 0, c71 = 0, c72 = 0, c73 = 0, c74 = 0, c75 = 0, c76 = 0, c77 = 0;
+        var acc = default(Accumulator8x8);
         int stage = 0, tapNext = Slice;
         for (int k0 = 0; k0 < s.K; k0 += Slice)
         {
@@ -118,24 +143,14 @@ public static class TiledGemm
             float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep]);
             float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep]);
             float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep]);
-            int row4 = stage >> 2;
-            for (int k = 0; k < Slice; k++)
+            // Two k-steps per iteration from one base per operand: their float4 reads are the base plus constants, which
+            // ptxas folds into the loads. (All eight written out let ptxas hoist every read, at 240-255 registers.)
+            for (int k = 0; k < Slice; k += 2)
             {
-                var aLo = sa4[row4 + ty];
-                var aHi = sa4[row4 + 16 + ty];
-                var bLo = sb4[row4 + tx];
-                var bHi = sb4[row4 + 16 + tx];
-                row4 += RowFloats / 4;
-                float a0 = aLo.X, a1 = aLo.Y, a2 = aLo.Z, a3 = aLo.W, a4 = aHi.X, a5 = aHi.Y, a6 = aHi.Z, a7 = aHi.W;
-                float b0 = bLo.X, b1 = bLo.Y, b2 = bLo.Z, b3 = bLo.W, b4 = bHi.X, b5 = bHi.Y, b6 = bHi.Z, b7 = bHi.W;
-                c00 += a0 * b0; c01 += a0 * b1; c02 += a0 * b2; c03 += a0 * b3; c04 += a0 * b4; c05 += a0 * b5; c06 += a0 * b6; c07 += a0 * b7;
-                c10 += a1 * b0; c11 += a1 * b1; c12 += a1 * b2; c13 += a1 * b3; c14 += a1 * b4; c15 += a1 * b5; c16 += a1 * b6; c17 += a1 * b7;
-                c20 += a2 * b0; c21 += a2 * b1; c22 += a2 * b2; c23 += a2 * b3; c24 += a2 * b4; c25 += a2 * b5; c26 += a2 * b6; c27 += a2 * b7;
-                c30 += a3 * b0; c31 += a3 * b1; c32 += a3 * b2; c33 += a3 * b3; c34 += a3 * b4; c35 += a3 * b5; c36 += a3 * b6; c37 += a3 * b7;
-                c40 += a4 * b0; c41 += a4 * b1; c42 += a4 * b2; c43 += a4 * b3; c44 += a4 * b4; c45 += a4 * b5; c46 += a4 * b6; c47 += a4 * b7;
-                c50 += a5 * b0; c51 += a5 * b1; c52 += a5 * b2; c53 += a5 * b3; c54 += a5 * b4; c55 += a5 * b5; c56 += a5 * b6; c57 += a5 * b7;
-                c60 += a6 * b0; c61 += a6 * b1; c62 += a6 * b2; c63 += a6 * b3; c64 += a6 * b4; c65 += a6 * b5; c66 += a6 * b6; c67 += a6 * b7;
-                c70 += a7 * b0; c71 += a7 * b1; c72 += a7 * b2; c73 += a7 * b3; c74 += a7 * b4; c75 += a7 * b5; c76 += a7 * b6; c77 += a7 * b7;
+                var aRows = sa4.SubView(((stage + k * RowFloats) >> 2) + ty, (StageFloats - k * RowFloats) / 4 - ty);
+                var bCols = sb4.SubView(((stage + k * RowFloats) >> 2) + tx, (StageFloats - k * RowFloats) / 4 - tx);
+                acc.Add(aRows[0], aRows[16], bCols[0], bCols[16]);
+                acc.Add(aRows[RowFloats / 4], aRows[RowFloats / 4 + 16], bCols[RowFloats / 4], bCols[RowFloats / 4 + 16]);
             }
             // The other stage was last read before the previous barrier, so it is free to overwrite.
             stage = StageFloats - stage;
@@ -156,14 +171,14 @@ public static class TiledGemm
             Group.Barrier();
         }
         int i0 = m0 + ty * 4, i1 = m0 + 64 + ty * 4, j0 = n0 + tx * 4, j1 = n0 + 64 + tx * 4;
-        Row(s, c, batch, bias, residual, y, i0, j0, j1, c00, c01, c02, c03, c04, c05, c06, c07);
-        Row(s, c, batch, bias, residual, y, i0 + 1, j0, j1, c10, c11, c12, c13, c14, c15, c16, c17);
-        Row(s, c, batch, bias, residual, y, i0 + 2, j0, j1, c20, c21, c22, c23, c24, c25, c26, c27);
-        Row(s, c, batch, bias, residual, y, i0 + 3, j0, j1, c30, c31, c32, c33, c34, c35, c36, c37);
-        Row(s, c, batch, bias, residual, y, i1, j0, j1, c40, c41, c42, c43, c44, c45, c46, c47);
-        Row(s, c, batch, bias, residual, y, i1 + 1, j0, j1, c50, c51, c52, c53, c54, c55, c56, c57);
-        Row(s, c, batch, bias, residual, y, i1 + 2, j0, j1, c60, c61, c62, c63, c64, c65, c66, c67);
-        Row(s, c, batch, bias, residual, y, i1 + 3, j0, j1, c70, c71, c72, c73, c74, c75, c76, c77);
+        Row(s, c, batch, bias, residual, y, i0, j0, j1, acc.C00, acc.C01, acc.C02, acc.C03, acc.C04, acc.C05, acc.C06, acc.C07);
+        Row(s, c, batch, bias, residual, y, i0 + 1, j0, j1, acc.C10, acc.C11, acc.C12, acc.C13, acc.C14, acc.C15, acc.C16, acc.C17);
+        Row(s, c, batch, bias, residual, y, i0 + 2, j0, j1, acc.C20, acc.C21, acc.C22, acc.C23, acc.C24, acc.C25, acc.C26, acc.C27);
+        Row(s, c, batch, bias, residual, y, i0 + 3, j0, j1, acc.C30, acc.C31, acc.C32, acc.C33, acc.C34, acc.C35, acc.C36, acc.C37);
+        Row(s, c, batch, bias, residual, y, i1, j0, j1, acc.C40, acc.C41, acc.C42, acc.C43, acc.C44, acc.C45, acc.C46, acc.C47);
+        Row(s, c, batch, bias, residual, y, i1 + 1, j0, j1, acc.C50, acc.C51, acc.C52, acc.C53, acc.C54, acc.C55, acc.C56, acc.C57);
+        Row(s, c, batch, bias, residual, y, i1 + 2, j0, j1, acc.C60, acc.C61, acc.C62, acc.C63, acc.C64, acc.C65, acc.C66, acc.C67);
+        Row(s, c, batch, bias, residual, y, i1 + 3, j0, j1, acc.C70, acc.C71, acc.C72, acc.C73, acc.C74, acc.C75, acc.C76, acc.C77);
     }
 
     static void Row<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j0,
