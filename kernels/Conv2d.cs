@@ -312,7 +312,7 @@ public static class Conv2d
         var empty = y.View.SubView(0, 0);
         int kk = s.Cin * s.K * s.K;
         var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
-        var weights = new StridedOperand(w.View, 0, 1, 0, 0, kk, 1);
+        var weights = new DenseRowsOperand(w.View, kk);
         var input = new NormalizedIm2ColOperand(x.View, coefficients.View, s, silu ? 1 : 0);
         if (version == 4)
         {
@@ -343,7 +343,7 @@ public static class Conv2d
         {
             int kk = s.Cin * s.K * s.K;
             var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
-            var weights = new StridedOperand(w.View, 0, 1, 0, 0, kk, 1);
+            var weights = new DenseRowsOperand(w.View, kk);
             if (version == 4)
             {
                 TensorCoreGemm.Run(dev, "conv2d.v4", tile, 1, weights, new Im2ColOperand(x.View, s), new ConvOutput(s), biasView, residualView, y.View);

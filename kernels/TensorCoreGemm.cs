@@ -295,23 +295,28 @@ public static class TensorCoreGemm
             taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
         }
         Group.Barrier();
+        // Views at this thread's first staged element and first tap: the staged elements and their taps are then the view
+        // plus constants where the operand's layout is known at compile time, which ptxas folds into the accesses.
+        var aStaged = sa.SubView(sa0, 2 * StageWords - sa0);
+        var bStaged = sb.SubView(sb0, 2 * StageWords - sb0);
+        var tapsFirst = taps.SubView(2 * bp, 2 * Slice - 2 * bp);
         int ka = 2 * ap, kb = 2 * bp;
-        sa[sa0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
-        sa[sa0 + saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
-        sa[sa0 + 2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
-        sa[sa0 + 3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
-        sa[sa0 + 4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
-        sa[sa0 + 5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
-        sa[sa0 + 6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
-        sa[sa0 + 7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
-        sb[sb0] = Pack(FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[2 * bp]), FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[2 * bp + 1]));
-        sb[sb0 + sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[2 * bp + 2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[2 * bp + 2 * bpStep + 1]));
-        sb[sb0 + 2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[2 * bp + 4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[2 * bp + 4 * bpStep + 1]));
-        sb[sb0 + 3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[2 * bp + 6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[2 * bp + 6 * bpStep + 1]));
-        sb[sb0 + 4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[2 * bp + 8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[2 * bp + 8 * bpStep + 1]));
-        sb[sb0 + 5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[2 * bp + 10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[2 * bp + 10 * bpStep + 1]));
-        sb[sb0 + 6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[2 * bp + 12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[2 * bp + 12 * bpStep + 1]));
-        sb[sb0 + 7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[2 * bp + 14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[2 * bp + 14 * bpStep + 1]));
+        aStaged[0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
+        aStaged[saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
+        aStaged[2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
+        aStaged[3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
+        aStaged[4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
+        aStaged[5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
+        aStaged[6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
+        aStaged[7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
+        bStaged[0] = Pack(FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsFirst[0]), FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsFirst[1]));
+        bStaged[sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
+        bStaged[2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
+        bStaged[3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
+        bStaged[4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
+        bStaged[5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
+        bStaged[6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
+        bStaged[7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -326,6 +331,7 @@ public static class TensorCoreGemm
             int kNext = TileStaging.NextSlice(k0, Slice, s.K);
             ka = kNext + 2 * ap;
             kb = kNext + 2 * bp;
+            var tapsNext = taps.SubView(tapNext + 2 * bp, 2 * Slice - tapNext - 2 * bp);
             float pa0l = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K);
             float pa0h = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K);
             float pa1l = TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K);
@@ -342,22 +348,22 @@ public static class TensorCoreGemm
             float pa6h = TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
             float pa7l = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
             float pa7h = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
-            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp]);
-            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1]);
-            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep]);
-            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1]);
-            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep]);
-            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1]);
-            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep]);
-            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1]);
-            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep]);
-            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1]);
-            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep]);
-            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1]);
-            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep]);
-            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1]);
-            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep]);
-            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1]);
+            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsNext[0]);
+            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsNext[1]);
+            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsNext[2 * bpStep]);
+            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1]);
+            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsNext[4 * bpStep]);
+            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1]);
+            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsNext[6 * bpStep]);
+            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1]);
+            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsNext[8 * bpStep]);
+            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1]);
+            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsNext[10 * bpStep]);
+            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1]);
+            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsNext[12 * bpStep]);
+            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1]);
+            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsNext[14 * bpStep]);
+            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1]);
             // The slice's two k-steps from one base per operand, written out: every fragment read is then the base plus a
             // constant, which ptxas folds into the load (a loop over the steps recomputed 24 addresses per step).
             var aFragments = sa.SubView(stage + (wm + g) * RowWords + t, StageWords - (wm + g) * RowWords - t);
@@ -368,30 +374,32 @@ public static class TensorCoreGemm
                 ref c20, ref c21, ref c22, ref c23, ref c30, ref c31, ref c32, ref c33);
             // The other stage was last read before the previous barrier, so it is free to overwrite.
             stage = StageWords - stage;
-            sa[stage + sa0] = Pack(pa0l, pa0h);
-            sa[stage + sa0 + saStep] = Pack(pa1l, pa1h);
-            sa[stage + sa0 + 2 * saStep] = Pack(pa2l, pa2h);
-            sa[stage + sa0 + 3 * saStep] = Pack(pa3l, pa3h);
-            sa[stage + sa0 + 4 * saStep] = Pack(pa4l, pa4h);
-            sa[stage + sa0 + 5 * saStep] = Pack(pa5l, pa5h);
-            sa[stage + sa0 + 6 * saStep] = Pack(pa6l, pa6h);
-            sa[stage + sa0 + 7 * saStep] = Pack(pa7l, pa7h);
-            sb[stage + sb0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, taps[tapNext + 2 * bp], pb0l),
-                TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, taps[tapNext + 2 * bp + 1], pb0h));
-            sb[stage + sb0 + sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, taps[tapNext + 2 * bp + 2 * bpStep], pb1l),
-                TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 2 * bpStep + 1], pb1h));
-            sb[stage + sb0 + 2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, taps[tapNext + 2 * bp + 4 * bpStep], pb2l),
-                TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 4 * bpStep + 1], pb2h));
-            sb[stage + sb0 + 3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, taps[tapNext + 2 * bp + 6 * bpStep], pb3l),
-                TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 6 * bpStep + 1], pb3h));
-            sb[stage + sb0 + 4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, taps[tapNext + 2 * bp + 8 * bpStep], pb4l),
-                TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 8 * bpStep + 1], pb4h));
-            sb[stage + sb0 + 5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, taps[tapNext + 2 * bp + 10 * bpStep], pb5l),
-                TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 10 * bpStep + 1], pb5h));
-            sb[stage + sb0 + 6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, taps[tapNext + 2 * bp + 12 * bpStep], pb6l),
-                TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 12 * bpStep + 1], pb6h));
-            sb[stage + sb0 + 7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, taps[tapNext + 2 * bp + 14 * bpStep], pb7l),
-                TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, taps[tapNext + 2 * bp + 14 * bpStep + 1], pb7h));
+            aStaged = sa.SubView(stage + sa0, 2 * StageWords - stage - sa0);
+            bStaged = sb.SubView(stage + sb0, 2 * StageWords - stage - sb0);
+            aStaged[0] = Pack(pa0l, pa0h);
+            aStaged[saStep] = Pack(pa1l, pa1h);
+            aStaged[2 * saStep] = Pack(pa2l, pa2h);
+            aStaged[3 * saStep] = Pack(pa3l, pa3h);
+            aStaged[4 * saStep] = Pack(pa4l, pa4h);
+            aStaged[5 * saStep] = Pack(pa5l, pa5h);
+            aStaged[6 * saStep] = Pack(pa6l, pa6h);
+            aStaged[7 * saStep] = Pack(pa7l, pa7h);
+            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsNext[0], pb0l),
+                TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsNext[1], pb0h));
+            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsNext[2 * bpStep], pb1l),
+                TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1], pb1h));
+            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsNext[4 * bpStep], pb2l),
+                TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1], pb2h));
+            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsNext[6 * bpStep], pb3l),
+                TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1], pb3h));
+            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsNext[8 * bpStep], pb4l),
+                TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1], pb4h));
+            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsNext[10 * bpStep], pb5l),
+                TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1], pb5h));
+            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsNext[12 * bpStep], pb6l),
+                TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1], pb6h));
+            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsNext[14 * bpStep], pb7l),
+                TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1], pb7h));
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             if (tid < Slice)

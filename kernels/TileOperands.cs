@@ -42,6 +42,20 @@ public interface IRowOperand
 }
 
 /// <summary>
+/// A row-major matrix with unit column stride — a convolution's (Cout, Cin·k²) weights. Unlike a StridedOperand, whose
+/// layout is only known at run time, its staging pattern is a compile-time constant, so the kernels' shared-memory
+/// stores and the fetches along k need no per-element index arithmetic.
+/// </summary>
+public readonly struct DenseRowsOperand(ArrayView<float> data, int rowStride) : IRowOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor RowCursor(int batch, int row) => new() { Base = row * rowStride };
+
+    public float FetchInRow(TileCursor row, int col) => data[row.Base + col];
+}
+
+/// <summary>
 /// What a B operand needs to know of row k, the same for every column: for im2col the offset of (ci, ky, kx) from a
 /// column's origin, the tap (ky, kx) for the padding test and ci for the norm's coefficients; for a strided matrix only the
 /// offset. Stored in shared memory as an Int4 (one 16-byte read).

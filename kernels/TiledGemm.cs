@@ -115,15 +115,20 @@ public static class TiledGemm
             taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
         }
         Group.Barrier();
+        // Views at this thread's first staged element and first tap: the staged elements and their taps are then the view
+        // plus constants where the operand's layout is known at compile time, which ptxas folds into the accesses.
+        var aStaged = sa.SubView(sa0, 2 * StageFloats - sa0);
+        var bStaged = sb.SubView(sb0, 2 * StageFloats - sb0);
+        var tapsFirst = taps.SubView(bk, 2 * Slice - bk);
         int ka = ak, kb = bk;
-        sa[sa0] = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
-        sa[sa0 + saStep] = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
-        sa[sa0 + 2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
-        sa[sa0 + 3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
-        sb[sb0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, taps[bk], TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, taps[bk]));
-        sb[sb0 + sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep], TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[bk + bkStep]));
-        sb[sb0 + 2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[bk + 2 * bkStep]));
-        sb[sb0 + 3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[bk + 3 * bkStep]));
+        aStaged[0] = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
+        aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
+        aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
+        aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
+        bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, tapsFirst[0], TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, tapsFirst[0]));
+        bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsFirst[bkStep], TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsFirst[bkStep]));
+        bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]));
+        bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]));
         Group.Barrier();
 
         var acc = default(Accumulator8x8);
@@ -135,14 +140,15 @@ public static class TiledGemm
             int kNext = TileStaging.NextSlice(k0, Slice, s.K);
             ka = kNext + ak;
             kb = kNext + bk;
+            var tapsNext = taps.SubView(tapNext + bk, 2 * Slice - tapNext - bk);
             float pa0 = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
             float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
             float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
             float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, taps[tapNext + bk]);
-            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep]);
-            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep]);
-            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep]);
+            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, tapsNext[0]);
+            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsNext[bkStep]);
+            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsNext[2 * bkStep]);
+            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsNext[3 * bkStep]);
             // Two k-steps per iteration from one base per operand: their float4 reads are the base plus constants, which
             // ptxas folds into the loads. (All eight written out let ptxas hoist every read, at 240-255 registers.)
             for (int k = 0; k < Slice; k += 2)
@@ -154,14 +160,16 @@ public static class TiledGemm
             }
             // The other stage was last read before the previous barrier, so it is free to overwrite.
             stage = StageFloats - stage;
-            sa[stage + sa0] = pa0;
-            sa[stage + sa0 + saStep] = pa1;
-            sa[stage + sa0 + 2 * saStep] = pa2;
-            sa[stage + sa0 + 3 * saStep] = pa3;
-            sb[stage + sb0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, taps[tapNext + bk], pb0);
-            sb[stage + sb0 + sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, taps[tapNext + bk + bkStep], pb1);
-            sb[stage + sb0 + 2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, taps[tapNext + bk + 2 * bkStep], pb2);
-            sb[stage + sb0 + 3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, taps[tapNext + bk + 3 * bkStep], pb3);
+            aStaged = sa.SubView(stage + sa0, 2 * StageFloats - stage - sa0);
+            bStaged = sb.SubView(stage + sb0, 2 * StageFloats - stage - sb0);
+            aStaged[0] = pa0;
+            aStaged[saStep] = pa1;
+            aStaged[2 * saStep] = pa2;
+            aStaged[3 * saStep] = pa3;
+            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, tapsNext[0], pb0);
+            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsNext[bkStep], pb1);
+            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsNext[2 * bkStep], pb2);
+            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsNext[3 * bkStep], pb3);
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             if (tid < Slice)

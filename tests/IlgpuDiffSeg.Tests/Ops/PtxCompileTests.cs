@@ -68,11 +68,11 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     /// </summary>
     [Theory]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
     public void TiledKernelCompilesForSm90(Type a, Type b, Type c, Type edges)
     {
         string ptx = CompileExplicitlyGrouped(typeof(TiledGemm), "Kernel", $"tiled-{b.Name}-{edges.Name}", a, b, c, edges);
@@ -92,11 +92,11 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     /// </summary>
     [Theory]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
+    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
     [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
-    [InlineData(typeof(StridedOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
-    [InlineData(typeof(StridedOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
     public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c, Type edges)
     {
         string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}-{edges.Name}", a, b, c, edges);
