@@ -12,6 +12,7 @@
 using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
+using ILGPU.Util;
 
 namespace IlgpuDiffSeg.Kernels;
 
@@ -301,9 +302,9 @@ public static class Conv2d
     {
         var dev = x.Device;
         var s = Shape(x, w, bias, y, stride, residual);
-        if (coefficients.Length != 3L * s.N * s.Cin)
+        if (coefficients.Length != 4L * s.N * s.Cin)
         {
-            throw new ArgumentException($"conv2d: norm coefficients {coefficients.ShapeString} should be ({s.N}, {s.Cin}, 3)");
+            throw new ArgumentException($"conv2d: norm coefficients {coefficients.ShapeString} should be ({s.N}, {s.Cin}, 4)");
         }
         if (version < 3 || dev.UseHostKernels)
         {
@@ -313,7 +314,7 @@ public static class Conv2d
         int kk = s.Cin * s.K * s.K;
         var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
         var weights = new DenseRowsOperand(w.View, kk);
-        var input = new NormalizedIm2ColOperand(x.View, coefficients.View, s, silu ? 1 : 0);
+        var input = new NormalizedIm2ColOperand(x.View, coefficients.View.Cast<Float4>(), s, silu ? 1 : 0);
         if (version == 4)
         {
             TensorCoreGemm.Run(dev, "conv2d.normalized.v4", tile, 1, weights, input, new ConvOutput(s), bias?.View ?? empty,

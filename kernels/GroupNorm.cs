@@ -9,8 +9,9 @@
 // with coalesced reads, while the CPU accelerator uses P = 1 (one thread per group, no barriers).
 //   v1  partial sums → partial squared deviations → finalise (mean, rstd) → fused element-wise apply.
 // x, y: (N, C, H, W) or (N, C, T); γ, β: (C); emb: (N, 2C). Memory-bound: 3 reads + 1 write per element.
-// Coefficients: the same statistics folded per (n, c) into (mean, a, b) with normalized = (x − mean)·a + b, for a
-// convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass.
+// Coefficients: the same statistics folded per (n, c) into (mean, a, b, 0) with normalized = (x − mean)·a + b, for a
+// convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass;
+// four floats per channel so that the convolution reads them with one 16-byte load.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -160,9 +161,10 @@ public static class GroupNorm
             a *= scale;
             b = b * scale + emb[n * 2 * s.C + s.C + ch];
         }
-        coefficients[3 * index] = stats[2 * ng];
-        coefficients[3 * index + 1] = a;
-        coefficients[3 * index + 2] = b;
+        coefficients[4 * index] = stats[2 * ng];
+        coefficients[4 * index + 1] = a;
+        coefficients[4 * index + 2] = b;
+        coefficients[4 * index + 3] = 0f;
     }
 
     // ---- launcher
@@ -240,7 +242,7 @@ public static class GroupNorm
     }
 
     /// <summary>
-    /// The norm of Forward as per-(n, c) coefficients (N, C, 3) = (mean, a, b): [scale-shift](GN(x)·γ + β) equals
+    /// The norm of Forward as per-(n, c) coefficients (N, C, 4) = (mean, a, b, 0): [scale-shift](GN(x)·γ + β) equals
     /// (x − mean)·a + b. The caller owns the returned tensor; SiLU, if any, is applied by the consumer.
     /// </summary>
     public static Tensor Coefficients(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift = null, int groups = DefaultGroups,
@@ -248,7 +250,7 @@ public static class GroupNorm
     {
         var dev = x.Device;
         var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu: false);
-        var coefficients = dev.Allocate(s.N, s.C, 3);
+        var coefficients = dev.Allocate(s.N, s.C, 4);
         var stats = Statistics(dev, x, s);
         try
         {
