@@ -253,47 +253,29 @@ public static class TensorCoreGemm
         int bp = bAlongN ? tid >> 7 : tid & (WordsPerRow - 1), bpStep = bAlongN ? Threads / Tile : 0;
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros; bit r of a mask: element r is inside.
-        int aInside = TileStaging.Inside<TE>(m0 + am, s.M) ? 1 : 0;
-        var ra0 = a.RowCursor(batch, (aInside & 1) != 0 ? m0 + am : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + amStep, s.M) ? 2 : 0;
-        var ra1 = a.RowCursor(batch, (aInside & 2) != 0 ? m0 + am + amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 2 * amStep, s.M) ? 4 : 0;
-        var ra2 = a.RowCursor(batch, (aInside & 4) != 0 ? m0 + am + 2 * amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 3 * amStep, s.M) ? 8 : 0;
-        var ra3 = a.RowCursor(batch, (aInside & 8) != 0 ? m0 + am + 3 * amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 4 * amStep, s.M) ? 16 : 0;
-        var ra4 = a.RowCursor(batch, (aInside & 16) != 0 ? m0 + am + 4 * amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 5 * amStep, s.M) ? 32 : 0;
-        var ra5 = a.RowCursor(batch, (aInside & 32) != 0 ? m0 + am + 5 * amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 6 * amStep, s.M) ? 64 : 0;
-        var ra6 = a.RowCursor(batch, (aInside & 64) != 0 ? m0 + am + 6 * amStep : 0);
-        aInside |= TileStaging.Inside<TE>(m0 + am + 7 * amStep, s.M) ? 128 : 0;
-        var ra7 = a.RowCursor(batch, (aInside & 128) != 0 ? m0 + am + 7 * amStep : 0);
-        int bInside = TileStaging.Inside<TE>(n0 + bn, s.N) ? 1 : 0;
-        var cb0 = b.ColumnCursor(batch, (bInside & 1) != 0 ? n0 + bn : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + bnStep, s.N) ? 2 : 0;
-        var cb1 = b.ColumnCursor(batch, (bInside & 2) != 0 ? n0 + bn + bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 2 * bnStep, s.N) ? 4 : 0;
-        var cb2 = b.ColumnCursor(batch, (bInside & 4) != 0 ? n0 + bn + 2 * bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 3 * bnStep, s.N) ? 8 : 0;
-        var cb3 = b.ColumnCursor(batch, (bInside & 8) != 0 ? n0 + bn + 3 * bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 4 * bnStep, s.N) ? 16 : 0;
-        var cb4 = b.ColumnCursor(batch, (bInside & 16) != 0 ? n0 + bn + 4 * bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 5 * bnStep, s.N) ? 32 : 0;
-        var cb5 = b.ColumnCursor(batch, (bInside & 32) != 0 ? n0 + bn + 5 * bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 6 * bnStep, s.N) ? 64 : 0;
-        var cb6 = b.ColumnCursor(batch, (bInside & 64) != 0 ? n0 + bn + 6 * bnStep : 0);
-        bInside |= TileStaging.Inside<TE>(n0 + bn + 7 * bnStep, s.N) ? 128 : 0;
-        var cb7 = b.ColumnCursor(batch, (bInside & 128) != 0 ? n0 + bn + 7 * bnStep : 0);
+        int aInside = 0, bInside = 0;
+        var ra0 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am, s.M, 0, ref aInside);
+        var ra1 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + amStep, s.M, 1, ref aInside);
+        var ra2 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 2 * amStep, s.M, 2, ref aInside);
+        var ra3 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 3 * amStep, s.M, 3, ref aInside);
+        var ra4 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 4 * amStep, s.M, 4, ref aInside);
+        var ra5 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 5 * amStep, s.M, 5, ref aInside);
+        var ra6 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 6 * amStep, s.M, 6, ref aInside);
+        var ra7 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 7 * amStep, s.M, 7, ref aInside);
+        var cb0 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn, s.N, 0, ref bInside);
+        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside);
+        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside);
+        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside);
+        var cb4 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 4 * bnStep, s.N, 4, ref bInside);
+        var cb5 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 5 * bnStep, s.N, 5, ref bInside);
+        var cb6 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 6 * bnStep, s.N, 6, ref bInside);
+        var cb7 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 7 * bnStep, s.N, 7, ref bInside);
         int sa0 = am * RowWords + ap, saStep = amStep * RowWords + apStep;
         int sb0 = bn * RowWords + bp, sbStep = bnStep * RowWords + bpStep;
 
         // Prologue: the taps of slices 0 and 1, then slice 0 into stage 0.
-        if (tid < Slice)
-        {
-            taps[tid] = TileStaging.TapB(b, tid, s.K);
-            taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
-        }
+        TileStaging.WriteTaps(taps, 0, b, 0, s.K, tid, Slice);
+        TileStaging.WriteTaps(taps, Slice, b, Slice, s.K, tid, Slice);
         Group.Barrier();
         // Views at this thread's first staged element and first tap: the staged elements and their taps are then the view
         // plus constants where the operand's layout is known at compile time, which ptxas folds into the accesses.
@@ -301,22 +283,22 @@ public static class TensorCoreGemm
         var bStaged = sb.SubView(sb0, 2 * StageWords - sb0);
         var tapsFirst = taps.SubView(2 * bp, 2 * Slice - 2 * bp);
         int ka = 2 * ap, kb = 2 * bp;
-        aStaged[0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K));
-        aStaged[saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K));
-        aStaged[2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K));
-        aStaged[3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K));
-        aStaged[4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K));
-        aStaged[5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K));
-        aStaged[6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K));
-        aStaged[7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K));
-        bStaged[0] = Pack(FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsFirst[0]), FetchFinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsFirst[1]));
-        bStaged[sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
-        bStaged[2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
-        bStaged[3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
-        bStaged[4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
-        bStaged[5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
-        bStaged[6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
-        bStaged[7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
+        aStaged[0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka + 1, s.K));
+        aStaged[saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep + 1, s.K));
+        aStaged[2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep + 1, s.K));
+        aStaged[3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep + 1, s.K));
+        aStaged[4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep + 1, s.K));
+        aStaged[5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep + 1, s.K));
+        aStaged[6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep + 1, s.K));
+        aStaged[7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep + 1, s.K));
+        bStaged[0] = Pack(FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]), FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsFirst[1]));
+        bStaged[sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
+        bStaged[2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
+        bStaged[3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
+        bStaged[4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
+        bStaged[5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
+        bStaged[6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
+        bStaged[7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -332,38 +314,38 @@ public static class TensorCoreGemm
             ka = kNext + 2 * ap;
             kb = kNext + 2 * bp;
             var tapsNext = taps.SubView(tapNext + 2 * bp, 2 * Slice - tapNext - 2 * bp);
-            float pa0l = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka, s.K);
-            float pa0h = TileStaging.FetchA<TA, TE>(a, ra0, (aInside & 1) != 0, ka + 1, s.K);
-            float pa1l = TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep, s.K);
-            float pa1h = TileStaging.FetchA<TA, TE>(a, ra1, (aInside & 2) != 0, ka + 2 * apStep + 1, s.K);
-            float pa2l = TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep, s.K);
-            float pa2h = TileStaging.FetchA<TA, TE>(a, ra2, (aInside & 4) != 0, ka + 4 * apStep + 1, s.K);
-            float pa3l = TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep, s.K);
-            float pa3h = TileStaging.FetchA<TA, TE>(a, ra3, (aInside & 8) != 0, ka + 6 * apStep + 1, s.K);
-            float pa4l = TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep, s.K);
-            float pa4h = TileStaging.FetchA<TA, TE>(a, ra4, (aInside & 16) != 0, ka + 8 * apStep + 1, s.K);
-            float pa5l = TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep, s.K);
-            float pa5h = TileStaging.FetchA<TA, TE>(a, ra5, (aInside & 32) != 0, ka + 10 * apStep + 1, s.K);
-            float pa6l = TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep, s.K);
-            float pa6h = TileStaging.FetchA<TA, TE>(a, ra6, (aInside & 64) != 0, ka + 12 * apStep + 1, s.K);
-            float pa7l = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep, s.K);
-            float pa7h = TileStaging.FetchA<TA, TE>(a, ra7, (aInside & 128) != 0, ka + 14 * apStep + 1, s.K);
-            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsNext[0]);
-            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsNext[1]);
-            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsNext[2 * bpStep]);
-            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1]);
-            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsNext[4 * bpStep]);
-            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1]);
-            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsNext[6 * bpStep]);
-            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1]);
-            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsNext[8 * bpStep]);
-            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1]);
-            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsNext[10 * bpStep]);
-            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1]);
-            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsNext[12 * bpStep]);
-            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1]);
-            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsNext[14 * bpStep]);
-            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1]);
+            float pa0l = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
+            float pa0h = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka + 1, s.K);
+            float pa1l = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
+            float pa1h = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep + 1, s.K);
+            float pa2l = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
+            float pa2h = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep + 1, s.K);
+            float pa3l = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K);
+            float pa3h = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep + 1, s.K);
+            float pa4l = TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K);
+            float pa4h = TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep + 1, s.K);
+            float pa5l = TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
+            float pa5h = TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep + 1, s.K);
+            float pa6l = TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
+            float pa6h = TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep + 1, s.K);
+            float pa7l = TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
+            float pa7h = TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep + 1, s.K);
+            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0]);
+            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1]);
+            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep]);
+            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1]);
+            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsNext[4 * bpStep]);
+            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1]);
+            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsNext[6 * bpStep]);
+            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1]);
+            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsNext[8 * bpStep]);
+            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1]);
+            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsNext[10 * bpStep]);
+            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1]);
+            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsNext[12 * bpStep]);
+            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1]);
+            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsNext[14 * bpStep]);
+            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1]);
             // The slice's two k-steps from one base per operand, written out: every fragment read is then the base plus a
             // constant, which ptxas folds into the load (a loop over the steps recomputed 24 addresses per step).
             var aFragments = sa.SubView(stage + (wm + g) * RowWords + t, StageWords - (wm + g) * RowWords - t);
@@ -384,28 +366,25 @@ public static class TensorCoreGemm
             aStaged[5 * saStep] = Pack(pa5l, pa5h);
             aStaged[6 * saStep] = Pack(pa6l, pa6h);
             aStaged[7 * saStep] = Pack(pa7l, pa7h);
-            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb, s.K, tapsNext[0], pb0l),
-                TileStaging.FinishB<TB, TE>(b, cb0, (bInside & 1) != 0, kb + 1, s.K, tapsNext[1], pb0h));
-            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep, s.K, tapsNext[2 * bpStep], pb1l),
-                TileStaging.FinishB<TB, TE>(b, cb1, (bInside & 2) != 0, kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1], pb1h));
-            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep, s.K, tapsNext[4 * bpStep], pb2l),
-                TileStaging.FinishB<TB, TE>(b, cb2, (bInside & 4) != 0, kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1], pb2h));
-            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep, s.K, tapsNext[6 * bpStep], pb3l),
-                TileStaging.FinishB<TB, TE>(b, cb3, (bInside & 8) != 0, kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1], pb3h));
-            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep, s.K, tapsNext[8 * bpStep], pb4l),
-                TileStaging.FinishB<TB, TE>(b, cb4, (bInside & 16) != 0, kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1], pb4h));
-            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep, s.K, tapsNext[10 * bpStep], pb5l),
-                TileStaging.FinishB<TB, TE>(b, cb5, (bInside & 32) != 0, kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1], pb5h));
-            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep, s.K, tapsNext[12 * bpStep], pb6l),
-                TileStaging.FinishB<TB, TE>(b, cb6, (bInside & 64) != 0, kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1], pb6h));
-            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep, s.K, tapsNext[14 * bpStep], pb7l),
-                TileStaging.FinishB<TB, TE>(b, cb7, (bInside & 128) != 0, kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1], pb7h));
+            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0], pb0l),
+                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1], pb0h));
+            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep], pb1l),
+                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1], pb1h));
+            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsNext[4 * bpStep], pb2l),
+                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1], pb2h));
+            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsNext[6 * bpStep], pb3l),
+                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1], pb3h));
+            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsNext[8 * bpStep], pb4l),
+                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1], pb4h));
+            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsNext[10 * bpStep], pb5l),
+                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1], pb5h));
+            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsNext[12 * bpStep], pb6l),
+                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1], pb6h));
+            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsNext[14 * bpStep], pb7l),
+                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1], pb7h));
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
-            if (tid < Slice)
-            {
-                taps[tapNext + tid] = TileStaging.TapB(b, k0 + 2 * Slice + tid, s.K);
-            }
+            TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);
             Group.Barrier();
         }
         int i = m0 + wm + g, j = n0 + wn + 2 * t;

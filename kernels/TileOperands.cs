@@ -263,6 +263,41 @@ static class TileStaging
     /// <summary>i &lt; n, or the constant true when the tiles are exact.</summary>
     public static bool Inside<TE>(int i, int n) where TE : struct, ITileEdges => Utilities.Select(default(TE).Checked, i < n, true);
 
+    /// <summary>
+    /// The cursor of A's row <paramref name="row"/> — row 0's where the row is outside the matrix — setting bit
+    /// <paramref name="bit"/> of <paramref name="inside"/> when it is inside.
+    /// </summary>
+    public static TileCursor RowCursor<TA, TE>(TA a, int batch, int row, int rows, int bit, ref int inside)
+        where TA : struct, IRowOperand
+        where TE : struct, ITileEdges
+    {
+        bool isInside = Inside<TE>(row, rows);
+        inside |= Utilities.Select(isInside, 1 << bit, 0);
+        return a.RowCursor(batch, Utilities.Select(isInside, row, 0));
+    }
+
+    /// <summary>The cursor of B's column <paramref name="col"/>, as <see cref="RowCursor"/>.</summary>
+    public static TileCursor ColumnCursor<TB, TE>(TB b, int batch, int col, int cols, int bit, ref int inside)
+        where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges
+    {
+        bool isInside = Inside<TE>(col, cols);
+        inside |= Utilities.Select(isInside, 1 << bit, 0);
+        return b.ColumnCursor(batch, Utilities.Select(isInside, col, 0));
+    }
+
+    /// <summary>Bit <paramref name="bit"/> of an inside mask.</summary>
+    public static bool Bit(int mask, int bit) => (mask & (1 << bit)) != 0;
+
+    /// <summary>Threads 0..slice−1 write the taps of rows k0..k0+slice−1 at <paramref name="at"/> (callers then barrier).</summary>
+    public static void WriteTaps<TB>(ArrayView<Int4> taps, int at, TB b, int k0, int kCount, int tid, int slice) where TB : struct, IColumnOperand
+    {
+        if (tid < slice)
+        {
+            taps[at + tid] = TapB(b, k0 + tid, kCount);
+        }
+    }
+
     /// <summary>The first k of the slice after the one at k0, or 0 after the last slice (whose prefetch is never used).</summary>
     public static int NextSlice(int k0, int slice, int kCount) => Utilities.Select(k0 + slice < kCount, k0 + slice, 0);
 

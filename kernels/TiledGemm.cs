@@ -94,26 +94,22 @@ public static class TiledGemm
         int bk = bAlongN ? tid >> 7 : tid & (Slice - 1), bkStep = bAlongN ? Threads / Tile : 0;
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros.
-        bool ia0 = TileStaging.Inside<TE>(m0 + am, s.M), ia1 = TileStaging.Inside<TE>(m0 + am + amStep, s.M), ia2 = TileStaging.Inside<TE>(m0 + am + 2 * amStep, s.M), ia3 = TileStaging.Inside<TE>(m0 + am + 3 * amStep, s.M);
-        var ra0 = a.RowCursor(batch, ia0 ? m0 + am : 0);
-        var ra1 = a.RowCursor(batch, ia1 ? m0 + am + amStep : 0);
-        var ra2 = a.RowCursor(batch, ia2 ? m0 + am + 2 * amStep : 0);
-        var ra3 = a.RowCursor(batch, ia3 ? m0 + am + 3 * amStep : 0);
-        bool ib0 = TileStaging.Inside<TE>(n0 + bn, s.N), ib1 = TileStaging.Inside<TE>(n0 + bn + bnStep, s.N), ib2 = TileStaging.Inside<TE>(n0 + bn + 2 * bnStep, s.N), ib3 = TileStaging.Inside<TE>(n0 + bn + 3 * bnStep, s.N);
-        var cb0 = b.ColumnCursor(batch, ib0 ? n0 + bn : 0);
-        var cb1 = b.ColumnCursor(batch, ib1 ? n0 + bn + bnStep : 0);
-        var cb2 = b.ColumnCursor(batch, ib2 ? n0 + bn + 2 * bnStep : 0);
-        var cb3 = b.ColumnCursor(batch, ib3 ? n0 + bn + 3 * bnStep : 0);
+        int aInside = 0, bInside = 0;
+        var ra0 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am, s.M, 0, ref aInside);
+        var ra1 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + amStep, s.M, 1, ref aInside);
+        var ra2 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 2 * amStep, s.M, 2, ref aInside);
+        var ra3 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 3 * amStep, s.M, 3, ref aInside);
+        var cb0 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn, s.N, 0, ref bInside);
+        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside);
+        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside);
+        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside);
         // Shared offsets of the four staged elements within a stage.
         int sa0 = ak * RowFloats + am, saStep = akStep * RowFloats + amStep;
         int sb0 = bk * RowFloats + bn, sbStep = bkStep * RowFloats + bnStep;
 
         // Prologue: the taps of slices 0 and 1, then slice 0 into stage 0.
-        if (tid < Slice)
-        {
-            taps[tid] = TileStaging.TapB(b, tid, s.K);
-            taps[Slice + tid] = TileStaging.TapB(b, Slice + tid, s.K);
-        }
+        TileStaging.WriteTaps(taps, 0, b, 0, s.K, tid, Slice);
+        TileStaging.WriteTaps(taps, Slice, b, Slice, s.K, tid, Slice);
         Group.Barrier();
         // Views at this thread's first staged element and first tap: the staged elements and their taps are then the view
         // plus constants where the operand's layout is known at compile time, which ptxas folds into the accesses.
@@ -121,14 +117,14 @@ public static class TiledGemm
         var bStaged = sb.SubView(sb0, 2 * StageFloats - sb0);
         var tapsFirst = taps.SubView(bk, 2 * Slice - bk);
         int ka = ak, kb = bk;
-        aStaged[0] = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
-        aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
-        aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
-        aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
-        bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, tapsFirst[0], TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, tapsFirst[0]));
-        bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsFirst[bkStep], TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsFirst[bkStep]));
-        bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]));
-        bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]));
+        aStaged[0] = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
+        aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
+        aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
+        aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
+        bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0], TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]));
+        bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep], TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep]));
+        bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]));
+        bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]));
         Group.Barrier();
 
         var acc = default(Accumulator8x8);
@@ -141,14 +137,14 @@ public static class TiledGemm
             ka = kNext + ak;
             kb = kNext + bk;
             var tapsNext = taps.SubView(tapNext + bk, 2 * Slice - tapNext - bk);
-            float pa0 = TileStaging.FetchA<TA, TE>(a, ra0, ia0, ka, s.K);
-            float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, ia1, ka + akStep, s.K);
-            float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, ia2, ka + 2 * akStep, s.K);
-            float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, ia3, ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, ib0, kb, s.K, tapsNext[0]);
-            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsNext[bkStep]);
-            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsNext[2 * bkStep]);
-            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsNext[3 * bkStep]);
+            float pa0 = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
+            float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
+            float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
+            float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
+            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0]);
+            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsNext[bkStep]);
+            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsNext[2 * bkStep]);
+            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsNext[3 * bkStep]);
             // Two k-steps per iteration from one base per operand: their float4 reads are the base plus constants, which
             // ptxas folds into the loads. (All eight written out let ptxas hoist every read, at 240-255 registers.)
             for (int k = 0; k < Slice; k += 2)
@@ -166,16 +162,13 @@ public static class TiledGemm
             aStaged[saStep] = pa1;
             aStaged[2 * saStep] = pa2;
             aStaged[3 * saStep] = pa3;
-            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, ib0, kb, s.K, tapsNext[0], pb0);
-            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, ib1, kb + bkStep, s.K, tapsNext[bkStep], pb1);
-            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, ib2, kb + 2 * bkStep, s.K, tapsNext[2 * bkStep], pb2);
-            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, ib3, kb + 3 * bkStep, s.K, tapsNext[3 * bkStep], pb3);
+            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0], pb0);
+            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsNext[bkStep], pb1);
+            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsNext[2 * bkStep], pb2);
+            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsNext[3 * bkStep], pb3);
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
-            if (tid < Slice)
-            {
-                taps[tapNext + tid] = TileStaging.TapB(b, k0 + 2 * Slice + tid, s.K);
-            }
+            TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);
             Group.Barrier();
         }
         int i0 = m0 + ty * 4, i1 = m0 + 64 + ty * 4, j0 = n0 + tx * 4, j1 = n0 + 64 + tx * 4;

@@ -62,17 +62,25 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"{name}: {ptx.Split('\n').Length} lines of PTX");
     }
 
+    /// <summary>The (A, B, output, edges) instances Gemm and Conv2d launch of the tiled kernels (v3 and v4).</summary>
+    public static TheoryData<Type, Type, Type, Type> TiledInstances()
+    {
+        var data = new TheoryData<Type, Type, Type, Type>();
+        foreach (var edges in new[] { typeof(CheckedEdges), typeof(ExactTiles) })
+        {
+            data.Add(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), edges);
+            data.Add(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
+        }
+        return data;
+    }
+
     /// <summary>
     /// The explicitly grouped tiled kernel, as Gemm and Conv2d instantiate it, for tiles that cross edges and exact ones;
     /// its accumulators must stay in registers.
     /// </summary>
     [Theory]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
-    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
-    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [MemberData(nameof(TiledInstances))]
     public void TiledKernelCompilesForSm90(Type a, Type b, Type c, Type edges)
     {
         string ptx = CompileExplicitlyGrouped(typeof(TiledGemm), "Kernel", $"tiled-{b.Name}-{edges.Name}", a, b, c, edges);
@@ -91,12 +99,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     /// in registers, shared memory within the default 48 KB.
     /// </summary>
     [Theory]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(CheckedEdges))]
-    [InlineData(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), typeof(ExactTiles))]
-    [InlineData(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
-    [InlineData(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), typeof(ExactTiles))]
+    [MemberData(nameof(TiledInstances))]
     public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c, Type edges)
     {
         string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}-{edges.Name}", a, b, c, edges);
