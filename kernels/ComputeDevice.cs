@@ -273,13 +273,20 @@ public sealed class ComputeDevice : IDisposable
 
     public void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
 
-    /// <summary>Frees every cached (not in use) buffer.</summary>
-    public void TrimPool() => pool.Trim();
+    /// <summary>Frees every cached (not in use) buffer, after the queued work that may still use them.</summary>
+    public void TrimPool()
+    {
+        Synchronize();
+        pool.Trim();
+    }
 
     public void Synchronize() => Accelerator.Synchronize();
 
     public void Dispose()
     {
+        // Queued kernels may still use pooled buffers: free nothing under them (on the CPU accelerator freed memory is
+        // reused at once by other devices in the process).
+        Synchronize();
         pool.Dispose();
         Accelerator.Dispose();
         Context.Dispose();

@@ -47,6 +47,11 @@ public sealed class DeviceBuffer<T> : IDisposable where T : unmanaged
     {
         if (buffer is not null)
         {
+            // cuMemFree waits for the device; the CPU accelerator frees at once, so wait for queued kernels first.
+            if (device.IsCpu)
+            {
+                device.Synchronize();
+            }
             device.Track(-buffer.LengthInBytes);
             buffer.Dispose();
             buffer = null;
