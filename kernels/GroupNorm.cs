@@ -7,7 +7,14 @@
 // Statistics: two passes (mean, then Σ(x−mean)²) so a large mean does not cost precision. Each (n, group) is a
 // contiguous run of C/G·H·W values; it is split into P interleaved partial sums so the GPU gets N·G·P threads
 // with coalesced reads, while the CPU accelerator uses P = 1 (one thread per group, no barriers).
-//   v1  partial sums → partial squared deviations → finalise (mean, rstd) → fused element-wise apply.
+//   v1  partial sums → partial squared deviations → finalise (mean, rstd) → fused element-wise apply. The CPU
+//       accelerator's statistics (one thread per group there).
+//   v2  statistics for GPUs (CUDA; the tests also run it on the warp-32 CPU simulator): one pass. Each (n, group) run is split into
+//       contiguous chunks, one block of 256 threads each; a thread sums x − K and (x − K)² with K the chunk's first
+//       value (shifted data: no cancellation from a large mean), four loads in flight; the block reduces in shared
+//       memory; the finalise merges the chunks' moments in double (Chan et al.). v1 reads x twice with N·G·P ≤ 8,192
+//       threads and one load in flight each — about 32 KB in flight, ~1% of an H200's bandwidth; v2 sizes its grid to
+//       the device (8 blocks per SM: ~8 MB in flight) and reads x once. Deterministic: no atomics, fixed orders.
 // x, y: (N, C, H, W) or (N, C, T); γ, β: (C); emb: (N, 2C). Memory-bound: 3 reads + 1 write per element.
 // Coefficients: the same statistics folded per (n, c) into (mean, a, b, 0) with normalized = (x − mean)·a + b, for a
 // convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass;
@@ -127,6 +134,85 @@ public static class GroupNorm
         stats[2 * ng + 1] = 1f / XMath.Sqrt(sq / s.GroupSize + s.Eps);
     }
 
+    const int MomentThreads = 256;
+
+    /// <summary>
+    /// v2: grid (chunks, N·G), 256 threads. Chunk b of group ng writes moments[3·(ng·chunks + b) ..] = (count, Σ(x − K),
+    /// Σ(x − K)²) with K = the chunk's first value.
+    /// </summary>
+    static void ChunkMomentsKernel(GroupNormShape s, ArrayView<float> x, ArrayView<float> moments)
+    {
+        var sums = SharedMemory.Allocate<float>(MomentThreads);
+        var squares = SharedMemory.Allocate<float>(MomentThreads);
+        int chunks = Grid.DimX, b = Grid.IdxX, ng = Grid.IdxY, tid = Group.IdxX;
+        int chunk = (s.GroupSize + chunks - 1) / chunks;
+        int lo = XMath.Min(b * chunk, s.GroupSize), hi = XMath.Min(lo + chunk, s.GroupSize);
+        int start = ng * s.GroupSize;
+        float shift = x[start + XMath.Min(lo, s.GroupSize - 1)];
+        // Four independent sums keep four loads in flight per thread; a warp reads 32 consecutive values per load.
+        float s0 = 0, s1 = 0, s2 = 0, s3 = 0, q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+        int e = lo + tid;
+        for (; e + 3 * MomentThreads < hi; e += 4 * MomentThreads)
+        {
+            float v0 = x[start + e] - shift, v1 = x[start + e + MomentThreads] - shift;
+            float v2 = x[start + e + 2 * MomentThreads] - shift, v3 = x[start + e + 3 * MomentThreads] - shift;
+            s0 += v0; s1 += v1; s2 += v2; s3 += v3;
+            q0 += v0 * v0; q1 += v1 * v1; q2 += v2 * v2; q3 += v3 * v3;
+        }
+        for (; e < hi; e += MomentThreads)
+        {
+            float v = x[start + e] - shift;
+            s0 += v;
+            q0 += v * v;
+        }
+        sums[tid] = (s0 + s1) + (s2 + s3);
+        squares[tid] = (q0 + q1) + (q2 + q3);
+        Group.Barrier();
+        for (int half = MomentThreads / 2; half > 0; half /= 2)
+        {
+            if (tid < half)
+            {
+                sums[tid] += sums[tid + half];
+                squares[tid] += squares[tid + half];
+            }
+            Group.Barrier();
+        }
+        if (tid == 0)
+        {
+            int at = 3 * (ng * chunks + b);
+            moments[at] = hi - lo;
+            moments[at + 1] = sums[0];
+            moments[at + 2] = squares[0];
+        }
+    }
+
+    /// <summary>v2: (mean, rstd) of group ng from its chunks' moments, merged in double.</summary>
+    static void MergeMomentsKernel(Index1D ng, GroupNormShape s, int chunks, ArrayView<float> x, ArrayView<float> moments,
+        ArrayView<float> stats)
+    {
+        double count = 0, mean = 0, m2 = 0;
+        int start = ng * s.GroupSize;
+        for (int b = 0; b < chunks; b++)
+        {
+            int at = 3 * (ng * chunks + b);
+            double n = moments[at];
+            if (n > 0)
+            {
+                int chunk = (s.GroupSize + chunks - 1) / chunks;
+                double shift = x[start + b * chunk];
+                double sum = moments[at + 1], sq = moments[at + 2];
+                double chunkMean = shift + sum / n, chunkM2 = XMath.Max(sq - sum * sum / n, 0.0);
+                // Chan et al.'s pairwise update: merge (n, chunkMean, chunkM2) into (count, mean, m2).
+                double total = count + n, delta = chunkMean - mean;
+                mean += delta * n / total;
+                m2 += chunkM2 + delta * delta * count * n / total;
+                count = total;
+            }
+        }
+        stats[2 * ng] = (float)mean;
+        stats[2 * ng + 1] = (float)(1.0 / XMath.Sqrt(m2 / count + s.Eps));
+    }
+
     static void ApplyKernel(Index1D index, int stride, GroupNormShape s, ArrayView<float> x, ArrayView<float> gamma,
         ArrayView<float> beta, ArrayView<float> emb, ArrayView<float> stats, ArrayView<float> y)
     {
@@ -171,10 +257,11 @@ public static class GroupNorm
 
     /// <summary>
     /// y = [SiLU]([scale-shift](GN(x)·γ + β)). x is (N, C, ...spatial); <paramref name="scaleShift"/> is the
-    /// ResBlock's emb_layers output (N, 2C) or null. y may alias x.
+    /// ResBlock's emb_layers output (N, 2C) or null. y may alias x. <paramref name="statistics"/>: 0 picks the
+    /// statistics kernel for the device (v2 on CUDA, v1 on the CPU); 1 or 2 forces one.
     /// </summary>
     public static void Forward(Tensor x, Tensor gamma, Tensor beta, Tensor y, bool silu, Tensor? scaleShift = null,
-        int groups = DefaultGroups, float eps = DefaultEps)
+        int groups = DefaultGroups, float eps = DefaultEps, int statistics = 0)
     {
         var dev = x.Device;
         if (y.Length != x.Length)
@@ -182,7 +269,7 @@ public static class GroupNorm
             throw new ArgumentException($"group_norm: output {y.ShapeString} does not match input {x.ShapeString}");
         }
         var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu);
-        var stats = Statistics(dev, x, s);
+        var stats = Statistics(dev, x, s, statistics);
         try
         {
             var applyK = dev.Kernel("group_norm.apply", a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
@@ -214,7 +301,38 @@ public static class GroupNorm
     }
 
     /// <summary>(mean, rstd) of every (n, group) of x, in a scratch tensor the caller returns.</summary>
-    static MemoryBuffer1D<float, Stride1D.Dense> Statistics(ComputeDevice dev, Tensor x, GroupNormShape s)
+    /// <remarks>
+    /// <paramref name="version"/> 0: v2 on CUDA, v1 on the CPU accelerator (whose simulated 256-thread blocks cost far
+    /// more than one thread per group); 1 or 2 forces one, for the tests.
+    /// </remarks>
+    static MemoryBuffer1D<float, Stride1D.Dense> Statistics(ComputeDevice dev, Tensor x, GroupNormShape s, int version) =>
+        (version == 0 ? (dev.IsCpu ? 1 : 2) : version) == 2 ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
+
+    static MemoryBuffer1D<float, Stride1D.Dense> StatisticsV2(ComputeDevice dev, Tensor x, GroupNormShape s)
+    {
+        int groupCount = s.N * s.Groups;
+        // About 8 blocks per SM in all, but no chunk under 4 loads per thread.
+        int wanted = (8 * Math.Max(2, dev.Accelerator.NumMultiprocessors) + groupCount - 1) / groupCount;
+        int chunks = Math.Max(1, Math.Min(wanted, s.GroupSize / (4 * MomentThreads)));
+        var moments = dev.RentScratch(3 * groupCount * chunks);
+        var stats = dev.RentScratch(2 * groupCount);
+        try
+        {
+            var momentsK = dev.Kernel("group_norm.chunk_moments", a => a.LoadStreamKernel<GroupNormShape, ArrayView<float>, ArrayView<float>>(
+                ChunkMomentsKernel));
+            var mergeK = dev.Kernel("group_norm.merge_moments", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, int,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>>(MergeMomentsKernel));
+            momentsK(new KernelConfig(new Index2D(chunks, groupCount), new Index2D(MomentThreads, 1)), s, x.View, moments.View);
+            mergeK(groupCount, s, chunks, x.View, moments.View, stats.View);
+            return stats;
+        }
+        finally
+        {
+            dev.ReturnScratch(moments);
+        }
+    }
+
+    static MemoryBuffer1D<float, Stride1D.Dense> StatisticsV1(ComputeDevice dev, Tensor x, GroupNormShape s)
     {
         s.Partials = dev.IsCpu ? 1 : Math.Clamp(s.GroupSize / 256, 1, 256);
         int groupCount = s.N * s.Groups;
@@ -244,14 +362,15 @@ public static class GroupNorm
     /// <summary>
     /// The norm of Forward as per-(n, c) coefficients (N, C, 4) = (mean, a, b, 0): [scale-shift](GN(x)·γ + β) equals
     /// (x − mean)·a + b. The caller owns the returned tensor; SiLU, if any, is applied by the consumer.
+    /// <paramref name="statistics"/>: as Forward's.
     /// </summary>
     public static Tensor Coefficients(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift = null, int groups = DefaultGroups,
-        float eps = DefaultEps)
+        float eps = DefaultEps, int statistics = 0)
     {
         var dev = x.Device;
         var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu: false);
         var coefficients = dev.Allocate(s.N, s.C, 4);
-        var stats = Statistics(dev, x, s);
+        var stats = Statistics(dev, x, s, statistics);
         try
         {
             var k = dev.Kernel("group_norm.coefficients", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, ArrayView<float>,
