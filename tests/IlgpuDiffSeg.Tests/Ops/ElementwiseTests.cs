@@ -109,3 +109,28 @@ public sealed class ElementwiseTestsCpu(CpuDeviceFixture f) : ElementwiseTests(f
 
 [Collection("cuda")]
 public sealed class ElementwiseTestsCuda(CudaDeviceFixture f) : ElementwiseTests(f.Device);
+
+/// <summary>
+/// Softmax v2 (a warp per row, shuffle reductions, 256-thread groups) against the reference, on the warp-32 simulator
+/// and CUDA. Tolerance: atol 1e-7 + rtol 1e-5, as v1 (exp approximations; probabilities ≤ 1).
+/// </summary>
+public abstract class SoftmaxWarpTests(ComputeDevice? device)
+{
+    [Theory]
+    [InlineData(7, 33)] // a partial last column step; fewer rows than warps
+    [InlineData(300, 1024)] // several rows per warp, as attention's T = 1,024
+    public void MatchesReference(int rows, int cols)
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var x = TestData.Uniform(rows * cols, 8, 20f);
+        using var dx = device!.Upload(x, rows, cols);
+        K.Softmax.Forward(device, dx.View, dx.View, rows, cols, version: 2);
+        TensorAssert.Close(K.Softmax.Reference(x, rows, cols), dx.ToArray(), 1e-7, 1e-5, "softmax v2, in place");
+    }
+}
+
+[Collection("cpu")]
+public sealed class SoftmaxWarpTestsCpuWarp32(CpuWarp32DeviceFixture f) : SoftmaxWarpTests(f.Device);
+
+[Collection("cuda")]
+public sealed class SoftmaxWarpTestsCuda(CudaDeviceFixture f) : SoftmaxWarpTests(f.Device);

@@ -128,6 +128,19 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
     }
 
+    /// <summary>The explicitly grouped reductions: GroupNorm's chunk moments (shared-memory tree) and Softmax v2 (warp shuffles).</summary>
+    [Fact]
+    public void ReductionKernelsCompileForSm90()
+    {
+        string moments = CompileExplicitlyGrouped(typeof(GroupNorm), "ChunkMomentsKernel", "group-norm-moments");
+        Assert.Contains("bar.sync", moments);
+        Assert.DoesNotContain(".local", moments);
+        string softmax = CompileExplicitlyGrouped(typeof(Softmax), "WarpRowsKernel", "softmax-v2");
+        Assert.Contains("shfl.sync.bfly", softmax);
+        Assert.DoesNotContain(".local", softmax);
+        Assert.DoesNotContain(".extern .func", moments + softmax);
+    }
+
     /// <summary>
     /// ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
     /// into registers (0-byte stack frames: benchmarks/ptx/sass-mix.sh); anything larger in local memory would be a spilled
