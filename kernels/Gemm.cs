@@ -6,6 +6,10 @@
 //   v2  4×4 register tile of C per step: 8 loads feed 16 FMAs. Default.
 //   v3  the shared-memory tiled kernel of TiledGemm (128×128 tiles, 8×8 per thread), for GPUs; opt-in until measured.
 //   v4  TensorCoreGemm: v3's tiling with fp16 operands on tensor cores (mma.sync), fp32 accumulation; opt-in (precision fp16).
+// Split K (v1, v2 on CUDA): a product with few outputs and a long K — the pixel classifier's first layer, 10 × 64 × 128
+// outputs over K = 8448 — gives v2 only 5,120 threads that each walk all of K. Run instead as K/S-long products into
+// S partial buffers (S more threads, S times shorter) and a kernel that sums the partials in a fixed order and applies
+// the epilogue.
 // FLOPs = 2·batches·M·N·K.
 using System.Runtime.InteropServices;
 using ILGPU;
@@ -193,11 +197,53 @@ public static class Gemm
         }
     }
 
+    /// <summary>Split K: C(b0, i, j) = epilogue(Σ over the splits of partials[b0, split, i, j]), summed in split order.</summary>
+    static void SumSplitsKernel(Index1D index, int stride, GemmShape s, int splits, ArrayView<float> partials, ArrayView<float> bias,
+        ArrayView<float> residual, ArrayView<float> c)
+    {
+        int outputs = s.M * s.N, total = s.Batch0 * outputs;
+        for (int e = index; e < total; e += stride)
+        {
+            int b0 = e / outputs, ij = e - b0 * outputs;
+            int i = ij / s.N, j = ij - i * s.N;
+            float acc = 0f;
+            for (int split = 0; split < splits; split++)
+            {
+                acc += partials[(b0 * splits + split) * outputs + ij];
+            }
+            int o = s.COffset + b0 * s.CBatch0 + i * s.CRow + j * s.CCol;
+            c[o] = Epilogue(s, bias, b0 * s.BiasBatch0, residual, i, j, o, acc);
+        }
+    }
+
     // ---- launcher
 
-    /// <summary>Runs one batched GEMM. <paramref name="residual"/> may be <paramref name="c"/> itself (C += A·B).</summary>
+    /// <summary>
+    /// How many K splits a product should run as: on CUDA, for v1/v2, when it has few outputs (under 2¹⁸) over a long K
+    /// (≥ 1,024), the most of 32, 16, …, 2 that divide K into runs of at least 128; else 1.
+    /// </summary>
+    public static int AutoSplitK(ComputeDevice dev, GemmShape s, int version)
+    {
+        if (dev.IsCpu || version >= 3 || s.Batch1 != 1 || s.Batches * s.M * s.N >= 1 << 18 || s.K < 1024)
+        {
+            return 1;
+        }
+        for (int splits = 32; splits > 1; splits /= 2)
+        {
+            if (s.K % splits == 0 && s.K / splits >= 128)
+            {
+                return splits;
+            }
+        }
+        return 1;
+    }
+
+    /// <summary>
+    /// Runs one batched GEMM. <paramref name="residual"/> may be <paramref name="c"/> itself (C += A·B).
+    /// <paramref name="splitK"/>: 0 lets AutoSplitK choose; n &gt; 1 forces n splits (v1/v2, Batch1 = 1, n dividing K).
+    /// </summary>
     public static void Run(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
-        ArrayView<float>? bias = null, ArrayView<float>? residual = null, int version = 2)
+        ArrayView<float>? bias = null, ArrayView<float>? residual = null, int version = 2, int splitK = 0)
     {
         if (s.M <= 0 || s.N <= 0 || s.Batches <= 0)
         {
@@ -211,6 +257,12 @@ public static class Gemm
             return;
         }
         var empty = c.SubView(0, 0);
+        int splits = splitK == 0 ? AutoSplitK(dev, s, version) : splitK;
+        if (splits > 1)
+        {
+            RunSplitK(dev, s, splits, a, b, c, bias ?? empty, residual ?? empty, version);
+            return;
+        }
         if (version >= 3)
         {
             var tile = new TileShape { M = s.M, N = s.N, K = s.K, HasBias = s.HasBias, HasResidual = s.HasResidual, Act = s.Act, Alpha = s.Alpha };
@@ -240,6 +292,42 @@ public static class Gemm
                 ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV2));
             int threads = dev.StrideThreads(s.Batches * ((s.M + 3) / 4) * ((s.N + 3) / 4));
             k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
+        }
+    }
+
+    static void RunSplitK(ComputeDevice dev, GemmShape s, int splits, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
+        ArrayView<float> bias, ArrayView<float> residual, int version)
+    {
+        if (version >= 3 || s.Batch1 != 1 || s.K % splits != 0)
+        {
+            throw new ArgumentException($"gemm: {splits} K splits need v1/v2, one inner batch and K ({s.K}) a multiple of them");
+        }
+        int run = s.K / splits, outputs = s.M * s.N;
+        // The partial products: the split is the inner batch, each a K/S-long run of A's columns and B's rows.
+        var partial = s;
+        partial.K = run;
+        partial.Batch1 = splits;
+        partial.ABatch1 = run * s.ACol;
+        partial.BBatch1 = run * s.BRow;
+        partial.COffset = 0;
+        partial.CBatch0 = splits * outputs;
+        partial.CBatch1 = outputs;
+        partial.CRow = s.N;
+        partial.CCol = 1;
+        partial.Alpha = 1f;
+        partial.Act = (int)Activation.None;
+        var partials = dev.RentScratch((long)s.Batch0 * splits * outputs);
+        try
+        {
+            Run(dev, partial, a, b, partials.View, version: version, splitK: 1);
+            var k = dev.Kernel("gemm.split_k_sum", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, int, ArrayView<float>,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>>(SumSplitsKernel));
+            int threads = dev.StrideThreads((long)s.Batch0 * outputs);
+            k(threads, threads, s, splits, partials.View, bias, residual, c);
+        }
+        finally
+        {
+            dev.ReturnScratch(partials);
         }
     }
 

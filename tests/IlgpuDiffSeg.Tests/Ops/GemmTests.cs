@@ -100,6 +100,37 @@ public abstract class GemmTests(ComputeDevice? device)
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, 90), dc.ToArray(), nmseBound, "batched gemm with batched bias");
     }
 
+    /// <summary>
+    /// Split K (forced here; on CUDA AutoSplitK picks it for the classifier's first layer) in that layer's layout: one x
+    /// shared by the members, each member's weights in torch (out, in) layout, a bias per member, α, ReLU and C += A·B.
+    /// Tolerance: the NMSE bound of the other checks — only the order of the fp32 sums changes.
+    /// </summary>
+    [Theory]
+    [InlineData(4)]
+    [InlineData(8)]
+    public void SplitKMatchesReference(int splits)
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        const int members = 3, rows = 5, outs = 7, k = 96;
+        var s = new GemmShape
+        {
+            M = rows, N = outs, K = k, Batch0 = members, Batch1 = 1, Alpha = 0.5f, Act = (int)Activation.Relu,
+            ARow = k, ACol = 1, BBatch0 = outs * k, BRow = 1, BCol = k,
+            CBatch0 = rows * outs, CRow = outs, CCol = 1, BiasBatch0 = outs, BiasCol = 1,
+        };
+        var a = TestData.Uniform(rows * k, 41);
+        var b = TestData.Uniform(members * outs * k, 42);
+        var bias = TestData.Uniform(members * outs, 43);
+        var r = TestData.Uniform(members * rows * outs, 44);
+        using var da = device!.Upload(a, a.Length);
+        using var db = device.Upload(b, b.Length);
+        using var dbias = device.Upload(bias, bias.Length);
+        using var dc = device.Upload(r, r.Length);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, splitK: splits);
+        s.HasBias = s.HasResidual = 1;
+        TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, r, s, r.Length), dc.ToArray(), NmseBound, $"gemm, {splits} K splits");
+    }
+
     [Fact]
     public void LinearMatchesTorchLayout()
     {
