@@ -282,6 +282,12 @@ public sealed class ComputeDevice : IDisposable
 
     public void Synchronize() => Accelerator.Synchronize();
 
+    /// <summary>
+    /// The kernel version for ops with a CPU and a GPU variant (GroupNorm statistics, Softmax): <paramref name="requested"/>
+    /// when set, else 1 on the CPU accelerator (one simulated thread per row or group runs fastest there), 2 on CUDA.
+    /// </summary>
+    public int CpuOrGpuVersion(int requested) => requested != 0 ? requested : IsCpu ? 1 : 2;
+
     public void Dispose()
     {
         // Queued kernels may still use pooled buffers: free nothing under them (on the CPU accelerator freed memory is

@@ -306,7 +306,7 @@ public static class GroupNorm
     /// more than one thread per group); 1 or 2 forces one, for the tests.
     /// </remarks>
     static MemoryBuffer1D<float, Stride1D.Dense> Statistics(ComputeDevice dev, Tensor x, GroupNormShape s, int version) =>
-        (version == 0 ? (dev.IsCpu ? 1 : 2) : version) == 2 ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
+        dev.CpuOrGpuVersion(version) == 2 ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
 
     static MemoryBuffer1D<float, Stride1D.Dense> StatisticsV2(ComputeDevice dev, Tensor x, GroupNormShape s)
     {

@@ -109,7 +109,7 @@ public static class Softmax
     /// <summary>Row softmax of (rows, cols). version 0: v2 on CUDA, v1 on the CPU accelerator; 1 or 2 forces one.</summary>
     public static void Forward(ComputeDevice dev, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int version = 0)
     {
-        if ((version == 0 ? (dev.IsCpu ? 1 : 2) : version) == 2)
+        if (dev.CpuOrGpuVersion(version) == 2)
         {
             var warpK = dev.Kernel("softmax.v2", a => a.LoadStreamKernel<int, int, ArrayView<float>, ArrayView<float>>(WarpRowsKernel));
             int rowsPerGroup = WarpRowsThreads / dev.Accelerator.WarpSize;

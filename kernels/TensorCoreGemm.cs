@@ -244,13 +244,9 @@ public static class TensorCoreGemm
         int wm = (tid >> 7) * 64, wn = ((tid >> 5) & 3) * 32;
 
         // The words (k pairs) this thread stages, r = 0..7: A(m0 + am + r·amStep, k0 + 2(ap + r·apStep) + {0, 1}) and
-        // B likewise. A warp walks each operand's contiguous dimension, so its global reads coalesce.
-        bool aAlongK = a.ColumnsContiguous;
-        int am = aAlongK ? tid >> 4 : tid & (Tile - 1), amStep = aAlongK ? Threads / WordsPerRow : 0;
-        int ap = aAlongK ? tid & (WordsPerRow - 1) : tid >> 7, apStep = aAlongK ? 0 : Threads / Tile;
-        bool bAlongN = b.ColumnsContiguous;
-        int bn = bAlongN ? tid & (Tile - 1) : tid >> 4, bnStep = bAlongN ? 0 : Threads / WordsPerRow;
-        int bp = bAlongN ? tid >> 7 : tid & (WordsPerRow - 1), bpStep = bAlongN ? Threads / Tile : 0;
+        // B likewise; B stages along k when its columns are not contiguous.
+        var (am, amStep, ap, apStep) = TileStaging.Layout(a.ColumnsContiguous, tid, WordsPerRow, Tile, Threads);
+        var (bn, bnStep, bp, bpStep) = TileStaging.Layout(!b.ColumnsContiguous, tid, WordsPerRow, Tile, Threads);
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros; bit r of a mask: element r is inside.
         int aInside = 0, bInside = 0;
@@ -291,14 +287,14 @@ public static class TensorCoreGemm
         aStaged[5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep + 1, s.K));
         aStaged[6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep + 1, s.K));
         aStaged[7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep + 1, s.K));
-        bStaged[0] = Pack(FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]), FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsFirst[1]));
-        bStaged[sbStep] = Pack(FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
-        bStaged[2 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
-        bStaged[3 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
-        bStaged[4 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
-        bStaged[5 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
-        bStaged[6 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
-        bStaged[7 * sbStep] = Pack(FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
+        bStaged[0] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]), TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsFirst[1]));
+        bStaged[sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
+        bStaged[2 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
+        bStaged[3 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
+        bStaged[4 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
+        bStaged[5 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
+        bStaged[6 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
+        bStaged[7 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -397,12 +393,6 @@ public static class TensorCoreGemm
         Store(s, c, batch, bias, residual, y, i + 48, j, c30); Store(s, c, batch, bias, residual, y, i + 48, j + 8, c31);
         Store(s, c, batch, bias, residual, y, i + 48, j + 16, c32); Store(s, c, batch, bias, residual, y, i + 48, j + 24, c33);
     }
-
-    /// <summary>B(k, col) fetched and finished at once, for the prologue.</summary>
-    static float FetchFinishB<TB, TE>(TB b, TileCursor column, bool inside, int k, int kCount, Int4 tap)
-        where TB : struct, IColumnOperand
-        where TE : struct, ITileEdges =>
-        TileStaging.FinishB<TB, TE>(b, column, inside, k, kCount, tap, TileStaging.FetchB<TB, TE>(b, column, inside, k, kCount, tap));
 
     /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
     static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,

@@ -257,9 +257,25 @@ public readonly struct CheckedEdges : ITileEdges
     public bool Checked => true;
 }
 
-/// <summary>The per-thread staging helpers both tiled kernels share.</summary>
+/// <summary>
+/// The per-thread staging helpers both tiled kernels share. Selects, not C#'s ?:, throughout: ILGPU turns ?: into
+/// branches, and the load phase should have none.
+/// </summary>
 static class TileStaging
 {
+    /// <summary>
+    /// Which elements of an operand's slice thread <paramref name="tid"/> stages: element r is at fixed index (A's row,
+    /// B's column) fixed + r·fixedStep and slice position k + r·kStep, where a slice is <paramref name="kUnits"/> positions
+    /// (floats or fp16 pairs) deep. Staging along k, consecutive threads take consecutive positions of one row; across,
+    /// consecutive rows (columns) of one position — either way a warp walks the operand's contiguous dimension, so its
+    /// global reads coalesce. Unsigned division by the power-of-two constants: ptxas keeps a shift where ILGPU sinks it
+    /// into a loop (a signed one compiles to a full division there).
+    /// </summary>
+    public static (int Fixed, int FixedStep, int K, int KStep) Layout(bool alongK, int tid, int kUnits, int tile, int threads) =>
+        alongK
+            ? ((int)((uint)tid / (uint)kUnits), threads / kUnits, (int)((uint)tid % (uint)kUnits), 0)
+            : ((int)((uint)tid % (uint)tile), 0, (int)((uint)tid / (uint)tile), threads / tile);
+
     /// <summary>i &lt; n, or the constant true when the tiles are exact.</summary>
     public static bool Inside<TE>(int i, int n) where TE : struct, ITileEdges => Utilities.Select(default(TE).Checked, i < n, true);
 
@@ -301,8 +317,6 @@ static class TileStaging
     /// <summary>The first k of the slice after the one at k0, or 0 after the last slice (whose prefetch is never used).</summary>
     public static int NextSlice(int k0, int slice, int kCount) => Utilities.Select(k0 + slice < kCount, k0 + slice, 0);
 
-    // Selects, not C#'s ?: — ILGPU turns ?: into branches, and the load phase should have none.
-
     /// <summary>A(row, k), or 0 where the row is outside the tile's matrix or k ≥ K; the load stays in bounds.</summary>
     public static float FetchA<TA, TE>(TA a, TileCursor row, bool rowInside, int k, int kCount)
         where TA : struct, IRowOperand
@@ -324,6 +338,12 @@ static class TileStaging
         bool inside = columnInside & Inside<TE>(k, kCount);
         return Utilities.Select(inside, b.FetchInColumn(column, TileTap.FromInt4(tap)), 0f);
     }
+
+    /// <summary>B(k, col) fetched and finished at once, for a kernel's prologue.</summary>
+    public static float FetchFinishB<TB, TE>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap)
+        where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges =>
+        FinishB<TB, TE>(b, column, columnInside, k, kCount, tap, FetchB<TB, TE>(b, column, columnInside, k, kCount, tap));
 
     /// <summary>B(k, col) from what FetchB returned, or 0 outside the matrix.</summary>
     public static float FinishB<TB, TE>(TB b, TileCursor column, bool columnInside, int k, int kCount, Int4 tap, float fetched)

@@ -85,13 +85,9 @@ public static class TiledGemm
         int tx = tid & 15, ty = tid >> 4;
 
         // The elements this thread stages, r = 0..3: A(m0 + am + r·amStep, k0 + ak + r·akStep), B(k0 + bk + r·bkStep,
-        // n0 + bn + r·bnStep). A warp walks each operand's contiguous dimension.
-        bool aAlongK = a.ColumnsContiguous;
-        int am = aAlongK ? tid >> 3 : tid & (Tile - 1), amStep = aAlongK ? Threads / Slice : 0;
-        int ak = aAlongK ? tid & (Slice - 1) : tid >> 7, akStep = aAlongK ? 0 : Threads / Tile;
-        bool bAlongN = b.ColumnsContiguous;
-        int bn = bAlongN ? tid & (Tile - 1) : tid >> 3, bnStep = bAlongN ? 0 : Threads / Slice;
-        int bk = bAlongN ? tid >> 7 : tid & (Slice - 1), bkStep = bAlongN ? Threads / Tile : 0;
+        // n0 + bn + r·bnStep); B stages along k when its columns are not contiguous.
+        var (am, amStep, ak, akStep) = TileStaging.Layout(a.ColumnsContiguous, tid, Slice, Tile, Threads);
+        var (bn, bnStep, bk, bkStep) = TileStaging.Layout(!b.ColumnsContiguous, tid, Slice, Tile, Threads);
 
         // Rows and columns outside the matrix read row/column 0 and stage zeros.
         int aInside = 0, bInside = 0;
@@ -121,10 +117,10 @@ public static class TiledGemm
         aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
         aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
         aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
-        bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0], TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]));
-        bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep], TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep]));
-        bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep], TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]));
-        bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep], TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]));
+        bStaged[0] = TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]);
+        bStaged[sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep]);
+        bStaged[2 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]);
+        bStaged[3 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]);
         Group.Barrier();
 
         var acc = default(Accumulator8x8);
