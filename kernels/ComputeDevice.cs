@@ -55,6 +55,12 @@ public sealed class ComputeDevice : IDisposable
     /// <summary>Whether the UNet's layers fuse their norms into convolutions on this device now.</summary>
     public bool NormFusedIntoConv => FuseNormIntoConv && UNetMatmul >= MatmulKernel.Tiled && !UseHostKernels;
 
+    /// <summary>
+    /// Whether weights loaded now keep their convolutions in fp16 only (HalfWeights): with the tensor-core kernel on an
+    /// ILGPU accelerator, which rounds them to fp16 anyway. The CPU backend reads fp32.
+    /// </summary>
+    public bool HoldsConvWeightsInHalf => UNetMatmul == MatmulKernel.TensorCoreFp16 && !UseHostKernels;
+
     long trackedBytes, peakBytes;
 
     /// <summary>Device bytes held now by this program (tensor pool and every DeviceBuffer), and the peak since creation.</summary>

@@ -45,6 +45,44 @@ public struct ConvShape
     public static int Divide(int n, uint reciprocal) => (int)((ulong)((uint)n << 1) * reciprocal >> 32);
 }
 
+/// <summary>
+/// A convolution's weights (Cout, Cin, k, k) as its kernels take them: fp32, fp16 rows (HalfWeights, read only by the
+/// tensor-core kernel v4), or both — then v4 reads the fp16 rows and every other kernel the fp32 tensor.
+/// </summary>
+public readonly struct ConvWeights
+{
+    public ConvWeights(Tensor? fp32, HalfWeights? half, int[] shape)
+    {
+        if (fp32 is null && half is null)
+        {
+            throw new ArgumentException("conv2d: weights need an fp32 tensor or fp16 rows");
+        }
+        if (Tensor.Count(shape) != (fp32?.Length ?? (long)half!.Rows * half.Columns) || (half is not null && shape[0] != half.Rows))
+        {
+            throw new ArgumentException($"conv2d: weights cannot be seen as ({string.Join(", ", shape)})");
+        }
+        Fp32 = fp32;
+        Half = half;
+        Shape = shape;
+    }
+
+    public Tensor? Fp32 { get; }
+    public HalfWeights? Half { get; }
+    public int[] Shape { get; }
+    public int Rank => Shape.Length;
+    public int this[int dim] => Shape[dim];
+    public string ShapeString => "(" + string.Join(", ", Shape) + ")";
+
+    /// <summary>The same weights seen with another shape of the same output channels and count (a 1-d conv's (Cout, Cin, 1)).</summary>
+    public ConvWeights Reshaped(params int[] shape) => new(Fp32, Half, shape);
+
+    /// <summary>The fp32 tensor, which every kernel but v4 needs.</summary>
+    public Tensor Float32For(string kernel) => Fp32 ?? throw new NotSupportedException(
+        $"conv2d: these weights are held in fp16 only, which only the tensor-core kernel (v4) on an ILGPU accelerator reads, not {kernel}");
+
+    public static implicit operator ConvWeights(Tensor fp32) => new(fp32, null, fp32.Shape);
+}
+
 public static class Conv2d
 {
     // ---- CPU reference
@@ -273,7 +311,7 @@ public static class Conv2d
 
     // ---- launcher
 
-    static ConvShape Shape(Tensor x, Tensor w, Tensor? bias, Tensor y, int stride, Tensor? residual)
+    static ConvShape Shape(Tensor x, ConvWeights w, Tensor? bias, Tensor y, int stride, Tensor? residual)
     {
         if (x.Rank != 4 || w.Rank != 4 || w[2] != w[3] || w[1] != x[1])
         {
@@ -297,7 +335,7 @@ public static class Conv2d
     /// y = conv(act(GN(x)), w) + b (+ residual) in one implicit-GEMM launch (v3 or v4): the input is normalized while it is
     /// read, from <paramref name="coefficients"/> = GroupNorm.Coefficients(x, ...), with SiLU when <paramref name="silu"/>.
     /// </summary>
-    public static void ForwardNormalized(Tensor x, Tensor coefficients, bool silu, Tensor w, Tensor? bias, Tensor y, int stride,
+    public static void ForwardNormalized(Tensor x, Tensor coefficients, bool silu, ConvWeights w, Tensor? bias, Tensor y, int stride,
         Tensor? residual, int version)
     {
         var dev = x.Device;
@@ -313,8 +351,14 @@ public static class Conv2d
         var empty = y.View.SubView(0, 0);
         int kk = s.Cin * s.K * s.K;
         var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
-        var weights = new DenseRowsOperand(w.View, kk);
         var input = new NormalizedIm2ColOperand(x.View, coefficients.View.Cast<Float4>(), s, silu ? 1 : 0);
+        if (version == 4 && w.Half is { } half)
+        {
+            TensorCoreGemm.RunPairs(dev, "conv2d.normalized.v4.half", tile, 1, new HalfRowsOperand(half.View, half.RowWords), input,
+                new ConvOutput(s), bias?.View ?? empty, residual?.View ?? empty, y.View);
+            return;
+        }
+        var weights = new DenseRowsOperand(w.Float32For($"v{version}").View, kk);
         if (version == 4)
         {
             TensorCoreGemm.Run(dev, "conv2d.normalized.v4", tile, 1, weights, input, new ConvOutput(s), bias?.View ?? empty,
@@ -328,22 +372,29 @@ public static class Conv2d
     }
 
     /// <summary>y = conv(x, w) + b (+ residual). Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
-    public static void Forward(Tensor x, Tensor w, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null, int version = 2)
+    public static void Forward(Tensor x, ConvWeights weight, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null, int version = 2)
     {
         var dev = x.Device;
-        var s = Shape(x, w, bias, y, stride, residual);
+        var s = Shape(x, weight, bias, y, stride, residual);
+        var empty = y.View.SubView(0, 0);
+        var biasView = bias?.View ?? empty;
+        var residualView = residual?.View ?? empty;
+        int kk = s.Cin * s.K * s.K;
+        var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
+        if (version == 4 && weight.Half is { } half && !dev.UseHostKernels)
+        {
+            TensorCoreGemm.RunPairs(dev, "conv2d.v4.half", tile, 1, new HalfRowsOperand(half.View, half.RowWords), new Im2ColOperand(x.View, s),
+                new ConvOutput(s), biasView, residualView, y.View);
+            return;
+        }
+        var w = weight.Float32For(dev.UseHostKernels ? "the CPU backend" : $"v{version}");
         if (dev.UseHostKernels)
         {
             RunOnHost(dev, s, x, w, bias, residual, y, halfOperands: version == 4);
             return;
         }
-        var empty = y.View.SubView(0, 0);
-        var biasView = bias?.View ?? empty;
-        var residualView = residual?.View ?? empty;
         if (version >= 3)
         {
-            int kk = s.Cin * s.K * s.K;
-            var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
             var weights = new DenseRowsOperand(w.View, kk);
             if (version == 4)
             {

@@ -88,7 +88,7 @@ public static class TensorCoreGemm
     // ---- the warp-level product
 
     /// <summary>Two floats as an fp16 pair, lo in the low half, each rounded to nearest-even.</summary>
-    static uint Pack(float lo, float hi)
+    internal static uint Pack(float lo, float hi)
     {
         if (CudaAsm.IsSupported)
         {
@@ -224,7 +224,7 @@ public static class TensorCoreGemm
     }
 
     static void Kernel<TA, TB, TC, TE>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, IRowOperand
+        where TA : struct, IHalfPairRows
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
         where TE : struct, ITileEdges
@@ -279,14 +279,14 @@ public static class TensorCoreGemm
         var bStaged = sb.SubView(sb0, 2 * StageWords - sb0);
         var tapsFirst = taps.SubView(2 * bp, 2 * Slice - 2 * bp);
         int ka = 2 * ap, kb = 2 * bp;
-        aStaged[0] = Pack(TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K), TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka + 1, s.K));
-        aStaged[saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep + 1, s.K));
-        aStaged[2 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep + 1, s.K));
-        aStaged[3 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep + 1, s.K));
-        aStaged[4 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep + 1, s.K));
-        aStaged[5 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep + 1, s.K));
-        aStaged[6 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep + 1, s.K));
-        aStaged[7 * saStep] = Pack(TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K), TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep + 1, s.K));
+        aStaged[0] = TileStaging.FetchFinishPairA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
+        aStaged[saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
+        aStaged[2 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
+        aStaged[3 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K);
+        aStaged[4 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K);
+        aStaged[5 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
+        aStaged[6 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
+        aStaged[7 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
         bStaged[0] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]), TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsFirst[1]));
         bStaged[sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
         bStaged[2 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
@@ -310,22 +310,14 @@ public static class TensorCoreGemm
             ka = kNext + 2 * ap;
             kb = kNext + 2 * bp;
             var tapsNext = taps.SubView(tapNext + 2 * bp, 2 * Slice - tapNext - 2 * bp);
-            float pa0l = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
-            float pa0h = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka + 1, s.K);
-            float pa1l = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
-            float pa1h = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep + 1, s.K);
-            float pa2l = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
-            float pa2h = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep + 1, s.K);
-            float pa3l = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K);
-            float pa3h = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep + 1, s.K);
-            float pa4l = TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K);
-            float pa4h = TileStaging.FetchA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep + 1, s.K);
-            float pa5l = TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
-            float pa5h = TileStaging.FetchA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep + 1, s.K);
-            float pa6l = TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
-            float pa6h = TileStaging.FetchA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep + 1, s.K);
-            float pa7l = TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
-            float pa7h = TileStaging.FetchA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep + 1, s.K);
+            var pa0 = TileStaging.FetchPairA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
+            var pa1 = TileStaging.FetchPairA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
+            var pa2 = TileStaging.FetchPairA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
+            var pa3 = TileStaging.FetchPairA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 6 * apStep, s.K);
+            var pa4 = TileStaging.FetchPairA<TA, TE>(a, ra4, TileStaging.Bit(aInside, 4), ka + 8 * apStep, s.K);
+            var pa5 = TileStaging.FetchPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
+            var pa6 = TileStaging.FetchPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
+            var pa7 = TileStaging.FetchPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
             float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0]);
             float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1]);
             float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep]);
@@ -354,14 +346,14 @@ public static class TensorCoreGemm
             stage = StageWords - stage;
             aStaged = sa.SubView(stage + sa0, 2 * StageWords - stage - sa0);
             bStaged = sb.SubView(stage + sb0, 2 * StageWords - stage - sb0);
-            aStaged[0] = Pack(pa0l, pa0h);
-            aStaged[saStep] = Pack(pa1l, pa1h);
-            aStaged[2 * saStep] = Pack(pa2l, pa2h);
-            aStaged[3 * saStep] = Pack(pa3l, pa3h);
-            aStaged[4 * saStep] = Pack(pa4l, pa4h);
-            aStaged[5 * saStep] = Pack(pa5l, pa5h);
-            aStaged[6 * saStep] = Pack(pa6l, pa6h);
-            aStaged[7 * saStep] = Pack(pa7l, pa7h);
+            aStaged[0] = a.FinishPair(pa0);
+            aStaged[saStep] = a.FinishPair(pa1);
+            aStaged[2 * saStep] = a.FinishPair(pa2);
+            aStaged[3 * saStep] = a.FinishPair(pa3);
+            aStaged[4 * saStep] = a.FinishPair(pa4);
+            aStaged[5 * saStep] = a.FinishPair(pa5);
+            aStaged[6 * saStep] = a.FinishPair(pa6);
+            aStaged[7 * saStep] = a.FinishPair(pa7);
             bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0], pb0l),
                 TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1], pb0h));
             bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep], pb1l),
@@ -412,10 +404,18 @@ public static class TensorCoreGemm
 
     // ---- launcher
 
-    /// <summary>Launches over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (8 warps of 32).</summary>
+    /// <summary>Launches over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (8 warps of 32); A in fp32.</summary>
     public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
+        where TB : struct, IColumnOperand
+        where TC : struct, ITileOutput =>
+        RunPairs(dev, key, s, batches, new RoundedPairs<TA>(a), b, c, bias, residual, y);
+
+    /// <summary>As <see cref="Run"/>, with A read as fp16 pairs (HalfRowsOperand: weights held in fp16).</summary>
+    public static void RunPairs<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
+        ArrayView<float> residual, ArrayView<float> y)
+        where TA : struct, IHalfPairRows
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {

@@ -29,17 +29,78 @@ public struct TileCursor
     public int Base, Y, X, Channel;
 }
 
-/// <summary>The A operand of a tiled kernel: M × K, read along rows.</summary>
-public interface IRowOperand
+/// <summary>The rows of a tiled kernel's A operand (M × K): where each starts.</summary>
+public interface IRowCursors
 {
     /// <summary>True when consecutive columns (k) are adjacent in memory (then a warp stages along k).</summary>
     bool ColumnsContiguous { get; }
 
     /// <summary>The cursor of row <paramref name="row"/> (0 ≤ row &lt; M) of batch item <paramref name="batch"/>.</summary>
     TileCursor RowCursor(int batch, int row);
+}
 
+/// <summary>The A operand of a tiled kernel in fp32: M × K, read along rows.</summary>
+public interface IRowOperand : IRowCursors
+{
     /// <summary>A(row, col) for 0 ≤ col &lt; K.</summary>
     float FetchInRow(TileCursor row, int col);
+}
+
+/// <summary>
+/// What memory held for a pair of A's columns (2p, 2p+1) before it becomes an fp16 pair: two fp32 values, or one word of
+/// fp16 bits (in Lo, as a float's bits). Splitting the fetch from the packing lets the tensor-core kernel issue its loads a
+/// slice ahead and convert only after the slice's mma.
+/// </summary>
+public struct FetchedPair
+{
+    public float Lo, Hi;
+}
+
+/// <summary>The A operand of the tensor-core kernel: M × K read along rows, two columns at a time as fp16 pairs.</summary>
+public interface IHalfPairRows : IRowCursors
+{
+    /// <summary>
+    /// The raw pair at columns (col, col+1) of a row, col even; a column outside (<paramref name="lowInside"/>,
+    /// <paramref name="highInside"/> false) reads as 0, and the load stays in bounds.
+    /// </summary>
+    FetchedPair FetchPair(TileCursor row, int col, bool lowInside, bool highInside);
+
+    /// <summary>The fp16 pair, low column in the low half.</summary>
+    uint FinishPair(FetchedPair fetched);
+}
+
+/// <summary>An fp32 A operand as fp16 pairs: two loads, converted (round to nearest-even) when finished.</summary>
+public readonly struct RoundedPairs<TA>(TA a) : IHalfPairRows where TA : struct, IRowOperand
+{
+    public bool ColumnsContiguous => a.ColumnsContiguous;
+
+    public TileCursor RowCursor(int batch, int row) => a.RowCursor(batch, row);
+
+    public FetchedPair FetchPair(TileCursor row, int col, bool lowInside, bool highInside) => new()
+    {
+        Lo = Utilities.Select(lowInside, a.FetchInRow(row, Utilities.Select(lowInside, col, 0)), 0f),
+        Hi = Utilities.Select(highInside, a.FetchInRow(row, Utilities.Select(highInside, col + 1, 0)), 0f),
+    };
+
+    public uint FinishPair(FetchedPair fetched) => TensorCoreGemm.Pack(fetched.Lo, fetched.Hi);
+}
+
+/// <summary>
+/// Convolution weights held as fp16 rows (HalfWeights): one load per pair, no conversion. Rows are padded to whole words
+/// with a zero half, so a pair's high column past K needs no test of its own.
+/// </summary>
+public readonly struct HalfRowsOperand(ArrayView<uint> words, int rowWords) : IHalfPairRows
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor RowCursor(int batch, int row) => new() { Base = row * rowWords };
+
+    public FetchedPair FetchPair(TileCursor row, int col, bool lowInside, bool highInside) => new()
+    {
+        Lo = Interop.IntAsFloat(Utilities.Select(lowInside, words[Utilities.Select(lowInside, row.Base + (col >> 1), 0)], 0u)),
+    };
+
+    public uint FinishPair(FetchedPair fetched) => Interop.FloatAsInt(fetched.Lo);
 }
 
 /// <summary>
@@ -284,7 +345,7 @@ static class TileStaging
     /// <paramref name="bit"/> of <paramref name="inside"/> when it is inside.
     /// </summary>
     public static TileCursor RowCursor<TA, TE>(TA a, int batch, int row, int rows, int bit, ref int inside)
-        where TA : struct, IRowOperand
+        where TA : struct, IRowCursors
         where TE : struct, ITileEdges
     {
         bool isInside = Inside<TE>(row, rows);
@@ -325,6 +386,18 @@ static class TileStaging
         bool inside = rowInside & Inside<TE>(k, kCount);
         return Utilities.Select(inside, a.FetchInRow(row, Utilities.Select(inside, k, 0)), 0f);
     }
+
+    /// <summary>A's raw pair at (row, k), (row, k+1), k even; columns outside the tile's matrix read 0.</summary>
+    public static FetchedPair FetchPairA<TA, TE>(TA a, TileCursor row, bool rowInside, int k, int kCount)
+        where TA : struct, IHalfPairRows
+        where TE : struct, ITileEdges =>
+        a.FetchPair(row, k, rowInside & Inside<TE>(k, kCount), rowInside & Inside<TE>(k + 1, kCount));
+
+    /// <summary>A's fp16 pair at (row, k), (row, k+1) fetched and finished at once, for a kernel's prologue.</summary>
+    public static uint FetchFinishPairA<TA, TE>(TA a, TileCursor row, bool rowInside, int k, int kCount)
+        where TA : struct, IHalfPairRows
+        where TE : struct, ITileEdges =>
+        a.FinishPair(FetchPairA<TA, TE>(a, row, rowInside, k, kCount));
 
     /// <summary>The tap of row k for the shared table; rows k ≥ K get row 0's (their values are zeroed by the fetch).</summary>
     public static Int4 TapB<TB>(TB b, int k, int kCount) where TB : struct, IColumnOperand =>

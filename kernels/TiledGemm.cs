@@ -238,7 +238,7 @@ public static class TiledGemm
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> exact,
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> edgeChecked, int slice, TileShape s, int batches,
         TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
-        where TA : struct, IRowOperand
+        where TA : struct, IRowCursors
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput
     {

@@ -71,10 +71,18 @@ public static class GpuBenchmark
             using var w = dev.Zeros(channels, channels, 3, 3);
             using var b = dev.Zeros(channels);
             using var y = dev.Allocate(batch, channels, res, res);
+            double convFlop = 2.0 * batch * channels * channels * 9 * res * res;
             foreach (int version in Versions(dev))
             {
                 Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v{version})", Time(dev, () => Conv2d.Forward(x, w, b, y, version: version)),
-                    2.0 * batch * channels * channels * 9 * res * res, 0, tensorCores: version == 4);
+                    convFlop, 0, tensorCores: version == 4);
+            }
+            if (dev.IsCuda)
+            {
+                using var half = HalfWeights.From(w);
+                var halfOnly = new ConvWeights(null, half, w.Shape);
+                Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v4, weights held in fp16)",
+                    Time(dev, () => Conv2d.Forward(x, halfOnly, b, y, version: 4)), convFlop, 0, tensorCores: true);
             }
             using var g = dev.Zeros(channels);
             Add($"group_norm+silu {channels}ch @{res}² batch {batch}", Time(dev, () => GroupNorm.Forward(x, g, g, y, silu: true)),
@@ -120,6 +128,14 @@ public static class GpuBenchmark
         // End to end: the UNet with each kernel behind its convolutions and attention; the stages after it use the
         // fastest fp32 one, since the pipeline's default precision is fp32.
         // The tiled kernels run with their norms fused into the convolutions and without, to show what fusion gains.
+        // v4 reads the convolutions' weights from fp16 copies, as `--precision fp16` holds them (there without fp32 ones).
+        if (dev.IsCuda)
+        {
+            ModelWeights.HoldInHalf(model, keepFp32: true);
+            var convs = model.Parameters().Where(p => p.IsConvolutionWeight).ToList();
+            Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"convolution weights: {convs.Sum(p => 4L * p.Count) / 1e9:F3} GB in fp32, {convs.Sum(p => p.Half!.Bytes) / 1e9:F3} GB held in fp16"));
+        }
         var forwardMs = new Dictionary<(int, bool), double>();
         foreach (int version in Versions(dev))
         {

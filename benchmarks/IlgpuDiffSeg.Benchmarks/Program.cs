@@ -9,6 +9,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 ///   forward [batch] [reps]                                                  one LSUN-256 UNet forward pass, timed
 ///   precision [--out FILE.md]                                               LSUN-256 features, fp16 operands against fp32
 ///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
+///   weights [auto|cpu|cuda] [--out FILE.md]                                 device memory of the LSUN-256 weights, fp32 and fp16
 ///   export-features EXP.json DIR                                            features + masks for original_mlp.py
 ///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
@@ -34,6 +35,12 @@ public static class Program
             }
             case "memory-child":
                 return MemoryBenchmark.Child(args[1], args[2], int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
+            case "weights":
+            {
+                int outAt = Array.IndexOf(args, "--out");
+                return WeightsBenchmark.Run(args.ElementAtOrDefault(1) is { } d && !d.StartsWith("--", StringComparison.Ordinal) ? d : "auto",
+                    outAt >= 0 ? args[outAt + 1] : null);
+            }
             case "gpu":
             {
                 int outAt = Array.IndexOf(args, "--out");

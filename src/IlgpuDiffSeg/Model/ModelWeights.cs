@@ -140,8 +140,59 @@ public static class ModelWeights
             {
                 values[i] = (float)((norm ? 1 : 0) + scale * MathNet.Numerics.Distributions.Normal.Sample(rng, 0, 1));
             }
-            p.Value?.Dispose();
-            p.Value = dev.Upload(values, p.Shape);
+            Place(p, dev, values);
+        }
+        ReleaseFreedFp32(dev);
+    }
+
+    /// <summary>The fp32 weights freed for fp16 rows went back to the device's pool; hand them back to the device.</summary>
+    static void ReleaseFreedFp32(ComputeDevice dev)
+    {
+        if (dev.HoldsConvWeightsInHalf)
+        {
+            dev.TrimPool();
+        }
+    }
+
+    /// <summary>
+    /// Uploads a parameter's values; a convolution weight goes on to fp16 rows only where the device holds them so
+    /// (ComputeDevice.HoldsConvWeightsInHalf), one tensor at a time, so that loading never holds the fp32 model.
+    /// </summary>
+    static void Place(Parameter p, ComputeDevice dev, ReadOnlySpan<float> values)
+    {
+        p.Release();
+        p.Value = dev.Upload(values, p.Shape);
+        if (p.IsConvolutionWeight && dev.HoldsConvWeightsInHalf)
+        {
+            HoldInHalf(p, keepFp32: false);
+        }
+    }
+
+    /// <summary>
+    /// Keeps every convolution weight of the model also as fp16 rows (HalfWeights), which the tensor-core kernel reads in
+    /// place of fp32; with <paramref name="keepFp32"/> false the fp32 copies are freed (the model then runs only with v4),
+    /// else both stay (to compare kernels on one model).
+    /// </summary>
+    public static void HoldInHalf(Module model, bool keepFp32)
+    {
+        foreach (var p in model.Parameters().Where(p => p.IsConvolutionWeight))
+        {
+            HoldInHalf(p, keepFp32);
+        }
+    }
+
+    static void HoldInHalf(Parameter p, bool keepFp32)
+    {
+        if (p.Half is null)
+        {
+            p.Half = HalfWeights.From(p.T);
+        }
+        if (!keepFp32 && p.Value is { } fp32)
+        {
+            // The packing still reads the tensor, and the next upload may reuse its pooled buffer.
+            fp32.Device.Synchronize();
+            fp32.Dispose();
+            p.Value = null;
         }
     }
 
@@ -174,7 +225,7 @@ public static class ModelWeights
             {
                 file.TryGet(p.Name, out var entry);
                 using var mapped = file.Map(entry);
-                p.Value = dev.Upload(mapped.Span, p.Shape);
+                Place(p, dev, mapped.Span);
             }
         }
         catch
@@ -182,6 +233,7 @@ public static class ModelWeights
             model.Dispose();
             throw;
         }
+        ReleaseFreedFp32(dev);
         return model;
     }
 }

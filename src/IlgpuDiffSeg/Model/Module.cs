@@ -15,7 +15,27 @@ public sealed class Parameter(string name, int[] shape)
     /// <summary>The device copy; set by the weight loader.</summary>
     public Tensor? Value { get; internal set; }
 
-    public Tensor T => Value ?? throw new InvalidOperationException($"weight '{Name}' is not loaded");
+    /// <summary>The fp16 rows of a convolution's weight, for the tensor-core kernel (ModelWeights.HoldInHalf).</summary>
+    public HalfWeights? Half { get; internal set; }
+
+    /// <summary>A convolution's weight: ModelWeights.HoldInHalf may keep it as fp16 rows.</summary>
+    public bool IsConvolutionWeight { get; init; }
+
+    public Tensor T => Value ?? throw new InvalidOperationException(Half is null
+        ? $"weight '{Name}' is not loaded"
+        : $"weight '{Name}' is held in fp16 only (precision fp16), for the tensor-core kernel");
+
+    /// <summary>The weight as a convolution takes it: fp32, fp16 rows, or both.</summary>
+    public ConvWeights ConvWeights => new(Value, Half, Shape);
+
+    /// <summary>Frees the device copies.</summary>
+    public void Release()
+    {
+        Value?.Dispose();
+        Value = null;
+        Half?.Dispose();
+        Half = null;
+    }
 }
 
 /// <summary>
@@ -29,9 +49,14 @@ public abstract class Module(string prefix)
 
     public string Prefix { get; } = prefix;
 
-    protected Parameter Param(string localName, params int[] shape)
+    protected Parameter Param(string localName, params int[] shape) => Register(new Parameter(Prefix + localName, shape));
+
+    /// <summary>A convolution's weight (Cout, Cin, k…): one that may be held as fp16 rows.</summary>
+    protected Parameter ConvolutionParam(string localName, params int[] shape) =>
+        Register(new Parameter(Prefix + localName, shape) { IsConvolutionWeight = true });
+
+    Parameter Register(Parameter p)
     {
-        var p = new Parameter(Prefix + localName, shape);
         own.Add(p);
         return p;
     }
@@ -93,7 +118,7 @@ public sealed class GroupNormLayer : Module
     /// y = conv(act(this(x)), w) + b (+ residual): one fused launch where the device fuses norms into convolutions, else
     /// this norm's own pass first — into x itself when <paramref name="overwriteInput"/> (x is the caller's temporary).
     /// </summary>
-    internal void ForwardInto(Tensor x, bool silu, Tensor? scaleShift, bool overwriteInput, Tensor w, Tensor bias, Tensor y, int stride,
+    internal void ForwardInto(Tensor x, bool silu, Tensor? scaleShift, bool overwriteInput, ConvWeights w, Tensor bias, Tensor y, int stride,
         Tensor? residual)
     {
         var dev = x.Device;
@@ -127,7 +152,7 @@ public sealed class Conv2dLayer : Module, IBlockLayer
         InChannels = inChannels;
         OutChannels = outChannels;
         Stride = stride;
-        Weight = Param("weight", outChannels, inChannels, kernel, kernel);
+        Weight = ConvolutionParam("weight", outChannels, inChannels, kernel, kernel);
         Bias = Param("bias", outChannels);
     }
 
@@ -140,7 +165,7 @@ public sealed class Conv2dLayer : Module, IBlockLayer
     public Tensor Forward(Tensor x, Tensor? residual = null)
     {
         var y = AllocateOutput(x);
-        Conv2d.Forward(x, Weight.T, Bias.T, y, Stride, residual, (int)x.Device.UNetMatmul);
+        Conv2d.Forward(x, Weight.ConvWeights, Bias.T, y, Stride, residual, (int)x.Device.UNetMatmul);
         return y;
     }
 
@@ -153,7 +178,7 @@ public sealed class Conv2dLayer : Module, IBlockLayer
         bool overwriteInput = false)
     {
         var y = AllocateOutput(x);
-        norm.ForwardInto(x, silu, scaleShift, overwriteInput, Weight.T, Bias.T, y, Stride, residual);
+        norm.ForwardInto(x, silu, scaleShift, overwriteInput, Weight.ConvWeights, Bias.T, y, Stride, residual);
         return y;
     }
 
@@ -172,7 +197,7 @@ public sealed class Conv1x1Layer : Module
     public Conv1x1Layer(string prefix, int inChannels, int outChannels) : base(prefix)
     {
         OutChannels = outChannels;
-        Weight = Param("weight", outChannels, inChannels, 1);
+        Weight = ConvolutionParam("weight", outChannels, inChannels, 1);
         Bias = Param("bias", outChannels);
     }
 
@@ -180,12 +205,14 @@ public sealed class Conv1x1Layer : Module
     public Parameter Weight { get; }
     public Parameter Bias { get; }
 
+    /// <summary>The (Cout, Cin, 1) weights as the 1×1 2-d convolution that computes this layer.</summary>
+    ConvWeights PlaneWeights => Weight.ConvWeights.Reshaped(Weight.Shape[0], Weight.Shape[1], 1, 1);
+
     /// <summary>x: (N, Cin, H, W) → (N, Cout, H, W), treating H·W as the 1-d length T.</summary>
     public Tensor Forward(Tensor x, Tensor? residual = null)
     {
         var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
-        using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
-        Conv2d.Forward(x, w, Bias.T, y, 1, residual, (int)x.Device.UNetMatmul);
+        Conv2d.Forward(x, PlaneWeights, Bias.T, y, 1, residual, (int)x.Device.UNetMatmul);
         return y;
     }
 
@@ -193,8 +220,7 @@ public sealed class Conv1x1Layer : Module
     public Tensor ForwardNormalized(Tensor x, GroupNormLayer norm)
     {
         var y = x.Device.Allocate(x[0], OutChannels, x[2], x[3]);
-        using var w = Weight.T.Alias(Weight.Shape[0], Weight.Shape[1], 1, 1);
-        norm.ForwardInto(x, silu: false, scaleShift: null, overwriteInput: false, w, Bias.T, y, 1, residual: null);
+        norm.ForwardInto(x, silu: false, scaleShift: null, overwriteInput: false, PlaneWeights, Bias.T, y, 1, residual: null);
         return y;
     }
 }

@@ -278,8 +278,7 @@ public sealed class UNetModel : Module, IDisposable
     {
         foreach (var p in Parameters())
         {
-            p.Value?.Dispose();
-            p.Value = null;
+            p.Release();
         }
     }
 }

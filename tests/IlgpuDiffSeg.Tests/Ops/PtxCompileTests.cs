@@ -76,6 +76,24 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     }
 
     /// <summary>
+    /// The instances of the tensor-core kernel: each of TiledInstances with A read through RoundedPairs (fp32 weights), and
+    /// the convolutions with their weights held in fp16 (HalfRowsOperand).
+    /// </summary>
+    public static TheoryData<Type, Type, Type, Type> TensorCoreInstances()
+    {
+        var data = new TheoryData<Type, Type, Type, Type>();
+        foreach (var edges in new[] { typeof(CheckedEdges), typeof(ExactTiles) })
+        {
+            data.Add(typeof(RoundedPairs<StridedOperand>), typeof(StridedOperand), typeof(StridedOutput), edges);
+            data.Add(typeof(RoundedPairs<DenseRowsOperand>), typeof(Im2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(RoundedPairs<DenseRowsOperand>), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(HalfRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(HalfRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
+        }
+        return data;
+    }
+
+    /// <summary>
     /// The explicitly grouped tiled kernel, as Gemm and Conv2d instantiate it, for tiles that cross edges and exact ones;
     /// its accumulators must stay in registers.
     /// </summary>
@@ -99,17 +117,18 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     /// in registers, shared memory within the default 48 KB.
     /// </summary>
     [Theory]
-    [MemberData(nameof(TiledInstances))]
+    [MemberData(nameof(TensorCoreInstances))]
     public void TensorCoreKernelCompilesToMmaSync(Type a, Type b, Type c, Type edges)
     {
-        string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{b.Name}-{edges.Name}", a, b, c, edges);
+        string aName = a.IsGenericType ? a.GetGenericArguments()[0].Name : a.Name;
+        string ptx = CompileExplicitlyGrouped(typeof(TensorCoreGemm), "Kernel", $"tensorcore-{aName}-{b.Name}-{edges.Name}", a, b, c, edges);
         // 16 per k-step of a warp, and the slice's two k-steps are written out.
         Assert.Equal(32, ptx.Split("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32").Length - 1);
         Assert.Contains("cvt.rn.f16x2.f32", ptx);
         AssertOnlyInlineAsmLocals(ptx);
         Assert.DoesNotContain(".extern .func", ptx);
         var shared = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.shared\s[^\n]*\[(\d+)\]").Select(m => int.Parse(m.Groups[1].Value)).ToList();
-        log.WriteLine($"tensor-core {b.Name}: {ptx.Split('\n').Length} lines, shared {string.Join(" + ", shared)} bytes");
+        log.WriteLine($"tensor-core {aName} × {b.Name}: {ptx.Split('\n').Length} lines, shared {string.Join(" + ", shared)} bytes");
         // Two operands × two stages of 10 KB, plus the emulation's exchange buffer: ILGPU leaves the CPU branch behind a
         // constant predicate (mov.pred %p, 1) for ptxas to drop, so its buffer may stay declared. All within the default 48 KB.
         Assert.Equal(2, shared.Count(size => size == 2 * TensorCoreGemm.Tile * 20 * 4));
