@@ -124,7 +124,8 @@ public static class ModelWeights
     /// Random weights by the recipe of the shared fixtures (weights N(0, 1/fan_in), GroupNorm gains 1 + 0.1·N, every
     /// other vector 0.1·N), uploaded to the device. For benchmarks and demos that need no trained model.
     /// </summary>
-    public static void InitializeRandom(Module model, ComputeDevice dev, int seed)
+    /// <param name="keepFp32">Keep fp32 copies even where the device holds convolutions in fp16 (weights to be saved).</param>
+    public static void InitializeRandom(Module model, ComputeDevice dev, int seed, bool keepFp32 = false)
     {
         var rng = new MathNet.Numerics.Random.MersenneTwister(seed);
         foreach (var p in model.Parameters())
@@ -140,7 +141,7 @@ public static class ModelWeights
             {
                 values[i] = (float)((norm ? 1 : 0) + scale * MathNet.Numerics.Distributions.Normal.Sample(rng, 0, 1));
             }
-            Place(p, dev, values);
+            Place(p, dev, values, keepFp32);
         }
         ReleaseFreedFp32(dev);
     }
@@ -158,11 +159,11 @@ public static class ModelWeights
     /// Uploads a parameter's values; a convolution weight goes on to fp16 rows only where the device holds them so
     /// (ComputeDevice.HoldsConvWeightsInHalf), one tensor at a time, so that loading never holds the fp32 model.
     /// </summary>
-    static void Place(Parameter p, ComputeDevice dev, ReadOnlySpan<float> values)
+    static void Place(Parameter p, ComputeDevice dev, ReadOnlySpan<float> values, bool keepFp32 = false)
     {
         p.Release();
         p.Value = dev.Upload(values, p.Shape);
-        if (p.IsConvolutionWeight && dev.HoldsConvWeightsInHalf)
+        if (p.IsConvolutionWeight && dev.HoldsConvWeightsInHalf && !keepFp32)
         {
             HoldInHalf(p, keepFp32: false);
         }
@@ -208,6 +209,11 @@ public static class ModelWeights
         foreach (var (k, v) in extraMetadata ?? new Dictionary<string, string>())
         {
             metadata[k] = v;
+        }
+        if (model.Parameters().FirstOrDefault(p => p.Value is null) is { } missing)
+        {
+            throw DiffSegException.For(path, $"cannot be written: '{missing.Name}' is " +
+                                             (missing.Half is null ? "not loaded" : "held in fp16 only (precision fp16); saving needs the fp32 weights"));
         }
         var sources = model.Parameters().Select(p => new SafetensorSource(p.Name, p.Shape, span => p.T.CopyTo(span))).ToList();
         SafetensorsFile.Write(path, sources, metadata);

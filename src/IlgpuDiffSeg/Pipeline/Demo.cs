@@ -63,7 +63,7 @@ public static class Demo
     {
         var flags = AdmFlags.Parse(ModelFlags, "demo flags");
         using var model = new UNetModel(flags);
-        ModelWeights.InitializeRandom(model, dev, ModelSeed);
+        ModelWeights.InitializeRandom(model, dev, ModelSeed, keepFp32: true);
         ModelWeights.Save(model, path, new Dictionary<string, string> { ["source"] = $"random init, seed {ModelSeed} (not trained)" });
     }
 

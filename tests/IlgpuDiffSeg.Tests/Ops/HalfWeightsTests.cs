@@ -120,6 +120,33 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
             device.UNetMatmul = before;
         }
     }
+
+    /// <summary>A model held in fp16 cannot be saved as the fp32 checkpoint it came from: one clear error, no file.</summary>
+    [Fact]
+    public void SavingWeightsHeldInHalfFailsClearly()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var before = device!.UNetMatmul;
+        device.UNetMatmul = MatmulKernel.TensorCoreFp16;
+        try
+        {
+            using var tmp = new TempDir();
+            using var model = new UNetModel(AdmFlags.Load(Fixtures.AdmTiny("flags.json")));
+            ModelWeights.InitializeRandom(model, device, 1);
+            string path = tmp.File("m.safetensors");
+            var error = Assert.Throws<DiffSegException>(() => ModelWeights.Save(model, path));
+            Assert.Contains("held in fp16 only", error.Message);
+            Assert.StartsWith(path, error.Message);
+            Assert.False(File.Exists(path));
+            ModelWeights.InitializeRandom(model, device, 1, keepFp32: true);
+            ModelWeights.Save(model, path);
+            Assert.True(File.Exists(path));
+        }
+        finally
+        {
+            device.UNetMatmul = before;
+        }
+    }
 }
 
 [Collection("cpu")]
