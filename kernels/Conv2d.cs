@@ -22,8 +22,8 @@ public struct ConvShape
     public int N, Cin, H, W, Cout, K, Stride, Pad, Ho, Wo;
     public int HasBias, HasResidual;
 
-    /// <summary>Reciprocal(k²) and Reciprocal(k): Divide(n, them) is n / k² and n / k.</summary>
-    public uint TapReciprocal, KernelReciprocal;
+    /// <summary>Reciprocal(k²), Reciprocal(k) and Reciprocal(Cin): Divide(n, them) is n / k², n / k and n / Cin.</summary>
+    public uint TapReciprocal, KernelReciprocal, ChannelReciprocal;
 
     public static ConvShape Create(int n, int cin, int h, int w, int cout, int k, int stride, int pad) => new()
     {
@@ -32,6 +32,7 @@ public struct ConvShape
         Wo = (w + 2 * pad - k) / stride + 1,
         TapReciprocal = Reciprocal(k * k),
         KernelReciprocal = Reciprocal(k),
+        ChannelReciprocal = Reciprocal(cin),
     };
 
     /// <summary>
@@ -354,8 +355,18 @@ public static class Conv2d
         var input = new NormalizedIm2ColOperand(x.View, coefficients.View.Cast<Float4>(), s, silu ? 1 : 0);
         if (version == 4 && w.Half is { } half)
         {
-            TensorCoreGemm.RunPairs(dev, "conv2d.normalized.v4.half", tile, 1, new HalfRowsOperand(half.View, half.RowWords), input,
-                new ConvOutput(s), bias?.View ?? empty, residual?.View ?? empty, y.View);
+            var rows = new HalfRowsOperand(half.View, half.RowWords);
+            if (half.TapMajor)
+            {
+                TensorCoreGemm.RunPairs(dev, "conv2d.normalized.v4.half.tap_major", tile, 1, rows,
+                    new TapMajorNormalizedIm2ColOperand(x.View, coefficients.View.Cast<Float4>(), s, silu ? 1 : 0), new ConvOutput(s),
+                    bias?.View ?? empty, residual?.View ?? empty, y.View);
+            }
+            else
+            {
+                TensorCoreGemm.RunPairs(dev, "conv2d.normalized.v4.half", tile, 1, rows, input, new ConvOutput(s), bias?.View ?? empty,
+                    residual?.View ?? empty, y.View);
+            }
             return;
         }
         var weights = new DenseRowsOperand(w.Float32For($"v{version}").View, kk);
@@ -383,8 +394,17 @@ public static class Conv2d
         var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
         if (version == 4 && weight.Half is { } half && !dev.UseHostKernels)
         {
-            TensorCoreGemm.RunPairs(dev, "conv2d.v4.half", tile, 1, new HalfRowsOperand(half.View, half.RowWords), new Im2ColOperand(x.View, s),
-                new ConvOutput(s), biasView, residualView, y.View);
+            var rows = new HalfRowsOperand(half.View, half.RowWords);
+            if (half.TapMajor)
+            {
+                TensorCoreGemm.RunPairs(dev, "conv2d.v4.half.tap_major", tile, 1, rows, new TapMajorIm2ColOperand(x.View, s), new ConvOutput(s),
+                    biasView, residualView, y.View);
+            }
+            else
+            {
+                TensorCoreGemm.RunPairs(dev, "conv2d.v4.half", tile, 1, rows, new Im2ColOperand(x.View, s), new ConvOutput(s), biasView,
+                    residualView, y.View);
+            }
             return;
         }
         var w = weight.Float32For(dev.UseHostKernels ? "the CPU backend" : $"v{version}");

@@ -6,6 +6,9 @@
 //   Layout: row r (output channel) holds columns 0..C−1 (C = Cin·k²) as fp16 pairs, column 2p in the low half of word p,
 //   each row padded to ⌈C/2⌉ words — an odd C (the input convolution's 3·3² = 27) ends in a zero half, so a pair never
 //   straddles two rows. Rounded to nearest-even like cvt.rn.f16x2.f32.
+//   Column order: tap-major, c = (ky·k + kx)·Cin + ci, wherever Cin is a multiple of the tensor-core kernel's slice (every
+//   UNet convolution but the input's) — then a slice of the im2col matrix has one tap (TapMajorIm2ColOperand) and its
+//   padding test and addresses are shared across the slice; else PyTorch's channel-major c = (ci·k + ky)·k + kx.
 //   v1  one word per grid-stride step.
 // Reference: Reference (System.Half); the test compares bits.
 using ILGPU;
@@ -18,16 +21,23 @@ public sealed class HalfWeights : IDisposable
 {
     readonly DeviceBuffer<uint> words;
 
-    HalfWeights(ComputeDevice device, int[] shape)
+    HalfWeights(ComputeDevice device, int[] shape, bool tapMajor)
     {
         Shape = (int[])shape.Clone();
         Rows = shape[0];
         Columns = checked((int)(Tensor.Count(shape) / Math.Max(1, shape[0])));
         RowWords = (Columns + 1) / 2;
+        TapMajor = tapMajor;
         words = device.Buffer<uint>((long)Rows * RowWords);
     }
 
     public int[] Shape { get; }
+
+    /// <summary>Whether the columns are in tap-major order (see the layout above).</summary>
+    public bool TapMajor { get; }
+
+    /// <summary>Whether weights of this shape (Cout, Cin, k…) are packed tap-major: Cin a multiple of v4's slice.</summary>
+    public static bool PacksTapMajor(int[] shape) => shape.Length >= 3 && shape[1] % TensorCoreGemm.Slice == 0;
 
     /// <summary>Output channels: the weight's first dimension.</summary>
     public int Rows { get; }
@@ -44,48 +54,72 @@ public sealed class HalfWeights : IDisposable
 
     // ---- CPU reference
 
-    /// <summary>The words of a (rows × columns) row-major fp32 matrix, rounded with System.Half.</summary>
-    public static uint[] Reference(float[] w, int rows, int columns)
+    /// <summary>
+    /// The words of a (rows × columns) row-major fp32 matrix, rounded with System.Half; tap-major over
+    /// <paramref name="tapMajorChannels"/> input channels when it is not 0.
+    /// </summary>
+    public static uint[] Reference(float[] w, int rows, int columns, int tapMajorChannels = 0)
     {
         int rowWords = (columns + 1) / 2;
         var packed = new uint[rows * rowWords];
+        float At(int r, int c)
+        {
+            if (c >= columns)
+            {
+                return 0f;
+            }
+            int source = tapMajorChannels == 0 ? c : c % tapMajorChannels * (columns / tapMajorChannels) + c / tapMajorChannels;
+            return w[r * columns + source];
+        }
         for (int r = 0; r < rows; r++)
         for (int p = 0; p < rowWords; p++)
         {
-            float lo = w[r * columns + 2 * p], hi = 2 * p + 1 < columns ? w[r * columns + 2 * p + 1] : 0f;
-            packed[r * rowWords + p] = BitConverter.HalfToUInt16Bits((System.Half)lo) | (uint)BitConverter.HalfToUInt16Bits((System.Half)hi) << 16;
+            packed[r * rowWords + p] = BitConverter.HalfToUInt16Bits((System.Half)At(r, 2 * p)) |
+                                       (uint)BitConverter.HalfToUInt16Bits((System.Half)At(r, 2 * p + 1)) << 16;
         }
         return packed;
     }
 
     // ---- GPU kernel
 
-    static void Kernel(Index1D index, int stride, int columns, int rowWords, int total, ArrayView<float> w, ArrayView<uint> packed)
+    /// <summary>channels: Cin for a tap-major packing, 0 for channel-major.</summary>
+    static void Kernel(Index1D index, int stride, int columns, int rowWords, int channels, int total, ArrayView<float> w, ArrayView<uint> packed)
     {
         for (int i = index; i < total; i += stride)
         {
             int row = i / rowWords, p = i - row * rowWords;
-            int at = row * columns + 2 * p;
             bool hasHigh = 2 * p + 1 < columns;
-            packed[i] = TensorCoreGemm.Pack(w[at], hasHigh ? w[at + 1] : 0f);
+            packed[i] = TensorCoreGemm.Pack(w[row * columns + Source(2 * p, columns, channels)],
+                hasHigh ? w[row * columns + Source(2 * p + 1, columns, channels)] : 0f);
         }
     }
 
+    /// <summary>The channel-major column that packed column c holds.</summary>
+    static int Source(int c, int columns, int channels) => channels == 0 ? c : c % channels * (columns / channels) + c / channels;
+
     // ---- launcher
 
-    /// <summary>fp16 rows of <paramref name="w"/> (rank ≥ 2: output channels first), on w's device.</summary>
-    public static HalfWeights From(Tensor w)
+    /// <summary>
+    /// fp16 rows of <paramref name="w"/> (rank ≥ 2: output channels first), on w's device; tap-major where
+    /// <see cref="PacksTapMajor"/> unless <paramref name="tapMajor"/> says otherwise.
+    /// </summary>
+    public static HalfWeights From(Tensor w, bool? tapMajor = null)
     {
         if (w.Rank < 2)
         {
             throw new ArgumentException($"half weights: {w.ShapeString} is not a weight matrix (rank ≥ 2)");
         }
+        bool byTap = tapMajor ?? PacksTapMajor(w.Shape);
+        if (byTap && w.Rank < 3)
+        {
+            throw new ArgumentException($"half weights: {w.ShapeString} has no taps to order by");
+        }
         var dev = w.Device;
-        var half = new HalfWeights(dev, w.Shape);
+        var half = new HalfWeights(dev, w.Shape, byTap);
         int total = half.Rows * half.RowWords;
-        var k = dev.Kernel("half_weights", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
+        var k = dev.Kernel("half_weights", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
         int threads = dev.StrideThreads(total);
-        k(threads, threads, half.Columns, half.RowWords, total, w.View, half.View);
+        k(threads, threads, half.Columns, half.RowWords, byTap ? w[1] : 0, total, w.View, half.View);
         return half;
     }
 

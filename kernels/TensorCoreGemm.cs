@@ -6,8 +6,11 @@
 //   registers, packed to fp16 and stored into the other stage afterwards — one barrier per slice. 8 warps, each owning a
 //   64×32 sub-tile as 4×4 tiles of mma.sync.m16n8k16 (64 fp32 accumulators per thread). Shared rows are padded to 20
 //   words so that the fragment reads of a warp (8 rows × 4 words) hit 32 distinct banks. Operands are read through the
-//   cursors and taps of TileOperands.cs (no division per element); the slice's two k-steps are written out from one
-//   fragment base per operand (constant offsets, folded into the loads); exact-tile launches skip the edge tests.
+//   cursors and taps of TileOperands.cs (no division per element); A comes as fp16 pairs (IHalfPairRows): fp32 rows
+//   rounded as they are staged (RoundedPairs), or convolution weights held in fp16 (HalfRowsOperand, HalfWeights), whose
+//   tap-major order lets the im2col operand share one tap across a slice (TapMajorIm2ColOperand); the slice's two
+//   k-steps are written out from one fragment base per operand (constant offsets, folded into the loads); exact-tile
+//   launches skip the edge tests.
 //   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 474 instructions for 32 mma per
 //   warp (exact tiles), against 4,281 for the first version.
 // On CUDA the product is one inline-PTX mma.sync per 16×8×16 tile. Elsewhere (the CPU accelerator, warp-32 shape) the
@@ -259,13 +262,13 @@ public static class TensorCoreGemm
         var ra6 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 6 * amStep, s.M, 6, ref aInside);
         var ra7 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 7 * amStep, s.M, 7, ref aInside);
         var cb0 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn, s.N, 0, ref bInside);
-        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside);
-        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside);
-        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside);
-        var cb4 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 4 * bnStep, s.N, 4, ref bInside);
-        var cb5 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 5 * bnStep, s.N, 5, ref bInside);
-        var cb6 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 6 * bnStep, s.N, 6, ref bInside);
-        var cb7 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 7 * bnStep, s.N, 7, ref bInside);
+        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside, cb0);
+        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside, cb0);
+        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside, cb0);
+        var cb4 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 4 * bnStep, s.N, 4, ref bInside, cb0);
+        var cb5 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 5 * bnStep, s.N, 5, ref bInside, cb0);
+        var cb6 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 6 * bnStep, s.N, 6, ref bInside, cb0);
+        var cb7 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 7 * bnStep, s.N, 7, ref bInside, cb0);
         int sa0 = am * RowWords + ap, saStep = amStep * RowWords + apStep;
         int sb0 = bn * RowWords + bp, sbStep = bnStep * RowWords + bpStep;
 
@@ -278,7 +281,9 @@ public static class TensorCoreGemm
         var aStaged = sa.SubView(sa0, 2 * StageWords - sa0);
         var bStaged = sb.SubView(sb0, 2 * StageWords - sb0);
         var tapsFirst = taps.SubView(2 * bp, 2 * Slice - 2 * bp);
-        int ka = 2 * ap, kb = 2 * bp;
+        int ka = 2 * ap, kb = 2 * bp, jb = 2 * bp;
+        // For operands whose slices share one tap (TapsPerSlice) the rows' taps come from the slice's first, not the table.
+        var slice0 = TileStaging.SliceTap(b, 0, s.K);
         aStaged[0] = TileStaging.FetchFinishPairA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
         aStaged[saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
         aStaged[2 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
@@ -287,14 +292,14 @@ public static class TensorCoreGemm
         aStaged[5 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
         aStaged[6 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
         aStaged[7 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
-        bStaged[0] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]), TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsFirst[1]));
-        bStaged[sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsFirst[2 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsFirst[2 * bpStep + 1]));
-        bStaged[2 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsFirst[4 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsFirst[4 * bpStep + 1]));
-        bStaged[3 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsFirst[6 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsFirst[6 * bpStep + 1]));
-        bStaged[4 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsFirst[8 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsFirst[8 * bpStep + 1]));
-        bStaged[5 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsFirst[10 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsFirst[10 * bpStep + 1]));
-        bStaged[6 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsFirst[12 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsFirst[12 * bpStep + 1]));
-        bStaged[7 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsFirst[14 * bpStep]), TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsFirst[14 * bpStep + 1]));
+        bStaged[0] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsFirst, 0, slice0, jb)), TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsFirst, 1, slice0, jb + 1)));
+        bStaged[sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bpStep, slice0, jb + 2 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bpStep + 1, slice0, jb + 2 * bpStep + 1)));
+        bStaged[2 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 4 * bpStep, slice0, jb + 4 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 4 * bpStep + 1, slice0, jb + 4 * bpStep + 1)));
+        bStaged[3 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 6 * bpStep, slice0, jb + 6 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 6 * bpStep + 1, slice0, jb + 6 * bpStep + 1)));
+        bStaged[4 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 8 * bpStep, slice0, jb + 8 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 8 * bpStep + 1, slice0, jb + 8 * bpStep + 1)));
+        bStaged[5 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 10 * bpStep, slice0, jb + 10 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 10 * bpStep + 1, slice0, jb + 10 * bpStep + 1)));
+        bStaged[6 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 12 * bpStep, slice0, jb + 12 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 12 * bpStep + 1, slice0, jb + 12 * bpStep + 1)));
+        bStaged[7 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 14 * bpStep, slice0, jb + 14 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 14 * bpStep + 1, slice0, jb + 14 * bpStep + 1)));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -310,6 +315,7 @@ public static class TensorCoreGemm
             ka = kNext + 2 * ap;
             kb = kNext + 2 * bp;
             var tapsNext = taps.SubView(tapNext + 2 * bp, 2 * Slice - tapNext - 2 * bp);
+            var sliceNext = TileStaging.SliceTap(b, kNext, s.K);
             var pa0 = TileStaging.FetchPairA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
             var pa1 = TileStaging.FetchPairA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + 2 * apStep, s.K);
             var pa2 = TileStaging.FetchPairA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 4 * apStep, s.K);
@@ -318,22 +324,22 @@ public static class TensorCoreGemm
             var pa5 = TileStaging.FetchPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
             var pa6 = TileStaging.FetchPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
             var pa7 = TileStaging.FetchPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
-            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0]);
-            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1]);
-            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep]);
-            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1]);
-            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsNext[4 * bpStep]);
-            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1]);
-            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsNext[6 * bpStep]);
-            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1]);
-            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsNext[8 * bpStep]);
-            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1]);
-            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsNext[10 * bpStep]);
-            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1]);
-            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsNext[12 * bpStep]);
-            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1]);
-            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsNext[14 * bpStep]);
-            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1]);
+            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb));
+            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1));
+            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep));
+            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1));
+            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep));
+            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1));
+            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep));
+            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1));
+            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep));
+            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1));
+            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep));
+            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1));
+            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep));
+            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1));
+            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep));
+            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1));
             // The slice's two k-steps from one base per operand, written out: every fragment read is then the base plus a
             // constant, which ptxas folds into the load (a loop over the steps recomputed 24 addresses per step).
             var aFragments = sa.SubView(stage + (wm + g) * RowWords + t, StageWords - (wm + g) * RowWords - t);
@@ -354,22 +360,22 @@ public static class TensorCoreGemm
             aStaged[5 * saStep] = a.FinishPair(pa5);
             aStaged[6 * saStep] = a.FinishPair(pa6);
             aStaged[7 * saStep] = a.FinishPair(pa7);
-            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0], pb0l),
-                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, tapsNext[1], pb0h));
-            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, tapsNext[2 * bpStep], pb1l),
-                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, tapsNext[2 * bpStep + 1], pb1h));
-            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, tapsNext[4 * bpStep], pb2l),
-                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, tapsNext[4 * bpStep + 1], pb2h));
-            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, tapsNext[6 * bpStep], pb3l),
-                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, tapsNext[6 * bpStep + 1], pb3h));
-            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, tapsNext[8 * bpStep], pb4l),
-                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, tapsNext[8 * bpStep + 1], pb4h));
-            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, tapsNext[10 * bpStep], pb5l),
-                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, tapsNext[10 * bpStep + 1], pb5h));
-            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, tapsNext[12 * bpStep], pb6l),
-                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, tapsNext[12 * bpStep + 1], pb6h));
-            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, tapsNext[14 * bpStep], pb7l),
-                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, tapsNext[14 * bpStep + 1], pb7h));
+            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb), pb0l),
+                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1), pb0h));
+            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep), pb1l),
+                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1), pb1h));
+            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep), pb2l),
+                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1), pb2h));
+            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep), pb3l),
+                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1), pb3h));
+            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep), pb4l),
+                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1), pb4h));
+            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep), pb5l),
+                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1), pb5h));
+            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep), pb6l),
+                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1), pb6h));
+            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep), pb7l),
+                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1), pb7h));
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);

@@ -4,7 +4,9 @@
 //     a cursor per fixed row or column, made once per launch — the batch split and an im2col column's image and pixel,
 //     all the divisions, are paid there;
 //     for B, a tap per k, made once per slice by one warp into a small shared table — an im2col row's (ci, ky, kx) and
-//     its offset from the column's origin — since every column of the tile needs the same k's;
+//     its offset from the column's origin — since every column of the tile needs the same k's; or, where the rows of a
+//     slice share one tap (tap-major im2col, TapsPerSlice), computed by each thread from the slice's first, so that the
+//     padding test and the address base are common to the slice;
 //     fetches, which combine the two: an add (strided) or an add and two compares (im2col).
 //   Fetching is split from finishing a value (GroupNorm + SiLU of the fused convolution input) so that a kernel can issue
 //   the next slice's global loads before it computes on the current one, and transform the values only when it stores
@@ -143,6 +145,16 @@ public interface IColumnOperand
     /// <summary>The tap of row <paramref name="row"/>, 0 ≤ row &lt; K.</summary>
     TileTap Tap(int row);
 
+    /// <summary>
+    /// True (a constant of the type) when the taps of a slice follow from its first row's (<see cref="TapInSlice"/>):
+    /// then a kernel computes them instead of reading a shared table, and a column's padding test is the same for the
+    /// whole slice.
+    /// </summary>
+    bool TapsPerSlice { get; }
+
+    /// <summary>The tap of the row <paramref name="j"/> rows after the one whose tap is <paramref name="first"/>, within a slice; used only when TapsPerSlice.</summary>
+    TileTap TapInSlice(TileTap first, int j);
+
     /// <summary>What memory holds for B(row, col): the raw value, before <see cref="FinishInColumn"/>.</summary>
     float FetchInColumn(TileCursor column, TileTap row);
 
@@ -166,6 +178,10 @@ public readonly struct StridedOperand(ArrayView<float> data, int offset, int bat
 
     public TileTap Tap(int row) => new() { Delta = row * rowStride };
 
+    public bool TapsPerSlice => false;
+
+    public TileTap TapInSlice(TileTap first, int j) => default;
+
     public float FetchInColumn(TileCursor column, TileTap row) => data[column.Base + row.Delta];
 
     public float FinishInColumn(TileCursor column, TileTap row, float fetched) => fetched;
@@ -184,6 +200,10 @@ public readonly struct Im2ColOperand(ArrayView<float> x, ConvShape s) : IColumnO
     public TileCursor ColumnCursor(int batch, int col) => Cursor(s, col);
 
     public TileTap Tap(int row) => TapOf(s, row);
+
+    public bool TapsPerSlice => false;
+
+    public TileTap TapInSlice(TileTap first, int j) => default;
 
     public float FetchInColumn(TileCursor column, TileTap row) => Fetch(x, s, column, row);
 
@@ -235,9 +255,16 @@ public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<Flo
 
     public TileTap Tap(int row) => Im2ColOperand.TapOf(s, row);
 
+    public bool TapsPerSlice => false;
+
+    public TileTap TapInSlice(TileTap first, int j) => default;
+
     public float FetchInColumn(TileCursor column, TileTap row) => Im2ColOperand.Fetch(x, s, column, row);
 
-    public float FinishInColumn(TileCursor column, TileTap row, float fetched)
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched) => Normalize(coefficients, s, silu, column, row, fetched);
+
+    /// <summary>GroupNorm (+SiLU) of a fetched input value; 0 in the padding.</summary>
+    public static float Normalize(ArrayView<Float4> coefficients, ConvShape s, int silu, TileCursor column, TileTap row, float fetched)
     {
         var c = coefficients[column.Channel + row.Ci];
         float v = (fetched - c.X) * c.Y + c.Z;
@@ -258,6 +285,75 @@ public readonly struct NormalizedIm2ColOperand(ArrayView<float> x, ArrayView<Flo
         }
         return 1f / x;
     }
+}
+
+/// <summary>
+/// The im2col matrix with its rows in tap-major order, r = (ky·k + kx)·Cin + ci, for weights packed the same way
+/// (HalfWeights.TapMajor). With Cin a multiple of the slice, the rows of a slice share one tap (ky, kx) and run through
+/// consecutive channels: a column's padding test is the same for the whole slice, and its addresses step by one plane —
+/// the tensor-core kernel computes the taps from the slice's first (TapsPerSlice) instead of reading a table per row.
+/// </summary>
+public readonly struct TapMajorIm2ColOperand(ArrayView<float> x, ConvShape s) : IColumnOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor ColumnCursor(int batch, int col) => Im2ColOperand.Cursor(s, col);
+
+    public TileTap Tap(int row) => TapOf(s, row);
+
+    public bool TapsPerSlice => true;
+
+    public TileTap TapInSlice(TileTap first, int j) => InSlice(s, first, j);
+
+    public float FetchInColumn(TileCursor column, TileTap row) => Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched) => fetched;
+
+    /// <summary>
+    /// Tap-major row r = (ky, kx, ci), by multiply-high with ConvShape's reciprocals of Cin and k. Its Delta is the spatial
+    /// offset ky·W + kx alone, common to the slice; the channel's plane is added at the fetch.
+    /// </summary>
+    public static TileTap TapOf(ConvShape s, int row)
+    {
+        int tap = ConvShape.Divide(row, s.ChannelReciprocal);
+        int ci = row - tap * s.Cin;
+        int ky = ConvShape.Divide(tap, s.KernelReciprocal);
+        int kx = tap - ky * s.K;
+        return new TileTap { Delta = ky * s.W + kx, Ky = ky, Kx = kx, Ci = ci };
+    }
+
+    /// <summary>The tap j channels after <paramref name="first"/>: the same (ky, kx), channel ci + j.</summary>
+    public static TileTap InSlice(ConvShape s, TileTap first, int j) => new() { Delta = first.Delta, Ky = first.Ky, Kx = first.Kx, Ci = first.Ci + j };
+
+    /// <summary>
+    /// x at the element, or 0 in the padding. The padding test and the spatial index (its selected form too) are the same
+    /// for every row of a slice, so they are computed once; only the plane ci·H·W differs. Outside, the load reads plane ci
+    /// of x's first image, which exists.
+    /// </summary>
+    public static float Fetch(ArrayView<float> x, ConvShape s, TileCursor column, TileTap row)
+    {
+        bool inside = Im2ColOperand.Inside(s, column, row);
+        return Utilities.Select(inside, x[Utilities.Select(inside, column.Base + row.Delta, 0) + row.Ci * (s.H * s.W)], 0f);
+    }
+}
+
+/// <summary>NormalizedIm2ColOperand with its rows in tap-major order, as <see cref="TapMajorIm2ColOperand"/>.</summary>
+public readonly struct TapMajorNormalizedIm2ColOperand(ArrayView<float> x, ArrayView<Float4> coefficients, ConvShape s, int silu) : IColumnOperand
+{
+    public bool ColumnsContiguous => true;
+
+    public TileCursor ColumnCursor(int batch, int col) => Im2ColOperand.Cursor(s, col);
+
+    public TileTap Tap(int row) => TapMajorIm2ColOperand.TapOf(s, row);
+
+    public bool TapsPerSlice => true;
+
+    public TileTap TapInSlice(TileTap first, int j) => TapMajorIm2ColOperand.InSlice(s, first, j);
+
+    public float FetchInColumn(TileCursor column, TileTap row) => TapMajorIm2ColOperand.Fetch(x, s, column, row);
+
+    public float FinishInColumn(TileCursor column, TileTap row, float fetched) =>
+        NormalizedIm2ColOperand.Normalize(coefficients, s, silu, column, row, fetched);
 }
 
 /// <summary>Where C(i, j) of batch item b goes, and which bias applies.</summary>
@@ -363,17 +459,48 @@ static class TileStaging
         return b.ColumnCursor(batch, Utilities.Select(isInside, col, 0));
     }
 
+    /// <summary>
+    /// The cursor of B's staged column <paramref name="col"/> after the first. Where the layout stages one column per
+    /// thread (along n) it is the same column, computed again: neither ILGPU nor ptxas merges the copies. For operands
+    /// whose slices share one tap, reusing <paramref name="first"/>'s cursor and inside bit lets ptxas share one padding
+    /// test and one base across the slice (sm_90: 320 → 284 instructions per slice, 128 registers). For the others it
+    /// does not pay: with per-row taps, separate copies give ptxas precomputed bases that it would otherwise rebuild per
+    /// element (measured: v3's im2col staging 259 → 276, v4 over fp32 weights 392 → 452), so they keep them.
+    /// </summary>
+    public static TileCursor ColumnCursor<TB, TE>(TB b, int batch, int col, int cols, int bit, ref int inside, TileCursor first)
+        where TB : struct, IColumnOperand
+        where TE : struct, ITileEdges
+    {
+        if (b.ColumnsContiguous & b.TapsPerSlice)
+        {
+            inside |= (inside & 1) << bit;
+            return first;
+        }
+        return ColumnCursor<TB, TE>(b, batch, col, cols, bit, ref inside);
+    }
+
     /// <summary>Bit <paramref name="bit"/> of an inside mask.</summary>
     public static bool Bit(int mask, int bit) => (mask & (1 << bit)) != 0;
 
     /// <summary>Threads 0..slice−1 write the taps of rows k0..k0+slice−1 at <paramref name="at"/> (callers then barrier).</summary>
     public static void WriteTaps<TB>(ArrayView<Int4> taps, int at, TB b, int k0, int kCount, int tid, int slice) where TB : struct, IColumnOperand
     {
-        if (tid < slice)
+        if (tid < slice & !b.TapsPerSlice)
         {
             taps[at + tid] = TapB(b, k0 + tid, kCount);
         }
     }
+
+    /// <summary>The tap of a slice's first row k0, for operands whose taps follow from it (TapsPerSlice); else unused.</summary>
+    public static TileTap SliceTap<TB>(TB b, int k0, int kCount) where TB : struct, IColumnOperand =>
+        b.TapsPerSlice ? TileTap.FromInt4(TapB(b, k0, kCount)) : default;
+
+    /// <summary>
+    /// The tap of a staged row: entry <paramref name="at"/> of the thread's view of the shared table, or — for TapsPerSlice
+    /// operands — computed from the slice's first tap, the row being <paramref name="j"/> rows into the slice.
+    /// </summary>
+    public static Int4 RowTap<TB>(TB b, ArrayView<Int4> taps, int at, TileTap slice, int j) where TB : struct, IColumnOperand =>
+        b.TapsPerSlice ? b.TapInSlice(slice, j).ToInt4() : taps[at];
 
     /// <summary>The first k of the slice after the one at k0, or 0 after the last slice (whose prefetch is never used).</summary>
     public static int NextSlice(int k0, int slice, int kCount) => Utilities.Select(k0 + slice < kCount, k0 + slice, 0);

@@ -96,9 +96,9 @@ public static class TiledGemm
         var ra2 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 2 * amStep, s.M, 2, ref aInside);
         var ra3 = TileStaging.RowCursor<TA, TE>(a, batch, m0 + am + 3 * amStep, s.M, 3, ref aInside);
         var cb0 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn, s.N, 0, ref bInside);
-        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside);
-        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside);
-        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside);
+        var cb1 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + bnStep, s.N, 1, ref bInside, cb0);
+        var cb2 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 2 * bnStep, s.N, 2, ref bInside, cb0);
+        var cb3 = TileStaging.ColumnCursor<TB, TE>(b, batch, n0 + bn + 3 * bnStep, s.N, 3, ref bInside, cb0);
         // Shared offsets of the four staged elements within a stage.
         int sa0 = ak * RowFloats + am, saStep = akStep * RowFloats + amStep;
         int sb0 = bk * RowFloats + bn, sbStep = bkStep * RowFloats + bnStep;
@@ -113,14 +113,16 @@ public static class TiledGemm
         var bStaged = sb.SubView(sb0, 2 * StageFloats - sb0);
         var tapsFirst = taps.SubView(bk, 2 * Slice - bk);
         int ka = ak, kb = bk;
+        // For operands whose slices share one tap (TapsPerSlice) the rows' taps come from the slice's first, not the table.
+        var slice0 = TileStaging.SliceTap(b, 0, s.K);
         aStaged[0] = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
         aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
         aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
         aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
-        bStaged[0] = TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsFirst[0]);
-        bStaged[sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsFirst[bkStep]);
-        bStaged[2 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsFirst[2 * bkStep]);
-        bStaged[3 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsFirst[3 * bkStep]);
+        bStaged[0] = TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsFirst, 0, slice0, bk));
+        bStaged[sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsFirst, bkStep, slice0, bk + bkStep));
+        bStaged[2 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bkStep, slice0, bk + 2 * bkStep));
+        bStaged[3 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsFirst, 3 * bkStep, slice0, bk + 3 * bkStep));
         Group.Barrier();
 
         var acc = default(Accumulator8x8);
@@ -133,14 +135,15 @@ public static class TiledGemm
             ka = kNext + ak;
             kb = kNext + bk;
             var tapsNext = taps.SubView(tapNext + bk, 2 * Slice - tapNext - bk);
+            var sliceNext = TileStaging.SliceTap(b, kNext, s.K);
             float pa0 = TileStaging.FetchA<TA, TE>(a, ra0, TileStaging.Bit(aInside, 0), ka, s.K);
             float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
             float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
             float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0]);
-            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsNext[bkStep]);
-            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsNext[2 * bkStep]);
-            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsNext[3 * bkStep]);
+            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk));
+            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep));
+            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep));
+            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep));
             // Two k-steps per iteration from one base per operand: their float4 reads are the base plus constants, which
             // ptxas folds into the loads. (All eight written out let ptxas hoist every read, at 240-255 registers.)
             for (int k = 0; k < Slice; k += 2)
@@ -158,10 +161,10 @@ public static class TiledGemm
             aStaged[saStep] = pa1;
             aStaged[2 * saStep] = pa2;
             aStaged[3 * saStep] = pa3;
-            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, tapsNext[0], pb0);
-            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, tapsNext[bkStep], pb1);
-            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, tapsNext[2 * bkStep], pb2);
-            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, tapsNext[3 * bkStep], pb3);
+            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk), pb0);
+            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep), pb1);
+            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep), pb2);
+            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep), pb3);
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);

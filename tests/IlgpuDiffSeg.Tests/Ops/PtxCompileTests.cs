@@ -77,7 +77,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
 
     /// <summary>
     /// The instances of the tensor-core kernel: each of TiledInstances with A read through RoundedPairs (fp32 weights), and
-    /// the convolutions with their weights held in fp16 (HalfRowsOperand).
+    /// the convolutions with their weights held in fp16 (HalfRowsOperand), channel-major and tap-major.
     /// </summary>
     public static TheoryData<Type, Type, Type, Type> TensorCoreInstances()
     {
@@ -89,6 +89,8 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             data.Add(typeof(RoundedPairs<DenseRowsOperand>), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
             data.Add(typeof(HalfRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), edges);
             data.Add(typeof(HalfRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(HalfRowsOperand), typeof(TapMajorIm2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(HalfRowsOperand), typeof(TapMajorNormalizedIm2ColOperand), typeof(ConvOutput), edges);
         }
         return data;
     }
