@@ -52,3 +52,19 @@ public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>, IColle
 
 [CollectionDefinition("cuda")]
 public sealed class CudaCollection : ICollectionFixture<CudaDeviceFixture>;
+
+/// <summary>A device's UNet kernel set for one scope and restored after it: the fixtures' devices are shared by classes.</summary>
+public readonly struct MatmulScope : IDisposable
+{
+    readonly ComputeDevice device;
+    readonly MatmulKernel before;
+
+    public MatmulScope(ComputeDevice device, MatmulKernel kernel)
+    {
+        this.device = device;
+        before = device.UNetMatmul;
+        device.UNetMatmul = kernel;
+    }
+
+    public void Dispose() => device.UNetMatmul = before;
+}

@@ -66,16 +66,8 @@ public abstract class AdmTinyFp16Tests(ComputeDevice? device, ITestOutputHelper 
     public void TensorCorePathStaysWithinHalfPrecisionOfTheOfficialFp32()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        var before = device!.UNetMatmul;
-        device.UNetMatmul = MatmulKernel.TensorCoreFp16;
-        try
-        {
-            AdmTinyParityTests.CheckAgainstOfficial(device, log, Bound);
-        }
-        finally
-        {
-            device.UNetMatmul = before;
-        }
+        using var scope = new MatmulScope(device!, MatmulKernel.TensorCoreFp16);
+        AdmTinyParityTests.CheckAgainstOfficial(device!, log, Bound);
     }
 }
 

@@ -98,49 +98,40 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
     public void BlocksHeldInHalfComputeWhatFp32WeightsGive()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        var before = device!.UNetMatmul;
-        device.UNetMatmul = MatmulKernel.TensorCoreFp16;
-        try
+        using var x = device!.Upload(TestData.Uniform(2 * 32 * 6 * 6, 8), 2, 32, 6, 6);
+        using var emb = device.Upload(TestData.Uniform(2 * 16, 9), 2, 16);
+        float[] Run(bool half, out long convBytes)
         {
-            using var x = device.Upload(TestData.Uniform(2 * 32 * 6 * 6, 8), 2, 32, 6, 6);
-            using var emb = device.Upload(TestData.Uniform(2 * 16, 9), 2, 16);
-            float[] Run(bool half, out long convBytes)
+            var resBlock = new ResBlock("res.", 32, 16, 64, useScaleShiftNorm: true);
+            var attention = new AttentionBlock("attn.", 64, numHeads: 2, numHeadChannels: -1, useNewAttentionOrder: false);
+            var parameters = resBlock.Parameters().Concat(attention.Parameters()).ToList();
+            // Weights are held in fp16 when they are placed while the device multiplies on tensor cores.
+            using (new MatmulScope(device, half ? MatmulKernel.TensorCoreFp16 : MatmulKernel.Registers))
             {
-                var resBlock = new ResBlock("res.", 32, 16, 64, useScaleShiftNorm: true);
-                var attention = new AttentionBlock("attn.", 64, numHeads: 2, numHeadChannels: -1, useNewAttentionOrder: false);
-                // Weights are held in fp16 when they are placed while the device multiplies on tensor cores.
-                device.UNetMatmul = half ? MatmulKernel.TensorCoreFp16 : MatmulKernel.Registers;
                 ModelWeights.InitializeRandom(resBlock, device, 3);
                 ModelWeights.InitializeRandom(attention, device, 4);
-                device.UNetMatmul = MatmulKernel.TensorCoreFp16;
-                var convs = resBlock.Parameters().Concat(attention.Parameters()).Where(p => p.IsConvolutionWeight).ToList();
-                Assert.All(convs, p => Assert.Equal(half, p.Half is not null && p.Value is null));
-                convBytes = convs.Sum(p => p.Half?.Bytes ?? 4L * p.Count);
-                try
-                {
-                    using var h = resBlock.Forward(x, emb);
-                    using var y = attention.Forward(h);
-                    return y.ToArray();
-                }
-                finally
-                {
-                    foreach (var p in resBlock.Parameters().Concat(attention.Parameters()))
-                    {
-                        p.Release();
-                    }
-                }
             }
-            var fromFp32 = Run(half: false, out long fp32Bytes);
-            var fromHalf = Run(half: true, out long halfBytes);
-            // Across layers a change of summation order can flip the fp16 rounding of the next layer's input (one fp16 ulp,
-            // 2⁻¹¹ relative): measured NMSE 1.4e-8, bounded like fp16 against fp32 (TensorCoreGemmTests).
-            TensorAssert.NmseBelow(fromFp32, fromHalf, 1e-6, "blocks with fp16-held weights");
-            Assert.Equal(fp32Bytes, 2 * halfBytes);
+            var convs = parameters.Where(p => p.IsConvolutionWeight).ToList();
+            Assert.All(convs, p => Assert.Equal(half, p.Half is not null && p.Value is null));
+            convBytes = convs.Sum(p => p.Half?.Bytes ?? 4L * p.Count);
+            try
+            {
+                using var scope = new MatmulScope(device, MatmulKernel.TensorCoreFp16);
+                using var h = resBlock.Forward(x, emb);
+                using var y = attention.Forward(h);
+                return y.ToArray();
+            }
+            finally
+            {
+                parameters.ForEach(p => p.Release());
+            }
         }
-        finally
-        {
-            device.UNetMatmul = before;
-        }
+        var fromFp32 = Run(half: false, out long fp32Bytes);
+        var fromHalf = Run(half: true, out long halfBytes);
+        // Across layers a change of summation order can flip the fp16 rounding of the next layer's input (one fp16 ulp,
+        // 2⁻¹¹ relative): measured NMSE 1.4e-8, bounded like fp16 against fp32 (TensorCoreGemmTests).
+        TensorAssert.NmseBelow(fromFp32, fromHalf, 1e-6, "blocks with fp16-held weights");
+        Assert.Equal(fp32Bytes, 2 * halfBytes);
     }
 
     /// <summary>A model held in fp16 cannot be saved as the fp32 checkpoint it came from: one clear error, no file.</summary>
@@ -148,26 +139,18 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
     public void SavingWeightsHeldInHalfFailsClearly()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        var before = device!.UNetMatmul;
-        device.UNetMatmul = MatmulKernel.TensorCoreFp16;
-        try
-        {
-            using var tmp = new TempDir();
-            using var model = new UNetModel(AdmFlags.Load(Fixtures.AdmTiny("flags.json")));
-            ModelWeights.InitializeRandom(model, device, 1);
-            string path = tmp.File("m.safetensors");
-            var error = Assert.Throws<DiffSegException>(() => ModelWeights.Save(model, path));
-            Assert.Contains("held in fp16 only", error.Message);
-            Assert.StartsWith(path, error.Message);
-            Assert.False(File.Exists(path));
-            ModelWeights.InitializeRandom(model, device, 1, keepFp32: true);
-            ModelWeights.Save(model, path);
-            Assert.True(File.Exists(path));
-        }
-        finally
-        {
-            device.UNetMatmul = before;
-        }
+        using var scope = new MatmulScope(device!, MatmulKernel.TensorCoreFp16);
+        using var tmp = new TempDir();
+        using var model = new UNetModel(AdmFlags.Load(Fixtures.AdmTiny("flags.json")));
+        ModelWeights.InitializeRandom(model, device!, 1);
+        string path = tmp.File("m.safetensors");
+        var error = Assert.Throws<DiffSegException>(() => ModelWeights.Save(model, path));
+        Assert.Contains("held in fp16 only", error.Message);
+        Assert.StartsWith(path, error.Message);
+        Assert.False(File.Exists(path));
+        ModelWeights.InitializeRandom(model, device!, 1, keepFp32: true);
+        ModelWeights.Save(model, path);
+        Assert.True(File.Exists(path));
     }
 }
 

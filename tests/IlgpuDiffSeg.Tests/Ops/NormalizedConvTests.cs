@@ -61,18 +61,10 @@ public abstract class NormalizedConvTests(ComputeDevice? device)
 
         float[] Run(MatmulKernel kernel)
         {
-            var before = device.UNetMatmul;
-            device.UNetMatmul = kernel;
-            try
-            {
-                using var h = resBlock.Forward(x, emb);
-                using var y = attention.Forward(h);
-                return y.ToArray();
-            }
-            finally
-            {
-                device.UNetMatmul = before;
-            }
+            using var scope = new MatmulScope(device, kernel);
+            using var h = resBlock.Forward(x, emb);
+            using var y = attention.Forward(h);
+            return y.ToArray();
         }
 
         Assert.True(device.FuseNormIntoConv);
