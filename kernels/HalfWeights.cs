@@ -103,23 +103,37 @@ public sealed class HalfWeights : IDisposable
     /// fp16 rows of <paramref name="w"/> (rank ≥ 2: output channels first), on w's device; tap-major where
     /// <see cref="PacksTapMajor"/> unless <paramref name="tapMajor"/> says otherwise.
     /// </summary>
-    public static HalfWeights From(Tensor w, bool? tapMajor = null)
+    public static HalfWeights From(Tensor w, bool? tapMajor = null) => Pack(w.Device, w.View, w.Shape, tapMajor);
+
+    /// <summary>
+    /// fp16 rows of host values, through an fp32 staging buffer of their own that is freed at once: loading a model this
+    /// way never holds more fp32 weights than the largest one (a pooled tensor would stay cached in the device's pool).
+    /// </summary>
+    public static HalfWeights Upload(ComputeDevice dev, ReadOnlySpan<float> values, int[] shape)
     {
-        if (w.Rank < 2)
+        using var staging = dev.Buffer<float>(values);
+        var half = Pack(dev, staging.View, shape, null);
+        dev.Synchronize();
+        return half;
+    }
+
+    static HalfWeights Pack(ComputeDevice dev, ArrayView<float> w, int[] shape, bool? tapMajor)
+    {
+        string shapeString = "(" + string.Join(", ", shape) + ")";
+        if (shape.Length < 2 || w.Length != Tensor.Count(shape))
         {
-            throw new ArgumentException($"half weights: {w.ShapeString} is not a weight matrix (rank ≥ 2)");
+            throw new ArgumentException($"half weights: {shapeString} is not a weight matrix (rank ≥ 2) of {w.Length} values");
         }
-        bool byTap = tapMajor ?? PacksTapMajor(w.Shape);
-        if (byTap && w.Rank < 3)
+        bool byTap = tapMajor ?? PacksTapMajor(shape);
+        if (byTap && shape.Length < 3)
         {
-            throw new ArgumentException($"half weights: {w.ShapeString} has no taps to order by");
+            throw new ArgumentException($"half weights: {shapeString} has no taps to order by");
         }
-        var dev = w.Device;
-        var half = new HalfWeights(dev, w.Shape, byTap);
+        var half = new HalfWeights(dev, shape, byTap);
         int total = half.Rows * half.RowWords;
         var k = dev.Kernel("half_weights", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
         int threads = dev.StrideThreads(total);
-        k(threads, threads, half.Columns, half.RowWords, byTap ? w[1] : 0, total, w.View, half.View);
+        k(threads, threads, half.Columns, half.RowWords, byTap ? shape[1] : 0, total, w, half.View);
         return half;
     }
 

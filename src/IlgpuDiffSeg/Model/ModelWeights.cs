@@ -143,30 +143,22 @@ public static class ModelWeights
             }
             Place(p, dev, values, keepFp32);
         }
-        ReleaseFreedFp32(dev);
-    }
-
-    /// <summary>The fp32 weights freed for fp16 rows went back to the device's pool; hand them back to the device.</summary>
-    static void ReleaseFreedFp32(ComputeDevice dev)
-    {
-        if (dev.HoldsConvWeightsInHalf)
-        {
-            dev.TrimPool();
-        }
     }
 
     /// <summary>
-    /// Uploads a parameter's values; a convolution weight goes on to fp16 rows only where the device holds them so
-    /// (ComputeDevice.HoldsConvWeightsInHalf), one tensor at a time, so that loading never holds the fp32 model.
+    /// Uploads a parameter's values; a convolution weight goes straight to fp16 rows where the device holds them so
+    /// (ComputeDevice.HoldsConvWeightsInHalf), through a staging buffer of its own, so that loading never holds more than
+    /// one fp32 weight at a time.
     /// </summary>
     static void Place(Parameter p, ComputeDevice dev, ReadOnlySpan<float> values, bool keepFp32 = false)
     {
         p.Release();
-        p.Value = dev.Upload(values, p.Shape);
         if (p.IsConvolutionWeight && dev.HoldsConvWeightsInHalf && !keepFp32)
         {
-            HoldInHalf(p, keepFp32: false);
+            p.Half = HalfWeights.Upload(dev, values, p.Shape);
+            return;
         }
+        p.Value = dev.Upload(values, p.Shape);
     }
 
     /// <summary>
@@ -239,7 +231,6 @@ public static class ModelWeights
             model.Dispose();
             throw;
         }
-        ReleaseFreedFp32(dev);
         return model;
     }
 }
