@@ -197,5 +197,40 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
 [Collection("cpu")]
 public sealed class ClassifierKernelTestsCpu(CpuDeviceFixture f) : ClassifierKernelTests(f.Device);
 
+[Collection("cpu")]
+public sealed class ClassifierKernelTestsCpuSimd(CpuSimdDeviceFixture f) : ClassifierKernelTests(f.Device);
+
 [Collection("cuda")]
 public sealed class ClassifierKernelTestsCuda(CudaDeviceFixture f) : ClassifierKernelTests(f.Device);
+
+/// <summary>The CPU backend's Adam (host SIMD lanes) gives the kernel's bits: same expression, IEEE per lane. No tolerance.</summary>
+[Collection("cpu")]
+public sealed class AdamHostTests(CpuDeviceFixture kernels, CpuSimdDeviceFixture host)
+{
+    [Fact]
+    public void HostLanesGiveTheKernelsBits()
+    {
+        const int members = 3, stride = 1037; // not a multiple of the vector width: lanes and the scalar tail
+        float[] Run(ComputeDevice dev, out float[] m, out float[] v)
+        {
+            using var dp = dev.Upload(TestData.Uniform(members * stride, 1), members * stride);
+            using var dg = dev.Upload(TestData.Uniform(members * stride, 2), members * stride);
+            using var dm = dev.Upload(TestData.Uniform(members * stride, 3, 0.01f), members * stride);
+            using var dv = dev.Upload(TestData.Uniform(members * stride, 4, 0.01f).Select(MathF.Abs).ToArray(), members * stride);
+            using var active = dev.Upload([1f, 0f, 1f], members);
+            for (int t = 1; t <= 3; t++)
+            {
+                Adam.Step(dev, AdamStep.At(t), members, stride, active.View, dp.View, dg.View, dm.View, dv.View);
+            }
+            m = dm.ToArray();
+            v = dv.ToArray();
+            return dp.ToArray();
+        }
+        var p1 = Run(kernels.Device, out var m1, out var v1);
+        var p2 = Run(host.Device, out var m2, out var v2);
+        Assert.Equal(p1, p2);
+        Assert.Equal(m1, m2);
+        Assert.Equal(v1, v2);
+        Assert.Equal(TestData.Uniform(members * stride, 1)[stride..(2 * stride)], p2[stride..(2 * stride)]);
+    }
+}
