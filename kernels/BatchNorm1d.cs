@@ -7,7 +7,7 @@
 //   backward       dγ = Σ dy·x̂, dβ = Σ dy, dx = γ/σ/B·(B·dy − dβ − x̂·dγ); fused with the ReLU before the norm
 //                  (dz = dx where the ReLU output x > 0) and the bias gradient of the Linear before it (Σ_b dz).
 // One (member, feature) per grid-stride step, looping over the B rows: B = 64 in training, so this is latency-, not
-// bandwidth-bound; M·F ≈ 1280 items.
+// bandwidth-bound; M·F ≈ 1280 items. The CPU backend runs the same item bodies on the host (ComputeDevice.RanOnHost).
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -152,12 +152,18 @@ public static class BatchNorm1d
         int total = s.Members * s.Rows * s.Features;
         for (int i = index; i < total; i += stride)
         {
-            int j = i % s.Features;
-            int m = i / (s.Rows * s.Features);
-            int mj = m * s.Features + j;
-            float scale = parameters[m * s.MemberStride + s.GammaOffset + j] / XMath.Sqrt(runningVar[mj] + s.Eps);
-            y[i] = (x[i] - runningMean[mj]) * scale + parameters[m * s.MemberStride + s.BetaOffset + j];
+            EvalItem(i, s, x, parameters, runningMean, runningVar, y);
         }
+    }
+
+    static void EvalItem(int i, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters, ArrayView<float> runningMean,
+        ArrayView<float> runningVar, ArrayView<float> y)
+    {
+        int j = i % s.Features;
+        int m = i / (s.Rows * s.Features);
+        int mj = m * s.Features + j;
+        float scale = parameters[m * s.MemberStride + s.GammaOffset + j] / XMath.Sqrt(runningVar[mj] + s.Eps);
+        y[i] = (x[i] - runningMean[mj]) * scale + parameters[m * s.MemberStride + s.BetaOffset + j];
     }
 
     static void BackwardKernel(Index1D index, int stride, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat,
@@ -203,6 +209,10 @@ public static class BatchNorm1d
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> active, ArrayView<float> xhat,
         ArrayView<float> rstd, ArrayView<float> y)
     {
+        if (dev.RanOnHost(s.Members * s.Features, item => TrainItem(item, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y)))
+        {
+            return;
+        }
         var k = dev.Kernel("batch_norm1d.train", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(TrainKernel));
@@ -213,6 +223,10 @@ public static class BatchNorm1d
     public static void EvalForward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> y)
     {
+        if (dev.RanOnHost(s.Members * s.Rows * s.Features, i => EvalItem(i, s, x, parameters, runningMean, runningVar, y)))
+        {
+            return;
+        }
         var k = dev.Kernel("batch_norm1d.eval", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(EvalKernel));
         int threads = dev.StrideThreads((long)s.Members * s.Rows * s.Features);
@@ -222,6 +236,10 @@ public static class BatchNorm1d
     public static void Backward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<float> dz)
     {
+        if (dev.RanOnHost(s.Members * s.Features, item => BackwardItem(item, s, x, xhat, rstd, dy, parameters, grads, dz)))
+        {
+            return;
+        }
         var k = dev.Kernel("batch_norm1d.backward", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(s.Members * s.Features);

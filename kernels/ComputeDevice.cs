@@ -289,6 +289,22 @@ public sealed class ComputeDevice : IDisposable
     public void Synchronize() => Accelerator.Synchronize();
 
     /// <summary>
+    /// On the CPU backend, runs a kernel's per-item body on the host instead of launching it, items spread over the cores:
+    /// the same code, so the same bits, without the CPU accelerator's simulated threads (for the classifier's small
+    /// launches they cost far more than the work). Returns false, doing nothing, elsewhere.
+    /// </summary>
+    internal bool RanOnHost(int items, Action<int> body)
+    {
+        if (!UseHostKernels)
+        {
+            return false;
+        }
+        Synchronize();
+        Parallel.For(0, items, body);
+        return true;
+    }
+
+    /// <summary>
     /// The kernel version for ops with a CPU and a GPU variant (GroupNorm statistics, Softmax): <paramref name="requested"/>
     /// when set, else 1 on the CPU accelerator (one simulated thread per row or group runs fastest there), 2 on CUDA.
     /// </summary>

@@ -99,6 +99,10 @@ public static class CrossEntropy
         ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> dlogits, ArrayView<float> grads, ArrayView<float> loss,
         ArrayView<float> correct, int labelStride = 0)
     {
+        if (dev.RanOnHost(members, m => Kernel(m, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct)))
+        {
+            return;
+        }
         var k = dev.Kernel("cross_entropy", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>,
             ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         k(members, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct);
