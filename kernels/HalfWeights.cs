@@ -125,9 +125,10 @@ public sealed class HalfWeights : IDisposable
             throw new ArgumentException($"half weights: {shapeString} is not a weight matrix (rank ≥ 2) of {w.Length} values");
         }
         bool byTap = tapMajor ?? PacksTapMajor(shape);
-        if (byTap && shape.Length < 3)
+        if (byTap && !PacksTapMajor(shape))
         {
-            throw new ArgumentException($"half weights: {shapeString} has no taps to order by");
+            // The tap-major operands take a whole K slice to share one tap.
+            throw new ArgumentException($"half weights: {shapeString} cannot be tap-major: it needs taps and Cin a multiple of {TensorCoreGemm.Slice}");
         }
         var half = new HalfWeights(dev, shape, byTap);
         int total = half.Rows * half.RowWords;

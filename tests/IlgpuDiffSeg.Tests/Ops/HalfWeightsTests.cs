@@ -40,6 +40,10 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
         var got = new uint[half.View.Length];
         half.View.CopyToHost(got);
         Assert.Equal(HalfWeights.Reference(w, cout, cin * k * k, half.TapMajor ? cin : 0), got);
+        if (cin % TensorCoreGemm.Slice != 0)
+        {
+            Assert.Throws<ArgumentException>(() => HalfWeights.From(dw, tapMajor: true));
+        }
     }
 
     [Theory]
