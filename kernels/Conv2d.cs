@@ -58,7 +58,9 @@ public readonly struct ConvWeights
         {
             throw new ArgumentException("conv2d: weights need an fp32 tensor or fp16 rows");
         }
-        if (Tensor.Count(shape) != (fp32?.Length ?? (long)half!.Rows * half.Columns) || (half is not null && shape[0] != half.Rows))
+        // Tap-major rows are ordered by their own Cin, which another view must keep.
+        if (Tensor.Count(shape) != (fp32?.Length ?? (long)half!.Rows * half.Columns) || (half is not null && shape[0] != half.Rows) ||
+            (half is { TapMajor: true } && (shape.Length < 2 || shape[1] != half.Shape[1])))
         {
             throw new ArgumentException($"conv2d: weights cannot be seen as ({string.Join(", ", shape)})");
         }
