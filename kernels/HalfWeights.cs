@@ -1,14 +1,15 @@
 // HalfWeights — a convolution's weights held as fp16 for the tensor-core kernel (v4), in place of fp32.
-//   v4 rounds its A operand to fp16 anyway (TensorCoreGemm), so rounding the weights once at load gives the same bits and
-//   saves, in every slice of every launch, one of two global loads and the conversion per staged pair — and it halves the
-//   weights' memory: the LSUN-256 UNet's 552.8M parameters take 1.1 GB instead of 2.2 GB, what the original holds with
-//   use_fp16.
+//   v4 rounds its A operand to fp16 anyway (TensorCoreGemm), so rounding the weights once at load gives it the same
+//   products and saves, in every slice of every launch, one of two global loads and the conversion per staged pair — and
+//   it halves the convolutions' memory: the LSUN-256 model holds 1.215 GB instead of 2.211 GB (measured,
+//   benchmarks/results/weights-memory-lsun256-cpu.md), what the original holds with use_fp16.
 //   Layout: row r (output channel) holds columns 0..C−1 (C = Cin·k²) as fp16 pairs, column 2p in the low half of word p,
 //   each row padded to ⌈C/2⌉ words — an odd C (the input convolution's 3·3² = 27) ends in a zero half, so a pair never
 //   straddles two rows. Rounded to nearest-even like cvt.rn.f16x2.f32.
 //   Column order: tap-major, c = (ky·k + kx)·Cin + ci, wherever Cin is a multiple of the tensor-core kernel's slice (every
 //   UNet convolution but the input's) — then a slice of the im2col matrix has one tap (TapMajorIm2ColOperand) and its
 //   padding test and addresses are shared across the slice; else PyTorch's channel-major c = (ci·k + ky)·k + kx.
+//   Channel-major rows give v4 the bits of fp32 weights; tap-major ones sum the same products in another order.
 //   v1  one word per grid-stride step.
 // Reference: Reference (System.Half); the test compares bits.
 using ILGPU;
