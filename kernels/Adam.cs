@@ -64,13 +64,13 @@ public static class Adam
 
     // ---- CPU backend
 
-    static unsafe void RunOnHost(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
+    /// <summary>The CPU backend's step, a member per task (ComputeDevice.RanOnHost); false elsewhere.</summary>
+    static unsafe bool RanOnHost(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
         ArrayView<float> g, ArrayView<float> m, ArrayView<float> v)
     {
-        dev.Synchronize();
         nint pa = (nint)active.LoadEffectiveAddressAsPtr(), pp = (nint)p.LoadEffectiveAddressAsPtr(), pg = (nint)g.LoadEffectiveAddressAsPtr(),
             pm = (nint)m.LoadEffectiveAddressAsPtr(), pv = (nint)v.LoadEffectiveAddressAsPtr();
-        Parallel.For(0, members, member =>
+        return dev.RanOnHost(members, member =>
         {
             if (((float*)pa)[member] == 0f)
             {
@@ -120,9 +120,8 @@ public static class Adam
     public static void Step(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
         ArrayView<float> g, ArrayView<float> m, ArrayView<float> v)
     {
-        if (dev.UseHostKernels)
+        if (RanOnHost(dev, s, members, memberStride, active, p, g, m, v))
         {
-            RunOnHost(dev, s, members, memberStride, active, p, g, m, v);
             return;
         }
         var k = dev.Kernel("adam", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, AdamStep, ArrayView<float>,

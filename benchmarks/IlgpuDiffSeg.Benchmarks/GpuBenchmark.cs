@@ -131,7 +131,7 @@ public static class GpuBenchmark
         // v4 reads the convolutions' weights from fp16 copies, as `--precision fp16` holds them (there without fp32 ones).
         if (dev.IsCuda)
         {
-            ModelWeights.HoldInHalf(model, keepFp32: true);
+            ModelWeights.AddHalfCopies(model);
             var convs = model.Parameters().Where(p => p.IsConvolutionWeight).ToList();
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"convolution weights: {convs.Sum(p => 4L * p.Count) / 1e9:F3} GB in fp32, {convs.Sum(p => p.Half!.Bytes) / 1e9:F3} GB held in fp16"));

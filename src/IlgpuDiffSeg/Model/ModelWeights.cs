@@ -162,30 +162,15 @@ public static class ModelWeights
     }
 
     /// <summary>
-    /// Keeps every convolution weight of the model also as fp16 rows (HalfWeights), which the tensor-core kernel reads in
-    /// place of fp32; with <paramref name="keepFp32"/> false the fp32 copies are freed (the model then runs only with v4),
-    /// else both stay (to compare kernels on one model).
+    /// Adds fp16 rows (HalfWeights) beside every convolution weight's fp32 tensor: the tensor-core kernel then reads the
+    /// rows and every other kernel the tensor, so one model compares kernels. (Loading while the device holds
+    /// convolutions in fp16 keeps the rows alone, through Place.)
     /// </summary>
-    public static void HoldInHalf(Module model, bool keepFp32)
+    public static void AddHalfCopies(Module model)
     {
-        foreach (var p in model.Parameters().Where(p => p.IsConvolutionWeight))
-        {
-            HoldInHalf(p, keepFp32);
-        }
-    }
-
-    static void HoldInHalf(Parameter p, bool keepFp32)
-    {
-        if (p.Half is null)
+        foreach (var p in model.Parameters().Where(p => p.IsConvolutionWeight && p.Half is null))
         {
             p.Half = HalfWeights.From(p.T);
-        }
-        if (!keepFp32 && p.Value is { } fp32)
-        {
-            // The packing still reads the tensor, and the next upload may reuse its pooled buffer.
-            fp32.Device.Synchronize();
-            fp32.Dispose();
-            p.Value = null;
         }
     }
 

@@ -15,10 +15,10 @@ public sealed class Parameter(string name, int[] shape)
     /// <summary>The device copy; set by the weight loader.</summary>
     public Tensor? Value { get; internal set; }
 
-    /// <summary>The fp16 rows of a convolution's weight, for the tensor-core kernel (ModelWeights.HoldInHalf).</summary>
+    /// <summary>The fp16 rows of a convolution's weight, for the tensor-core kernel (ModelWeights.Place, AddHalfCopies).</summary>
     public HalfWeights? Half { get; internal set; }
 
-    /// <summary>A convolution's weight: ModelWeights.HoldInHalf may keep it as fp16 rows.</summary>
+    /// <summary>A convolution's weight: it may be held as fp16 rows (ComputeDevice.HoldsConvWeightsInHalf).</summary>
     public bool IsConvolutionWeight { get; init; }
 
     public Tensor T => Value ?? throw new InvalidOperationException(Half is null
