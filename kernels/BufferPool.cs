@@ -10,6 +10,8 @@ namespace IlgpuDiffSeg.Kernels;
 internal sealed class BufferPool(Accelerator accelerator, Action<long> track) : IDisposable
 {
     readonly Dictionary<long, Stack<MemoryBuffer1D<float, Stride1D.Dense>>> free = new();
+    // A buffer handed back twice would be rented to two owners at once, who then overwrite each other's data: refused.
+    readonly HashSet<MemoryBuffer1D<float, Stride1D.Dense>> held = new(ReferenceEqualityComparer.Instance);
 
     public MemoryBuffer1D<float, Stride1D.Dense> Rent(long length)
     {
@@ -19,7 +21,9 @@ internal sealed class BufferPool(Accelerator accelerator, Action<long> track) : 
         {
             if (free.TryGetValue(size, out var stack) && stack.Count > 0)
             {
-                return stack.Pop();
+                var reused = stack.Pop();
+                held.Remove(reused);
+                return reused;
             }
         }
         var buffer = accelerator.Allocate1D<float>(size);
@@ -31,6 +35,10 @@ internal sealed class BufferPool(Accelerator accelerator, Action<long> track) : 
     {
         lock (free)
         {
+            if (!held.Add(buffer))
+            {
+                throw new InvalidOperationException($"a device buffer of {buffer.Length} floats was returned to the pool twice");
+            }
             if (!free.TryGetValue(buffer.Length, out var stack))
             {
                 free[buffer.Length] = stack = new Stack<MemoryBuffer1D<float, Stride1D.Dense>>();
@@ -53,6 +61,7 @@ internal sealed class BufferPool(Accelerator accelerator, Action<long> track) : 
                 }
             }
             free.Clear();
+            held.Clear();
         }
     }
 
