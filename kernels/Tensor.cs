@@ -97,7 +97,7 @@ public sealed class Tensor : IDisposable
         {
             throw new ArgumentException($"copying {data.Length} values into a tensor of {Length}");
         }
-        View.AsDense().CopyFromCPU(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(data), data.Length);
+        View.CopyFromHost(data);
     }
 
     /// <summary>Copies to the host; waits for queued work on the device first.</summary>
@@ -115,7 +115,7 @@ public sealed class Tensor : IDisposable
             throw new ArgumentException($"copying a tensor of {Length} values into {host.Length}");
         }
         device.Synchronize();
-        View.AsDense().CopyToCPU(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(host), host.Length);
+        View.CopyToHost(host);
     }
 
     public void Dispose()
