@@ -63,15 +63,7 @@ public sealed class HalfWeights : IDisposable
     {
         int rowWords = (columns + 1) / 2;
         var packed = new uint[rows * rowWords];
-        float At(int r, int c)
-        {
-            if (c >= columns)
-            {
-                return 0f;
-            }
-            int source = tapMajorChannels == 0 ? c : c % tapMajorChannels * (columns / tapMajorChannels) + c / tapMajorChannels;
-            return w[r * columns + source];
-        }
+        float At(int r, int c) => c < columns ? w[r * columns + Source(c, columns, tapMajorChannels)] : 0f;
         for (int r = 0; r < rows; r++)
         for (int p = 0; p < rowWords; p++)
         {
@@ -112,10 +104,9 @@ public sealed class HalfWeights : IDisposable
     /// </summary>
     public static HalfWeights Upload(ComputeDevice dev, ReadOnlySpan<float> values, int[] shape)
     {
+        // Disposing the staging buffer waits for the packing kernel (DeviceBuffer.Dispose).
         using var staging = dev.Buffer<float>(values);
-        var half = Pack(dev, staging.View, shape, null);
-        dev.Synchronize();
-        return half;
+        return Pack(dev, staging.View, shape, null);
     }
 
     static HalfWeights Pack(ComputeDevice dev, ArrayView<float> w, int[] shape, bool? tapMajor)
