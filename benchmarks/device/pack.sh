@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run HERE (the machine with the .NET SDK) before a device call: publishes the test suite and the benchmarks as
-# self-contained linux-x64 programs, compressed under publish/ (git-ignored, carried), and copies the shared fixtures
-# into shared/ (inside the checkout, so they travel). Then call the device with
+# self-contained linux-x64 programs, compressed under publish/ (git-ignored, carried); the fixtures travel with the
+# checkout (tests/fixtures). Then call the device with
 #   carry: ["publish/tests.tar.xz", "publish/bench.tar.xz"], command: "bash benchmarks/device/run.sh all", timeout_s: 590
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,5 +13,4 @@ git rev-parse --short HEAD > publish/bench/commit.txt
 git diff --quiet HEAD || echo "(with uncommitted changes)" >> publish/bench/commit.txt
 tar -C publish -cJf publish/tests.tar.xz tests
 tar -C publish -cJf publish/bench.tar.xz bench
-mkdir -p shared && rm -rf shared/fixtures && cp -r ../shared/fixtures shared/
-du -ch publish/*.tar.xz shared | tail -1
+du -ch publish/*.tar.xz tests/fixtures | tail -1

@@ -1,6 +1,6 @@
 namespace IlgpuDiffSeg.Tests;
 
-/// <summary>Locates ../shared/fixtures (beside the checkout), shared/fixtures (inside it) or $DIFFSEG_FIXTURES.</summary>
+/// <summary>The golden files the tests compare against: tests/fixtures, kept in the repository.</summary>
 public static class Fixtures
 {
     public static string RepoRoot { get; } = FindRepoRoot();
@@ -25,19 +25,14 @@ public static class Fixtures
         throw new DirectoryNotFoundException("IlgpuDiffSeg.sln not found above the test binaries or the working directory");
     }
 
+    /// <summary>tests/fixtures in the checkout, or $DIFFSEG_FIXTURES (a copy elsewhere, e.g. beside a published test binary).</summary>
     public static string Root
     {
         get
         {
             var env = Environment.GetEnvironmentVariable("DIFFSEG_FIXTURES");
-            var candidates = new[]
-            {
-                env ?? "",
-                Path.Combine(RepoRoot, "shared", "fixtures"),
-                Path.Combine(RepoRoot, "..", "shared", "fixtures"),
-            };
-            return candidates.FirstOrDefault(c => c != "" && Directory.Exists(c))
-                   ?? throw new DirectoryNotFoundException("fixtures not found: expected ../shared/fixtures beside the checkout");
+            string dir = string.IsNullOrEmpty(env) ? Path.Combine(RepoRoot, "tests", "fixtures") : env;
+            return Directory.Exists(dir) ? dir : throw new DirectoryNotFoundException($"fixtures not found: {dir}");
         }
     }
 

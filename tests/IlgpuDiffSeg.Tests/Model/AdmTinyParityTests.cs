@@ -5,7 +5,7 @@ using IlgpuDiffSeg.Model;
 namespace IlgpuDiffSeg.Tests.Model;
 
 /// <summary>
-/// Parity with the official guided-diffusion UNet on ../shared/fixtures/adm-tiny (fp32, CPU, PyTorch 1.13):
+/// Parity with the official guided-diffusion UNet on tests/fixtures/adm-tiny (fp32, CPU, PyTorch 1.13):
 /// model.pt goes through `convert`, the converted file is loaded and run on x0.npy at t.npy.
 /// Tolerance: max |ours − official| ≤ 1e-4 · max |official| for eps and every out_block_i (the bound; a correct
 /// fp32 port lands near 1e-6, a real bug near 1e-2).
