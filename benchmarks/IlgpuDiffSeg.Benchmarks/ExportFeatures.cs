@@ -16,8 +16,8 @@ public static class ExportFeatures
     {
         var cfg = ExperimentConfig.Load(configPath, Console.Error.WriteLine);
         using var dev = ComputeDevice.Create();
-        dev.HostKernels = true;
-        using var model = ModelWeights.Load(cfg.ModelPath, dev);
+        var plan = ExecutionPlan.For(dev);
+        using var model = ModelWeights.Load(cfg.ModelPath, plan);
         var extractor = Segmenter.CreateExtractor(model, cfg);
         var noise = NoiseSource.Create(cfg);
         foreach (var (split, folder, count, offset) in new[] { ("train", cfg.TrainingPath, cfg.TrainingNumber, 0),

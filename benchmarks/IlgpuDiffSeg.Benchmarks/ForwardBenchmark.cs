@@ -12,11 +12,11 @@ public static class ForwardBenchmark
     public static int Run(int batch, int reps)
     {
         using var dev = ComputeDevice.Create();
-        dev.HostKernels = true;
+        var plan = ExecutionPlan.For(dev);
         var clock = Stopwatch.StartNew();
         using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));
-        ModelWeights.InitializeRandom(model, dev, 1);
-        Console.Error.WriteLine($"{model.ParameterCount:N0} parameters initialised in {clock.Elapsed.TotalSeconds:F1} s on {dev.Describe()}");
+        ModelWeights.InitializeRandom(model, plan, 1);
+        Console.Error.WriteLine($"{model.ParameterCount:N0} parameters initialised in {clock.Elapsed.TotalSeconds:F1} s on {plan.Describe()}");
         using var x = dev.Upload(NoiseSource(batch), batch, 3, 256, 256);
         using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
         clock.Restart();

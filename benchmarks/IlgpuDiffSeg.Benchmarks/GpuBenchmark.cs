@@ -39,20 +39,21 @@ public static class GpuBenchmark
         return new Peak(double.NaN, double.NaN, double.NaN);
     }
 
-    /// <summary>Kernel versions to compare: every GPU kernel on CUDA; the CPU backend ignores the version.</summary>
-    static int[] Versions(ComputeDevice dev) => dev.IsCuda ? [2, 3, 4] : [2];
+    /// <summary>Kernels to compare: every GPU kernel on CUDA; the host SIMD backend on the CPU.</summary>
+    static MatmulKernel[] Kernels(ComputeDevice dev) =>
+        dev.IsCuda ? [MatmulKernel.Registers, MatmulKernel.Tiled, MatmulKernel.TensorCoreFp16] : [MatmulKernel.HostSimd];
 
     public static int Run(bool small, string? outFile)
     {
         using var dev = ComputeDevice.Create(profiling: true);
-        dev.HostKernels = true;
+        var plan = ExecutionPlan.For(dev);
         var peak = PeakOf(dev);
         var rows = new List<Row>();
         var flags = AdmFlags.Parse(small ? Demo.ModelFlags : MemoryBenchmark.Bedroom28.Flags, "benchmark");
         int size = small ? 64 : 256;
         int[] blocks = small ? Demo.Blocks : [5, 6, 7, 8, 12];
         using var model = new UNetModel(flags);
-        ModelWeights.InitializeRandom(model, dev, 1);
+        ModelWeights.InitializeRandom(model, plan, 1);
 
         void Add(string name, double ms, double flop, double bytes, bool tensorCores = false)
         {
@@ -72,17 +73,17 @@ public static class GpuBenchmark
             using var b = dev.Zeros(channels);
             using var y = dev.Allocate(batch, channels, res, res);
             double convFlop = 2.0 * batch * channels * channels * 9 * res * res;
-            foreach (int version in Versions(dev))
+            foreach (var kernel in Kernels(dev))
             {
-                Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v{version})", Time(dev, () => Conv2d.Forward(x, w, b, y, version: version)),
-                    convFlop, 0, tensorCores: version == 4);
+                Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} ({kernel.Label()})",
+                    Time(dev, () => Conv2d.Forward(x, w, b, y, kernel: kernel)), convFlop, 0, tensorCores: kernel == MatmulKernel.TensorCoreFp16);
             }
             if (dev.IsCuda)
             {
                 using var half = HalfWeights.From(w);
                 var halfOnly = new ConvWeights(null, half, w.Shape);
                 Add($"conv3x3 {channels}→{channels} @{res}² batch {batch} (v4, weights held in fp16)",
-                    Time(dev, () => Conv2d.Forward(x, halfOnly, b, y, version: 4)), convFlop, 0, tensorCores: true);
+                    Time(dev, () => Conv2d.Forward(x, halfOnly, b, y, kernel: MatmulKernel.TensorCoreFp16)), convFlop, 0, tensorCores: true);
             }
             using var g = dev.Zeros(channels);
             Add($"group_norm+silu {channels}ch @{res}² batch {batch}", Time(dev, () => GroupNorm.Forward(x, g, g, y, silu: true)),
@@ -90,7 +91,7 @@ public static class GpuBenchmark
             using var up = dev.Allocate(channels, size, size);
             Add($"bilinear {channels}ch {res}²→{size}²", Time(dev, () => UpsampleBilinear.Forward(x.Slice0(0), up)), 0, 4.0 * (x.Length / batch + up.Length));
         }
-        foreach (int version in Versions(dev).Where(v => v != 4))
+        foreach (var kernel in Kernels(dev).Where(k => k != MatmulKernel.TensorCoreFp16))
         {
             int d = small ? 864 : 8448;
             using var xg = dev.Zeros(64, d);
@@ -107,21 +108,22 @@ public static class GpuBenchmark
                 M = 128, N = d, K = 64, Batch0 = 10, Batch1 = 1, Alpha = 1f, ARow = 1, ACol = 128, ABatch0 = 64 * 128,
                 BRow = d, BCol = 1, CRow = d, CCol = 1, CBatch0 = 128 * d,
             };
-            Add($"gemm: classifier layer 1 forward, 10×(64×{d}·{d}×128) (v{version})",
-                Time(dev, () => Gemm.Run(dev, forward, xg.View, wg.View, hg.View, version: version)), 2.0 * 10 * 64 * 128 * d, 0);
-            Add($"gemm: classifier layer 1 weight gradient (v{version})",
-                Time(dev, () => Gemm.Run(dev, weightGrad, hg.View, xg.View, gg.View, version: version)), 2.0 * 10 * 64 * 128 * d, 0);
+            Add($"gemm: classifier layer 1 forward, 10×(64×{d}·{d}×128) ({kernel.Label()})",
+                Time(dev, () => Gemm.Run(dev, forward, xg.View, wg.View, hg.View, kernel: kernel)), 2.0 * 10 * 64 * 128 * d, 0);
+            Add($"gemm: classifier layer 1 weight gradient ({kernel.Label()})",
+                Time(dev, () => Gemm.Run(dev, weightGrad, hg.View, xg.View, gg.View, kernel: kernel)), 2.0 * 10 * 64 * 128 * d, 0);
         }
         foreach (var (channels, tokens, heads) in small ? new[] { (64, 64, 2) } : new[] { (2 * c1, 1024, 8), (4 * c1, 256, 16) })
         {
             using var qkv = dev.Zeros(1, 3 * channels, tokens);
             using var a = dev.Allocate(1, channels, tokens);
-            foreach (int version in Versions(dev))
+            foreach (var kernel in Kernels(dev))
             {
-                string how = version == 3 && Attention.FlashSupported(dev, channels / heads) ? "flash" : $"score buffer, gemm v{version}";
+                string how = kernel == MatmulKernel.Tiled && Attention.FlashSupported(dev, channels / heads)
+                    ? "flash" : $"score buffer, gemm {kernel.Label()}";
                 Add($"attention {channels}ch, {tokens} tokens, {heads} heads ({how})",
-                    Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true, version)), 4.0 * tokens * tokens * channels, 0,
-                    tensorCores: version == 4);
+                    Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true, kernel)), 4.0 * tokens * tokens * channels, 0,
+                    tensorCores: kernel == MatmulKernel.TensorCoreFp16);
             }
         }
 
@@ -136,29 +138,31 @@ public static class GpuBenchmark
             Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"convolution weights: {convs.Sum(p => 4L * p.Count) / 1e9:F3} GB in fp32, {convs.Sum(p => p.Half!.Bytes) / 1e9:F3} GB held in fp16"));
         }
-        var forwardMs = new Dictionary<(int, bool), double>();
-        foreach (int version in Versions(dev))
+        // One model, each kernel through a pass of its own plan (the weights stay as loaded).
+        var forwardMs = new Dictionary<ExecutionPlan, double>();
+        foreach (var kernel in Kernels(dev))
         {
-            foreach (bool fuse in version >= 3 ? new[] { true, false } : new[] { false })
+            foreach (bool fuse in kernel.IsTiled() ? new[] { true, false } : new[] { false })
             {
-                dev.UNetMatmul = (MatmulKernel)version;
-                dev.FuseNormIntoConv = fuse;
+                var candidate = ExecutionPlan.With(dev, kernel, fuse);
                 foreach (int batch in new[] { 1, 8 })
                 {
                     using var x = dev.Zeros(batch, 3, size, size);
                     using var t = dev.Upload(Enumerable.Repeat(250f, batch).ToArray(), batch);
-                    double ms = Time(dev, () => model.Forward(x, t).Dispose(), reps: small ? 3 : 5);
-                    forwardMs.TryAdd((version, fuse), ms);
-                    Add($"UNet forward, batch {batch} (v{version}: {dev.UNetMatmul}{(fuse ? ", norms fused" : "")})", ms,
-                        batch * ForwardFlop(small), 0, tensorCores: version == 4);
+                    double ms = Time(dev, () =>
+                    {
+                        using var pass = new Pass(candidate);
+                        model.Forward(pass, x, t).Dispose();
+                    }, reps: small ? 3 : 5);
+                    forwardMs.TryAdd(candidate, ms);
+                    Add($"UNet forward, batch {batch} ({kernel.Label()}: {kernel}{(fuse ? ", norms fused" : "")})", ms,
+                        batch * ForwardFlop(small), 0, tensorCores: kernel == MatmulKernel.TensorCoreFp16);
                 }
             }
         }
-        ((int bestVersion, bool bestFuse), _) = forwardMs.Where(p => p.Key.Item1 != 4).MinBy(p => p.Value);
-        dev.UNetMatmul = (MatmulKernel)bestVersion;
-        dev.FuseNormIntoConv = bestFuse;
-        Console.Error.WriteLine($"stages below: UNet kernel {dev.UNetMatmul}, norms fused: {dev.NormFusedIntoConv}");
-        var extractor = new FeatureExtractor(model, [50, 150, 250], blocks);
+        var best = forwardMs.Where(p => p.Key.UNetMatmul != MatmulKernel.TensorCoreFp16).MinBy(p => p.Value).Key;
+        Console.Error.WriteLine($"stages below: UNet kernel {best.UNetMatmul}, norms fused: {best.FusesNorms}");
+        var extractor = new FeatureExtractor(model, [50, 150, 250], blocks, best);
         using (var image = dev.Zeros(3, size, size))
         using (var noise = dev.Zeros(3, size, size))
         {
@@ -166,7 +170,7 @@ public static class GpuBenchmark
             Add("features of one image (3 steps, native blocks)", Time(dev, () => extractor.Activations(image, noise).Dispose(), reps: 3), 0, 0);
         }
         var layout = MlpLayout.ForClasses(10, extractor.Channels, small ? 5 : 29);
-        using var ensemble = PixelEnsemble.CreateRandom(dev, layout, 0);
+        using var ensemble = PixelEnsemble.CreateRandom(plan, layout, 0);
         using var trainer = new EnsembleTrainer(ensemble, 64);
         using var xb = dev.Buffer<float>(64L * layout.In);
         using var yb = dev.Buffer<int>(64);

@@ -18,7 +18,6 @@ public class HostKernelBenchmarks
     public void Setup()
     {
         dev = ComputeDevice.Create(DeviceChoice.Cpu);
-        dev.HostKernels = true;
         var rng = new Random(1);
         float[] R(int n) => Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         x = dev.Upload(R(3 * 64 * 64 * 64), 3, 64, 64, 64);
@@ -35,7 +34,7 @@ public class HostKernelBenchmarks
     [Benchmark(Description = "conv3x3 64→64 @64², batch 3 (1.36 GFLOP)")]
     public void Conv3x3()
     {
-        Conv2d.Forward(x, w, b, y);
+        Conv2d.Forward(x, w, b, y, kernel: MatmulKernel.HostSimd);
         dev.Synchronize();
     }
 
@@ -48,7 +47,7 @@ public class HostKernelBenchmarks
             M = 64, N = 128, K = 864, Batch0 = 10, Batch1 = 1, Alpha = 1f, ARow = 864, ACol = 1,
             BRow = 1, BCol = 864, BBatch0 = 128 * 864, CRow = 128, CCol = 1, CBatch0 = 64 * 128,
         };
-        Gemm.Run(dev, s, features.View, weights.View, hidden.View);
+        Gemm.Run(dev, s, features.View, weights.View, hidden.View, kernel: MatmulKernel.HostSimd);
         dev.Synchronize();
     }
 
@@ -61,7 +60,7 @@ public class HostKernelBenchmarks
             M = 128, N = 864, K = 64, Batch0 = 10, Batch1 = 1, Alpha = 1f, ARow = 1, ACol = 128, ABatch0 = 64 * 128,
             BRow = 864, BCol = 1, CRow = 864, CCol = 1, CBatch0 = 128 * 864,
         };
-        Gemm.Run(dev, s, hidden.View, features.View, grads.View);
+        Gemm.Run(dev, s, hidden.View, features.View, grads.View, kernel: MatmulKernel.HostSimd);
         dev.Synchronize();
     }
 

@@ -117,17 +117,17 @@ public static class MemoryBenchmark
     {
         var shape = shapeName == Bedroom28.Name ? Bedroom28 : CpuScaled;
         using var dev = ComputeDevice.Create(device == "cuda" ? DeviceChoice.Cuda : device == "cpu" ? DeviceChoice.Cpu : DeviceChoice.Auto);
-        dev.HostKernels = true;
+        var plan = ExecutionPlan.For(dev);
         var flags = AdmFlags.Parse(shape.Flags, shape.Name);
         using var model = new UNetModel(flags);
-        ModelWeights.InitializeRandom(model, dev, 1);
+        ModelWeights.InitializeRandom(model, plan, 1);
         var extractor = new FeatureExtractor(model, shape.Steps, shape.Blocks);
         int size = shape.Size, pixels = size * size;
         dev.ResetPeak();
 
         ITrainingFeatures store = path == "materialized"
             ? new MaterializedTrainingFeatures(dev, extractor, images, size)
-            : new LeanTrainingFeatures(dev, extractor, images, size, half: path == "lean-fp16");
+            : new LeanTrainingFeatures(plan, extractor, images, size, half: path == "lean-fp16");
         var labels = new byte[(long)images * pixels];
         using var noise = dev.Upload(NoiseSource.Draw(3 * pixels, 0), 3, size, size);
         var clock = Stopwatch.StartNew();
@@ -150,7 +150,7 @@ public static class MemoryBenchmark
         double extract = clock.Elapsed.TotalSeconds / images;
 
         var layout = MlpLayout.ForClasses(shape.Members, store.Channels, shape.Classes);
-        using var ensemble = PixelEnsemble.CreateRandom(dev, layout, 0);
+        using var ensemble = PixelEnsemble.CreateRandom(plan, layout, 0);
         using var trainer = new EnsembleTrainer(ensemble, 64);
         var rng = new Random(0);
         var ids = Enumerable.Range(0, 64 * 200).Select(_ => rng.Next(images * pixels)).ToArray();

@@ -16,24 +16,24 @@ public static class PrecisionBenchmark
     public static int Run(string? outFile)
     {
         using var dev = ComputeDevice.Create();
-        dev.HostKernels = true;
+        var plan = ExecutionPlan.For(dev);
         using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));
-        ModelWeights.InitializeRandom(model, dev, 1);
+        ModelWeights.InitializeRandom(model, plan, 1);
         using var x = dev.Upload(Pipeline.NoiseSource.Draw(3 * 256 * 256, 3), 1, 3, 256, 256);
         using var t = dev.Upload([250f], 1);
         int[] blocks = [5, 6, 7, 8, 12];
 
         Dictionary<string, float[]> Run(MatmulKernel kernel)
         {
-            dev.UNetMatmul = kernel;
-            using var o = model.Forward(x, t, capture: blocks);
+            using var pass = new Pass(ExecutionPlan.With(dev, kernel));
+            using var o = model.Forward(pass, x, t, capture: blocks);
             var result = blocks.ToDictionary(b => $"out_block_{b} {o.Blocks[b].ShapeString}", b => o.Blocks[b].ToArray());
             result["eps (output)"] = o.Output!.ToArray();
             return result;
         }
 
-        var fp32 = Run(MatmulKernel.Registers);
-        var fp16 = Run(MatmulKernel.TensorCoreFp16);
+        var fp32 = Run(dev.IsCpu ? MatmulKernel.HostSimd : MatmulKernel.Registers);
+        var fp16 = Run(dev.IsCpu ? MatmulKernel.HostSimdFp16 : MatmulKernel.TensorCoreFp16);
         var report = new StringBuilder();
         report.AppendLine(CultureInfo.InvariantCulture, $"# Precision fp16 against fp32 — LSUN-256 UNet, random weights, t = 250");
         report.AppendLine();

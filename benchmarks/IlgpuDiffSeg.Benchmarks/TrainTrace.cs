@@ -34,8 +34,7 @@ public static class TrainTrace
         var rng = new Random(7);
         var order = Enumerable.Range(0, steps * 64).Select(_ => rng.Next(y.Length)).ToArray();
         using var dev = ComputeDevice.Create(DeviceChoice.Auto);
-        dev.HostKernels = true;
-        using var ensemble = PixelEnsemble.CreateRandom(dev, MlpLayout.ForClasses(1, d, classes), seed: 11);
+        using var ensemble = PixelEnsemble.CreateRandom(ExecutionPlan.For(dev), MlpLayout.ForClasses(1, d, classes), seed: 11);
         using var trainer = new EnsembleTrainer(ensemble, 64);
         Directory.CreateDirectory(outDir);
         Npy.Write(Path.Combine(outDir, "initial.npy"), ensemble.Parameters.ToArray(), [(int)ensemble.Parameters.Length]);

@@ -25,15 +25,15 @@ public static class WeightsBenchmark
         {
             using var dev = ComputeDevice.Create(device == "cuda" ? DeviceChoice.Cuda : device == "cpu" ? DeviceChoice.Cpu : DeviceChoice.Auto);
             described = dev.Describe();
-            dev.UNetMatmul = kernel;
+            var plan = ExecutionPlan.With(dev, kernel);
             using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));
             var clock = Stopwatch.StartNew();
-            ModelWeights.InitializeRandom(model, dev, 1);
+            ModelWeights.InitializeRandom(model, plan, 1);
             dev.Synchronize();
             double seconds = clock.Elapsed.TotalSeconds;
             var convs = model.Parameters().Where(p => p.IsConvolutionWeight).ToList();
             string precision = kernel == MatmulKernel.TensorCoreFp16 ? "fp16 (`--precision fp16`)" : "fp32";
-            string held = dev.HoldsConvWeightsInHalf ? "fp16 rows only" : "fp32";
+            string held = plan.HoldsConvWeightsInHalf ? "fp16 rows only" : "fp32";
             rows.Add(string.Create(CultureInfo.InvariantCulture,
                 $"| {precision} | {held} | {convs.Count} | {dev.DeviceBytes / 1e9:F3} | {dev.PeakDeviceBytes / 1e9:F3} | {seconds:F1} |"));
             Console.Error.WriteLine(rows[^1]);

@@ -64,13 +64,13 @@ public static class Adam
 
     // ---- CPU backend
 
-    /// <summary>The CPU backend's step, a member per task (ComputeDevice.RanOnHost); false elsewhere.</summary>
-    static unsafe bool RanOnHost(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
+    /// <summary>The CPU backend's step, a member per task (HostBackend.ForEach).</summary>
+    static unsafe void StepOnHost(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
         ArrayView<float> g, ArrayView<float> m, ArrayView<float> v)
     {
         nint pa = (nint)active.LoadEffectiveAddressAsPtr(), pp = (nint)p.LoadEffectiveAddressAsPtr(), pg = (nint)g.LoadEffectiveAddressAsPtr(),
             pm = (nint)m.LoadEffectiveAddressAsPtr(), pv = (nint)v.LoadEffectiveAddressAsPtr();
-        return dev.RanOnHost(members, member =>
+        HostBackend.ForEach(dev, members, member =>
         {
             if (((float*)pa)[member] == 0f)
             {
@@ -117,14 +117,16 @@ public static class Adam
 
     // ---- launcher
 
-    public static void Step(ComputeDevice dev, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
+    public static void Step(ExecutionPlan plan, AdamStep s, int members, int memberStride, ArrayView<float> active, ArrayView<float> p,
         ArrayView<float> g, ArrayView<float> m, ArrayView<float> v)
     {
-        if (RanOnHost(dev, s, members, memberStride, active, p, g, m, v))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            StepOnHost(dev, s, members, memberStride, active, p, g, m, v);
             return;
         }
-        var k = dev.Kernel("adam", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, AdamStep, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, AdamStep, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         int total = members * memberStride;
         int threads = dev.StrideThreads(total);

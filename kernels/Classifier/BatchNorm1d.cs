@@ -7,7 +7,7 @@
 //   backward       dγ = Σ dy·x̂, dβ = Σ dy, dx = γ/σ/B·(B·dy − dβ − x̂·dγ); fused with the ReLU before the norm
 //                  (dz = dx where the ReLU output x > 0) and the bias gradient of the Linear before it (Σ_b dz).
 // One (member, feature) per grid-stride step, looping over the B rows: B = 64 in training, so this is latency-, not
-// bandwidth-bound; M·F ≈ 1280 items. The CPU backend runs the same item bodies on the host (ComputeDevice.RanOnHost).
+// bandwidth-bound; M·F ≈ 1280 items. The CPU backend runs the same item bodies on the host (HostBackend.ForEach).
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -205,42 +205,48 @@ public static class BatchNorm1d
 
     // ---- launchers
 
-    public static void TrainForward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
+    public static void TrainForward(ExecutionPlan plan, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> active, ArrayView<float> xhat,
         ArrayView<float> rstd, ArrayView<float> y)
     {
-        if (dev.RanOnHost(s.Members * s.Features, item => TrainItem(item, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y)))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            HostBackend.ForEach(dev, s.Members * s.Features, item => TrainItem(item, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y));
             return;
         }
-        var k = dev.Kernel("batch_norm1d.train", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
+        var k = dev.Kernel(TrainKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(TrainKernel));
         int threads = dev.StrideThreads(s.Members * s.Features);
         k(threads, threads, s, x, parameters, runningMean, runningVar, active, xhat, rstd, y);
     }
 
-    public static void EvalForward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
+    public static void EvalForward(ExecutionPlan plan, BatchNormShape s, ArrayView<float> x, ArrayView<float> parameters,
         ArrayView<float> runningMean, ArrayView<float> runningVar, ArrayView<float> y)
     {
-        if (dev.RanOnHost(s.Members * s.Rows * s.Features, i => EvalItem(i, s, x, parameters, runningMean, runningVar, y)))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            HostBackend.ForEach(dev, s.Members * s.Rows * s.Features, i => EvalItem(i, s, x, parameters, runningMean, runningVar, y));
             return;
         }
-        var k = dev.Kernel("batch_norm1d.eval", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
+        var k = dev.Kernel(EvalKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(EvalKernel));
         int threads = dev.StrideThreads((long)s.Members * s.Rows * s.Features);
         k(threads, threads, s, x, parameters, runningMean, runningVar, y);
     }
 
-    public static void Backward(ComputeDevice dev, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
+    public static void Backward(ExecutionPlan plan, BatchNormShape s, ArrayView<float> x, ArrayView<float> xhat, ArrayView<float> rstd,
         ArrayView<float> dy, ArrayView<float> parameters, ArrayView<float> grads, ArrayView<float> dz)
     {
-        if (dev.RanOnHost(s.Members * s.Features, item => BackwardItem(item, s, x, xhat, rstd, dy, parameters, grads, dz)))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            HostBackend.ForEach(dev, s.Members * s.Features, item => BackwardItem(item, s, x, xhat, rstd, dy, parameters, grads, dz));
             return;
         }
-        var k = dev.Kernel("batch_norm1d.backward", a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
+        var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, BatchNormShape, ArrayView<float>,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(s.Members * s.Features);
         k(threads, threads, s, x, xhat, rstd, dy, parameters, grads, dz);

@@ -95,15 +95,17 @@ public static class CrossEntropy
     // ---- launcher
 
     /// <summary><paramref name="labelStride"/>: 0 when every member reads the same labels, B when each has its own batch.</summary>
-    public static void ForwardBackward(ComputeDevice dev, int members, int rows, int classes, int memberStride, int biasOffset,
+    public static void ForwardBackward(ExecutionPlan plan, int members, int rows, int classes, int memberStride, int biasOffset,
         ArrayView<float> logits, ArrayView<int> labels, ArrayView<float> dlogits, ArrayView<float> grads, ArrayView<float> loss,
         ArrayView<float> correct, int labelStride = 0)
     {
-        if (dev.RanOnHost(members, m => Kernel(m, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct)))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            HostBackend.ForEach(dev, members, m => Kernel(m, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct));
             return;
         }
-        var k = dev.Kernel("cross_entropy", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>,
             ArrayView<int>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         k(members, rows, classes, memberStride, biasOffset, labelStride, logits, labels, dlogits, grads, loss, correct);
     }

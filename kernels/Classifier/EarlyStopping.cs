@@ -67,13 +67,15 @@ public static class EarlyStopping
     // ---- launcher
 
     /// <summary>Updates the rule after one iteration of <paramref name="epoch"/>; clears <paramref name="active"/>[m] on stop.</summary>
-    public static void Update(ComputeDevice dev, int members, int epoch, ArrayView<float> state, ArrayView<float> loss, ArrayView<float> active)
+    public static void Update(ExecutionPlan plan, int members, int epoch, ArrayView<float> state, ArrayView<float> loss, ArrayView<float> active)
     {
-        if (dev.RanOnHost(members, m => Kernel(m, epoch, state, loss, active)))
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
+            HostBackend.ForEach(dev, members, m => Kernel(m, epoch, state, loss, active));
             return;
         }
-        var k = dev.Kernel("early_stopping", a => a.LoadAutoGroupedStreamKernel<Index1D, int, ArrayView<float>, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(Kernel));
         k(members, epoch, state, loss, active);
     }

@@ -135,26 +135,18 @@ public static class EnsembleVote
     public static void Forward(ComputeDevice dev, int members, int pixels, int classes, ArrayView<float> logits, ArrayView<int> labels,
         ArrayView<float> js)
     {
-        var memberK = dev.Kernel("ensemble_vote.members", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
+        var memberK = dev.Kernel(MemberKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
             ArrayView<float>, ArrayView<int>, ArrayView<float>>(MemberKernel));
-        var voteK = dev.Kernel("ensemble_vote.vote", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>,
+        var voteK = dev.Kernel(VoteKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>,
             ArrayView<float>, ArrayView<int>, ArrayView<float>, ArrayView<int>, ArrayView<float>>(VoteKernel));
         int rows = members * pixels;
-        var lse = dev.RentScratch(rows);
-        var entropy = dev.RentScratch(rows);
+        using var lse = dev.Allocate(rows);
+        using var entropy = dev.Allocate(rows);
         using var argmax = dev.Buffer<int>(rows);
-        try
-        {
-            int threads = dev.StrideThreads(rows);
-            memberK(threads, threads, rows, classes, logits, lse.View, argmax.View, entropy.View);
-            threads = dev.StrideThreads(pixels);
-            voteK(threads, threads, members, pixels, classes, logits, lse.View, argmax.View, entropy.View, labels, js);
-            dev.Synchronize();
-        }
-        finally
-        {
-            dev.ReturnScratch(lse);
-            dev.ReturnScratch(entropy);
-        }
+        int threads = dev.StrideThreads(rows);
+        memberK(threads, threads, rows, classes, logits, lse.View, argmax.View, entropy.View);
+        threads = dev.StrideThreads(pixels);
+        voteK(threads, threads, members, pixels, classes, logits, lse.View, argmax.View, entropy.View, labels, js);
+        dev.Synchronize();
     }
 }

@@ -55,7 +55,7 @@ public static class QSample
             throw new ArgumentException($"q_sample: x0 {x0.ShapeString}, noise {noise.ShapeString}, {steps} steps → {y.ShapeString}");
         }
         var dev = x0.Device;
-        var k = dev.Kernel("q_sample", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<float>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, x0.Length, steps, noise.Length == x0.Length ? 0 : 1, x0.View, noise.View, coefficients.View, y.View);

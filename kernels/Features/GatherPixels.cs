@@ -49,7 +49,7 @@ public static class GatherPixels
     public static void Forward(ComputeDevice dev, int rows, int channels, int pixelsPerImage, ArrayView<int> ids, ArrayView<float> features,
         ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
-        var k = dev.Kernel("gather_pixels", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<int>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<int>,
             ArrayView<float>, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(Kernel));
         int threads = dev.StrideThreads((long)rows * channels);
         k(threads, threads, rows, channels, pixelsPerImage, ids, features, labels, x, y);

@@ -215,24 +215,26 @@ public static class LeanFeatures
     // ---- launchers
 
     /// <summary>x (rows, D) and y (rows) for pixel ids from an fp32 store of native maps.</summary>
-    public static unsafe void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
+    public static unsafe void Gather(ExecutionPlan plan, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
         ArrayView<float> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
-        if (dev.UseHostKernels)
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
             dev.Synchronize();
             GatherHost(s, (int*)ids.LoadEffectiveAddressAsPtr(), (int*)table.LoadEffectiveAddressAsPtr(), (float*)store.LoadEffectiveAddressAsPtr(),
                 null, (byte*)labels.LoadEffectiveAddressAsPtr(), (float*)x.LoadEffectiveAddressAsPtr(), (int*)y.LoadEffectiveAddressAsPtr());
             return;
         }
-        LaunchGather(dev, "lean.gather_f32", s, ids, table, channelEntry, new Float32Store(store), labels, x, y);
+        LaunchGather(dev, s, ids, table, channelEntry, new Float32Store(store), labels, x, y);
     }
 
     /// <summary>The same from an fp16 store.</summary>
-    public static unsafe void Gather(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
+    public static unsafe void Gather(ExecutionPlan plan, LeanShape s, ArrayView<int> ids, ArrayView<int> table, ArrayView<int> channelEntry,
         ArrayView<Half> store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
     {
-        if (dev.UseHostKernels)
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
             dev.Synchronize();
             GatherHost(s, (int*)ids.LoadEffectiveAddressAsPtr(), (int*)table.LoadEffectiveAddressAsPtr(), null,
@@ -240,31 +242,32 @@ public static class LeanFeatures
                 (int*)y.LoadEffectiveAddressAsPtr());
             return;
         }
-        LaunchGather(dev, "lean.gather_f16", s, ids, table, channelEntry, new Float16Store(store), labels, x, y);
+        LaunchGather(dev, s, ids, table, channelEntry, new Float16Store(store), labels, x, y);
     }
 
-    static void LaunchGather<TStore>(ComputeDevice dev, string key, LeanShape s, ArrayView<int> ids, ArrayView<int> table,
+    static void LaunchGather<TStore>(ComputeDevice dev, LeanShape s, ArrayView<int> ids, ArrayView<int> table,
         ArrayView<int> channelEntry, TStore store, ArrayView<byte> labels, ArrayView<float> x, ArrayView<int> y)
         where TStore : struct, INativeStore
     {
-        var k = dev.Kernel(key, a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
+        var k = dev.Kernel(GatherKernel<TStore>, a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<int>,
             ArrayView<int>, TStore, ArrayView<byte>, ArrayView<float>, ArrayView<int>>(GatherKernel));
         int threads = dev.StrideThreads((long)s.Rows * s.Channels);
         k(threads, threads, s, ids, table, channelEntry, store, labels, x, y);
     }
 
     /// <summary>a1 (M, rows, H1) = ReLU(b1 + Σ_e Up(Y_e)) for pixels [Start, Start + Rows); native: (M, RecordSize).</summary>
-    public static unsafe void Accumulate(ComputeDevice dev, LeanShape s, ArrayView<int> table, ArrayView<float> native, ArrayView<float> parameters,
+    public static unsafe void Accumulate(ExecutionPlan plan, LeanShape s, ArrayView<int> table, ArrayView<float> native, ArrayView<float> parameters,
         ArrayView<float> a1)
     {
-        if (dev.UseHostKernels)
+        var dev = plan.Device;
+        if (plan.OnHost)
         {
             dev.Synchronize();
             AccumulateHost(s, (int*)table.LoadEffectiveAddressAsPtr(), (float*)native.LoadEffectiveAddressAsPtr(),
                 (float*)parameters.LoadEffectiveAddressAsPtr(), (float*)a1.LoadEffectiveAddressAsPtr());
             return;
         }
-        var k = dev.Kernel("lean.accumulate", a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<float>,
+        var k = dev.Kernel(AccumulateKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, LeanShape, ArrayView<int>, ArrayView<float>,
             ArrayView<float>, ArrayView<float>>(AccumulateKernel));
         int threads = dev.StrideThreads((long)s.Members * s.Rows * s.Hidden);
         k(threads, threads, s, table, native, parameters, a1);
@@ -273,7 +276,7 @@ public static class LeanFeatures
     /// <summary>destination[i] = (fp16) source[i] for the first n values.</summary>
     public static void ToHalf(ComputeDevice dev, ArrayView<float> source, ArrayView<Half> destination, int n)
     {
-        var k = dev.Kernel("lean.to_half", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<Half>>(ToHalfKernel));
+        var k = dev.Kernel(ToHalfKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<Half>>(ToHalfKernel));
         int threads = dev.StrideThreads(n);
         k(threads, threads, n, source, destination);
     }

@@ -77,7 +77,7 @@ public static class UpsampleBilinear
             throw new ArgumentException($"upsample_bilinear: {x.ShapeString} into channels {channelOffset}.. of {y.ShapeString}");
         }
         var dev = x.Device;
-        var k = dev.Kernel("upsample_bilinear", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, int, int,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads((long)c * ho * wo);
         k(threads, threads, c, h, w, ho, wo, channelOffset, x.View, y.View);

@@ -3,15 +3,15 @@
 // Every operand is addressed as base + b0·sBatch0 + b1·sBatch1 + row·sRow + col·sCol, so transposes, the
 // (batch, head) split of attention and "linear over a batch of rows" are all strides, with no copies.
 //   v1  one C element per grid-stride step.
-//   v2  4×4 register tile of C per step: 8 loads feed 16 FMAs. Default.
+//   v2  4×4 register tile of C per step: 8 loads feed 16 FMAs. Default on CUDA.
 //   v3  the shared-memory tiled kernel of TiledGemm (128×128 tiles, 8×8 per thread), for GPUs; opt-in until measured.
 //   v4  TensorCoreGemm: v3's tiling with fp16 operands on tensor cores (mma.sync), fp32 accumulation; opt-in (precision fp16).
 // Split K (v1, v2 on CUDA): a product with few outputs and a long K — the pixel classifier's first layer, 10 × 64 × 128
 // outputs over K = 8448 — gives v2 only 5,120 threads that each walk all of K. Run instead as K/S-long products into
 // S partial buffers (S more threads, S times shorter) and a kernel that sums the partials in a fixed order and applies
 // the epilogue.
+// Host: the CPU backend (HostBackend.Gemm, HostGemm), the same shape on the host's SIMD units.
 // FLOPs = 2·batches·M·N·K.
-using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -23,22 +23,6 @@ public enum Activation
 {
     None = 0,
     Relu = 1,
-}
-
-/// <summary>The kernel behind a matrix product or convolution: the `version` argument of Gemm.Run and Conv2d.Forward.</summary>
-public enum MatmulKernel
-{
-    /// <summary>v1: one output per thread step; the shape of the reference.</summary>
-    Direct = 1,
-
-    /// <summary>v2: a 4×4 register tile per thread step; fp32.</summary>
-    Registers = 2,
-
-    /// <summary>v3: 128×128 shared-memory tiles, 8×8 per thread (TiledGemm); fp32.</summary>
-    Tiled = 3,
-
-    /// <summary>v4: v3's tiling on tensor cores, fp16 operands summed in fp32 (TensorCoreGemm); the original's use_fp16.</summary>
-    TensorCoreFp16 = 4,
 }
 
 /// <summary>Sizes and strides of one batched GEMM. Build with the helpers, not by hand.</summary>
@@ -222,9 +206,9 @@ public static class Gemm
     /// How many K splits a product should run as: on CUDA, for v1/v2, when it has few outputs (under 2¹⁸) over a long K
     /// (≥ 1,024), the most of 32, 16, …, 2 that divide K into runs of at least 128; else 1.
     /// </summary>
-    public static int AutoSplitK(ComputeDevice dev, GemmShape s, int version)
+    public static int AutoSplitK(ComputeDevice dev, GemmShape s, MatmulKernel kernel)
     {
-        if (dev.IsCpu || version >= 3 || s.Batch1 != 1 || s.Batches * s.M * s.N >= 1 << 18 || s.K < 1024)
+        if (dev.IsCpu || kernel is not (MatmulKernel.Direct or MatmulKernel.Registers) || s.Batch1 != 1 || s.Batches * s.M * s.N >= 1 << 18 || s.K < 1024)
         {
             return 1;
         }
@@ -239,11 +223,11 @@ public static class Gemm
     }
 
     /// <summary>
-    /// Runs one batched GEMM. <paramref name="residual"/> may be <paramref name="c"/> itself (C += A·B).
-    /// <paramref name="splitK"/>: 0 lets AutoSplitK choose; n &gt; 1 forces n splits (v1/v2, Batch1 = 1, n dividing K).
+    /// Runs one batched GEMM with <paramref name="kernel"/>. <paramref name="residual"/> may be <paramref name="c"/> itself
+    /// (C += A·B). <paramref name="splitK"/>: 0 lets AutoSplitK choose; n &gt; 1 forces n splits (v1/v2, Batch1 = 1, n dividing K).
     /// </summary>
     public static void Run(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
-        ArrayView<float>? bias = null, ArrayView<float>? residual = null, int version = 2, int splitK = 0)
+        ArrayView<float>? bias = null, ArrayView<float>? residual = null, MatmulKernel kernel = MatmulKernel.Registers, int splitK = 0)
     {
         if (s.M <= 0 || s.N <= 0 || s.Batches <= 0)
         {
@@ -251,54 +235,51 @@ public static class Gemm
         }
         s.HasBias = bias.HasValue ? 1 : 0;
         s.HasResidual = residual.HasValue ? 1 : 0;
-        if (dev.UseHostKernels)
-        {
-            RunOnHost(dev, s, a, b, c, bias, residual, halfOperands: version == 4);
-            return;
-        }
         var empty = c.SubView(0, 0);
-        int splits = splitK == 0 ? AutoSplitK(dev, s, version) : splitK;
+        int splits = splitK == 0 ? AutoSplitK(dev, s, kernel) : splitK;
         if (splits > 1)
         {
-            RunSplitK(dev, s, splits, a, b, c, bias ?? empty, residual ?? empty, version);
+            RunSplitK(dev, s, splits, a, b, c, bias ?? empty, residual ?? empty, kernel);
             return;
         }
-        if (version >= 3)
+        var tile = new TileShape { M = s.M, N = s.N, K = s.K, HasBias = s.HasBias, HasResidual = s.HasResidual, Act = s.Act, Alpha = s.Alpha };
+        var aOperand = new StridedOperand(a, s.AOffset, s.Batch1, s.ABatch0, s.ABatch1, s.ARow, s.ACol);
+        var bOperand = new StridedOperand(b, s.BOffset, s.Batch1, s.BBatch0, s.BBatch1, s.BRow, s.BCol);
+        int batches = checked((int)s.Batches);
+        switch (kernel)
         {
-            var tile = new TileShape { M = s.M, N = s.N, K = s.K, HasBias = s.HasBias, HasResidual = s.HasResidual, Act = s.Act, Alpha = s.Alpha };
-            var aOperand = new StridedOperand(a, s.AOffset, s.Batch1, s.ABatch0, s.ABatch1, s.ARow, s.ACol);
-            var bOperand = new StridedOperand(b, s.BOffset, s.Batch1, s.BBatch0, s.BBatch1, s.BRow, s.BCol);
-            int batches = checked((int)s.Batches);
-            if (version == 4)
+            case MatmulKernel.HostSimd or MatmulKernel.HostSimdFp16:
+                HostBackend.Gemm(dev, s, a, b, c, bias, residual, roundToHalf: kernel.RoundsOperandsToHalf());
+                break;
+            case MatmulKernel.TensorCoreFp16:
+                TensorCoreGemm.Run(dev, tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+                break;
+            case MatmulKernel.Tiled:
+                TiledGemm.Run(dev, tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+                break;
+            case MatmulKernel.Direct:
             {
-                TensorCoreGemm.Run(dev, "gemm.v4", tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+                var k = dev.Kernel(KernelV1, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, ArrayView<float>,
+                    ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV1));
+                int threads = dev.StrideThreads(s.Batches * s.M * s.N);
+                k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
+                break;
             }
-            else
+            default:
             {
-                TiledGemm.Run(dev, "gemm.v3", tile, batches, aOperand, bOperand, new StridedOutput(s), bias ?? empty, residual ?? empty, c);
+                var k = dev.Kernel(KernelV2, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, ArrayView<float>,
+                    ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV2));
+                int threads = dev.StrideThreads(s.Batches * ((s.M + 3) / 4) * ((s.N + 3) / 4));
+                k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
+                break;
             }
-            return;
-        }
-        if (version == 1)
-        {
-            var k = dev.Kernel("gemm.v1", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, ArrayView<float>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV1));
-            int threads = dev.StrideThreads(s.Batches * s.M * s.N);
-            k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
-        }
-        else
-        {
-            var k = dev.Kernel("gemm.v2", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, ArrayView<float>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV2));
-            int threads = dev.StrideThreads(s.Batches * ((s.M + 3) / 4) * ((s.N + 3) / 4));
-            k(threads, threads, s, a, b, bias ?? empty, residual ?? empty, c);
         }
     }
 
     static void RunSplitK(ComputeDevice dev, GemmShape s, int splits, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
-        ArrayView<float> bias, ArrayView<float> residual, int version)
+        ArrayView<float> bias, ArrayView<float> residual, MatmulKernel kernel)
     {
-        if (version >= 3 || s.Batch1 != 1 || s.K % splits != 0)
+        if (kernel is not (MatmulKernel.Direct or MatmulKernel.Registers) || s.Batch1 != 1 || s.K % splits != 0)
         {
             throw new ArgumentException($"gemm: {splits} K splits need v1/v2, one inner batch and K ({s.K}) a multiple of them");
         }
@@ -316,41 +297,11 @@ public static class Gemm
         partial.CCol = 1;
         partial.Alpha = 1f;
         partial.Act = (int)Activation.None;
-        var partials = dev.RentScratch((long)s.Batch0 * splits * outputs);
-        try
-        {
-            Run(dev, partial, a, b, partials.View, version: version, splitK: 1);
-            var k = dev.Kernel("gemm.split_k_sum", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, int, ArrayView<float>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>>(SumSplitsKernel));
-            int threads = dev.StrideThreads((long)s.Batch0 * outputs);
-            k(threads, threads, s, splits, partials.View, bias, residual, c);
-        }
-        finally
-        {
-            dev.ReturnScratch(partials);
-        }
-    }
-
-    /// <summary>
-    /// The CPU backend: HostGemm on the CPU accelerator's memory, after the queued kernels finished. halfOperands: v4's
-    /// precision, A and B rounded to fp16 (pinned copies, kept alive until the product is done).
-    /// </summary>
-    static unsafe void RunOnHost(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
-        ArrayView<float>? bias, ArrayView<float>? residual, bool halfOperands)
-    {
-        dev.Synchronize();
-        float* pa = (float*)a.LoadEffectiveAddressAsPtr(), pb = (float*)b.LoadEffectiveAddressAsPtr();
-        float[]? aHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(pa, a.Length) : null;
-        float[]? bHalf = halfOperands ? TensorCoreGemm.HalfRoundedCopy(pb, b.Length) : null;
-        if (aHalf is not null && bHalf is not null)
-        {
-            pa = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(aHalf, 0);
-            pb = (float*)Marshal.UnsafeAddrOfPinnedArrayElement(bHalf, 0);
-        }
-        HostGemm.Run(s, pa, pb, (float*)c.LoadEffectiveAddressAsPtr(),
-            bias is { } bv ? (float*)bv.LoadEffectiveAddressAsPtr() : null,
-            residual is { } rv ? (float*)rv.LoadEffectiveAddressAsPtr() : null);
-        GC.KeepAlive(aHalf);
-        GC.KeepAlive(bHalf);
+        using var partials = dev.Allocate(checked(s.Batch0 * splits * outputs));
+        Run(dev, partial, a, b, partials.View, kernel: kernel, splitK: 1);
+        var k = dev.Kernel(SumSplitsKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, GemmShape, int, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>>(SumSplitsKernel));
+        int threads = dev.StrideThreads((long)s.Batch0 * outputs);
+        k(threads, threads, s, splits, partials.View, bias, residual, c);
     }
 }

@@ -124,7 +124,7 @@ public sealed class HalfWeights : IDisposable
         }
         var half = new HalfWeights(dev, shape, byTap);
         int total = half.Rows * half.RowWords;
-        var k = dev.Kernel("half_weights", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
         int threads = dev.StrideThreads(total);
         k(threads, threads, half.Columns, half.RowWords, byTap ? shape[1] : 0, total, w, half.View);
         return half;

@@ -411,15 +411,15 @@ public static class TensorCoreGemm
     // ---- launcher
 
     /// <summary>Launches over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (8 warps of 32); A in fp32.</summary>
-    public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
+    public static void Run<TA, TB, TC>(ComputeDevice dev, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput =>
-        RunPairs(dev, key, s, batches, new RoundedPairs<TA>(a), b, c, bias, residual, y);
+        RunPairs(dev, s, batches, new RoundedPairs<TA>(a), b, c, bias, residual, y);
 
     /// <summary>As <see cref="Run"/>, with A read as fp16 pairs (HalfRowsOperand: weights held in fp16).</summary>
-    public static void RunPairs<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
+    public static void RunPairs<TA, TB, TC>(ComputeDevice dev, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IHalfPairRows
         where TB : struct, IColumnOperand
@@ -430,7 +430,7 @@ public static class TensorCoreGemm
             throw new NotSupportedException($"the tensor-core kernel needs 32-lane warps and {Threads}-thread groups; this accelerator " +
                                             $"has {dev.Accelerator.WarpSize} and {dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        TiledGemm.Launch(dev, key, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias,
+        TiledGemm.Launch(dev, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias,
             residual, y);
     }
 }

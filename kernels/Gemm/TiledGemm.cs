@@ -219,7 +219,7 @@ public static class TiledGemm
     }
 
     /// <summary>Launches the tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads.</summary>
-    public static void Run<TA, TB, TC>(ComputeDevice dev, string key, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
+    public static void Run<TA, TB, TC>(ComputeDevice dev, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
         ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowOperand
         where TB : struct, IColumnOperand
@@ -230,14 +230,14 @@ public static class TiledGemm
             throw new NotSupportedException($"the tiled kernel needs {Threads}-thread groups; this accelerator allows " +
                                             $"{dev.Accelerator.MaxNumThreadsPerGroup}");
         }
-        Launch(dev, key, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias, residual, y);
+        Launch(dev, Kernel<TA, TB, TC, ExactTiles>, Kernel<TA, TB, TC, CheckedEdges>, Slice, s, batches, a, b, c, bias, residual, y);
     }
 
     /// <summary>
     /// One tiled kernel over ceil(N/128) × ceil(M/128) × batches groups of 256 threads (shared with TensorCoreGemm): the
     /// exact-tile instance when M and N are multiples of the tile and K of <paramref name="slice"/>, else the checked one.
     /// </summary>
-    internal static void Launch<TA, TB, TC>(ComputeDevice dev, string key,
+    internal static void Launch<TA, TB, TC>(ComputeDevice dev,
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> exact,
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> edgeChecked, int slice, TileShape s, int batches,
         TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
@@ -247,7 +247,7 @@ public static class TiledGemm
     {
         bool isExact = s.M % Tile == 0 && s.N % Tile == 0 && s.K % slice == 0;
         var kernel = isExact ? exact : edgeChecked;
-        var k = dev.Kernel(isExact ? key + ".exact" : key, acc => acc.LoadStreamKernel(kernel));
+        var k = dev.Kernel(kernel, acc => acc.LoadStreamKernel(kernel));
         var grid = new Index3D((s.N + Tile - 1) / Tile, (s.M + Tile - 1) / Tile, batches);
         k(new KernelConfig(grid, new Index3D(Threads, 1, 1)), s, a, b, c, bias, residual, y);
     }

@@ -23,43 +23,13 @@ public sealed class ComputeDevice : IDisposable
 {
     static int resolverInstalled;
 
-    readonly Dictionary<string, object> kernelCache = new();
+    readonly Dictionary<(System.Reflection.MethodInfo, Type), object> kernelCache = new();
     readonly BufferPool pool;
 
     public Context Context { get; }
     public Accelerator Accelerator { get; }
     public bool IsCuda => Accelerator.AcceleratorType == AcceleratorType.Cuda;
     public bool IsCpu => Accelerator.AcceleratorType == AcceleratorType.CPU;
-
-    /// <summary>
-    /// On the CPU accelerator, run the heavy products (Gemm, Conv2d) with the host's SIMD units (HostGemm) instead of the
-    /// simulated GPU threads. Ignored on CUDA. Off by default so that tests exercise the ILGPU kernels.
-    /// </summary>
-    public bool HostKernels { get; set; }
-
-    internal bool UseHostKernels => HostKernels && IsCpu;
-
-    /// <summary>
-    /// The kernel of the UNet's convolutions and attention products. Registers (fp32) by default; TensorCoreFp16 is the
-    /// counterpart of the original's use_fp16 (operands rounded to fp16, sums and activations fp32) and needs a GPU —
-    /// on the CPU it runs as an emulation meant for tests. The classifier always stays fp32.
-    /// </summary>
-    public MatmulKernel UNetMatmul { get; set; } = MatmulKernel.Registers;
-
-    /// <summary>
-    /// With the tiled kernels (UNetMatmul v3, v4), apply each GroupNorm (+scale-shift, +SiLU) inside the convolution that
-    /// consumes it (Conv2d.ForwardNormalized) instead of as a pass of its own. On by default; off to measure the difference.
-    /// </summary>
-    public bool FuseNormIntoConv { get; set; } = true;
-
-    /// <summary>Whether the UNet's layers fuse their norms into convolutions on this device now.</summary>
-    public bool NormFusedIntoConv => FuseNormIntoConv && UNetMatmul >= MatmulKernel.Tiled && !UseHostKernels;
-
-    /// <summary>
-    /// Whether weights loaded now keep their convolutions in fp16 only (HalfWeights): with the tensor-core kernel on an
-    /// ILGPU accelerator, which rounds them to fp16 anyway. The CPU backend reads fp32.
-    /// </summary>
-    public bool HoldsConvWeightsInHalf => UNetMatmul == MatmulKernel.TensorCoreFp16 && !UseHostKernels;
 
     long trackedBytes, peakBytes;
 
@@ -173,8 +143,7 @@ public sealed class ComputeDevice : IDisposable
             return $"{cuda.Name} (CUDA, compute {cuda.Architecture.Major}.{cuda.Architecture.Minor}, " +
                    $"{cuda.MemorySize / (1024.0 * 1024 * 1024):F1} GiB, driver {cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor})";
         }
-        return $"ILGPU CPU accelerator ({Environment.ProcessorCount} cores, warp {Accelerator.WarpSize}" +
-               (HostKernels ? ", host SIMD for convolutions and matrix products)" : ", every op an ILGPU kernel)");
+        return $"ILGPU CPU accelerator ({Environment.ProcessorCount} cores, warp {Accelerator.WarpSize})";
     }
 
     // ILGPU imports "cuda"; .NET probes libcuda.so but not the driver's libcuda.so.1, so without this a
@@ -222,9 +191,14 @@ public sealed class ComputeDevice : IDisposable
         }
     }
 
-    /// <summary>Loads a kernel once per device; later calls return the cached launcher delegate.</summary>
-    public T Kernel<T>(string key, Func<Accelerator, T> load) where T : Delegate
+    /// <summary>
+    /// Loads <paramref name="kernel"/> once per device with <paramref name="load"/>; later calls return the cached launcher.
+    /// The cache is keyed by the kernel's method (a generic kernel's instance is a method of its own) and the launcher's
+    /// type, so two kernels can never share an entry.
+    /// </summary>
+    public T Kernel<T>(Delegate kernel, Func<Accelerator, T> load) where T : Delegate
     {
+        var key = (kernel.Method, typeof(T));
         lock (kernelCache)
         {
             if (!kernelCache.TryGetValue(key, out var cached))
@@ -274,10 +248,8 @@ public sealed class ComputeDevice : IDisposable
         return t;
     }
 
-    /// <summary>A scratch buffer from the pool, for kernels that need intermediate storage; hand it back with ReturnScratch.</summary>
-    public MemoryBuffer1D<float, Stride1D.Dense> RentScratch(long length) => pool.Rent(length);
-
-    public void ReturnScratch(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
+    /// <summary>Hands a tensor's buffer back to the pool (Tensor.Dispose of its last reference).</summary>
+    internal void ReturnToPool(MemoryBuffer1D<float, Stride1D.Dense> buffer) => pool.Return(buffer);
 
     /// <summary>Frees every cached (not in use) buffer, after the queued work that may still use them.</summary>
     public void TrimPool()
@@ -289,26 +261,11 @@ public sealed class ComputeDevice : IDisposable
     public void Synchronize() => Accelerator.Synchronize();
 
     /// <summary>
-    /// On the CPU backend, runs a kernel's per-item body on the host instead of launching it, items spread over the cores:
-    /// the same code, so the same bits, without the CPU accelerator's simulated threads (for the classifier's small
-    /// launches they cost far more than the work). Returns false, doing nothing, elsewhere.
+    /// Which of two variants a reduction runs when the caller leaves it to the device (GroupNorm statistics, Softmax):
+    /// on the CPU accelerator one simulated thread per row or group, which it runs fastest; on CUDA the variant that
+    /// spreads each row over a warp or block.
     /// </summary>
-    internal bool RanOnHost(int items, Action<int> body)
-    {
-        if (!UseHostKernels)
-        {
-            return false;
-        }
-        Synchronize();
-        Parallel.For(0, items, body);
-        return true;
-    }
-
-    /// <summary>
-    /// The kernel version for ops with a CPU and a GPU variant (GroupNorm statistics, Softmax): <paramref name="requested"/>
-    /// when set, else 1 on the CPU accelerator (one simulated thread per row or group runs fastest there), 2 on CUDA.
-    /// </summary>
-    public int CpuOrGpuVersion(int requested) => requested != 0 ? requested : IsCpu ? 1 : 2;
+    public bool PrefersThreadPerRow => IsCpu;
 
     public void Dispose()
     {

@@ -4,8 +4,11 @@ using ILGPU.Runtime;
 namespace IlgpuDiffSeg.Kernels;
 
 /// <summary>
-/// A dense fp32 tensor on a device (row-major, NCHW for images). It owns its buffer: Dispose hands it back
-/// to the device's pool. <see cref="Alias"/> gives a non-owning view with another shape.
+/// A dense fp32 tensor on a device (row-major, NCHW for images): how every activation, gradient and scratch buffer is
+/// held. Its memory comes from the device's pool and goes back when the last reference is disposed: the one who
+/// allocates owns one reference, and whoever must keep the tensor beyond that owner (a module saving its input for the
+/// backward pass, a caller capturing a decoder block) takes another with <see cref="Retain"/> and disposes it in turn.
+/// <see cref="Alias"/> and the slices are views: they hold no reference and live as long as the tensor they view.
 /// </summary>
 public sealed class Tensor : IDisposable
 {
@@ -13,6 +16,7 @@ public sealed class Tensor : IDisposable
     MemoryBuffer1D<float, Stride1D.Dense>? buffer;
     readonly bool owner;
     readonly ArrayView<float> view;
+    int references;
 
     internal Tensor(ComputeDevice device, int[] shape, MemoryBuffer1D<float, Stride1D.Dense> buffer, bool pooled)
     {
@@ -21,6 +25,7 @@ public sealed class Tensor : IDisposable
         Length = checked((int)Count(shape));
         this.buffer = buffer;
         owner = pooled;
+        references = 1;
         view = buffer.View.SubView(0, Length);
     }
 
@@ -63,6 +68,20 @@ public sealed class Tensor : IDisposable
             n *= d;
         }
         return n;
+    }
+
+    /// <summary>Another reference to this tensor, disposed separately: the memory stays until every reference is disposed.</summary>
+    public Tensor Retain()
+    {
+        if (!owner)
+        {
+            throw new InvalidOperationException($"a view {ShapeString} holds no memory of its own: retain the tensor it views");
+        }
+        if (Interlocked.Increment(ref references) <= 1)
+        {
+            throw new ObjectDisposedException(nameof(Tensor));
+        }
+        return this;
     }
 
     /// <summary>The same memory seen with another shape of equal element count. Does not own the memory.</summary>
@@ -118,12 +137,14 @@ public sealed class Tensor : IDisposable
         View.CopyToHost(host);
     }
 
+    /// <summary>Drops this reference; the last one hands the buffer back to the pool.</summary>
     public void Dispose()
     {
-        if (owner && buffer is not null)
+        if (!owner || buffer is null || Interlocked.Decrement(ref references) > 0)
         {
-            device.ReturnScratch(buffer);
-            buffer = null;
+            return;
         }
+        device.ReturnToPool(buffer);
+        buffer = null;
     }
 }

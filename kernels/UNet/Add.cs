@@ -43,7 +43,7 @@ public static class Add
             throw new ArgumentException($"add: shapes {a.ShapeString} + {b.ShapeString} → {y.ShapeString} differ");
         }
         var dev = a.Device;
-        var k = dev.Kernel("add", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>,
+        var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(a.Length);
         k(threads, threads, a.Length, a.View, b.View, y.View);
@@ -58,7 +58,7 @@ public static class Add
             throw new ArgumentException($"add channel bias: {x.ShapeString} + {bias.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
-        var k = dev.Kernel("add_channel_bias", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
+        var k = dev.Kernel(ChannelBiasKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
             ArrayView<float>, ArrayView<float>>(ChannelBiasKernel));
         int threads = dev.StrideThreads(x.Length);
         k(threads, threads, x.Length, x.Length / nc, x.View, bias.View, y.View);

@@ -233,7 +233,7 @@ public static class Attention
 
     /// <summary>Whether the flash kernel can run this attention on this device.</summary>
     public static bool FlashSupported(ComputeDevice dev, int headChannels) =>
-        headChannels <= FlashMaxHeadChannels && !dev.UseHostKernels && dev.Accelerator.WarpSize == 32 &&
+        headChannels <= FlashMaxHeadChannels && dev.Accelerator.WarpSize == 32 &&
         dev.Accelerator.MaxNumThreadsPerGroup >= FlashThreads;
 
     /// <summary>The flash kernel: qkv (N, 3C, T) → y (N, C, T); see FlashSupported.</summary>
@@ -253,7 +253,7 @@ public static class Attention
         {
             Channels = channels, Heads = heads, HeadChannels = ch, T = t, Legacy = legacyOrder ? 1 : 0, ScaleSquared = (float)(sigma * sigma),
         };
-        var k = dev.Kernel("attention.flash", a => a.LoadStreamKernel<FlashShape, ArrayView<float>, ArrayView<float>>(FlashKernel));
+        var k = dev.Kernel(FlashKernel, a => a.LoadStreamKernel<FlashShape, ArrayView<float>, ArrayView<float>>(FlashKernel));
         k(new KernelConfig(new Index2D((t + FlashQueries - 1) / FlashQueries, n * heads), new Index2D(FlashThreads, 1)), s, qkv.View, y.View);
     }
 
@@ -268,23 +268,22 @@ public static class Attention
     // ---- launcher (kernels: Gemm, Softmax; or the flash kernel)
 
     /// <summary>
-    /// qkv: (N, 3C, T) → y: (N, C, T). version: the UNet's matmul kernel — 3 (tiled) runs the flash kernel where it
-    /// applies; otherwise the Gemm of that version computes both products around an fp32 softmax.
+    /// qkv: (N, 3C, T) → y: (N, C, T). kernel: the UNet's matmul kernel — the tiled v3 runs the flash kernel where it
+    /// applies; otherwise that kernel's Gemm computes both products around an fp32 softmax.
     /// </summary>
-    public static void Forward(Tensor qkv, Tensor y, int heads, bool legacyOrder, int version = 2)
+    public static void Forward(Tensor qkv, Tensor y, int heads, bool legacyOrder, MatmulKernel kernel = MatmulKernel.Registers)
     {
         var dev = qkv.Device;
         int n = qkv[0], channels = qkv[1] / 3, t = qkv.Length / (n * qkv[1]);
         Check(qkv, y, heads, n, channels, t);
         int ch = channels / heads;
-        if (version == 3 && FlashSupported(dev, ch))
+        if (kernel == MatmulKernel.Tiled && FlashSupported(dev, ch))
         {
             ForwardFlash(qkv, y, heads, legacyOrder);
             return;
         }
         float scale = (float)(1 / Math.Sqrt(Math.Sqrt(ch)));
-        var scores = dev.RentScratch((long)n * heads * t * t);
-        try
+        using (var scores = dev.Allocate(n * heads, t, t))
         {
             var (k0, v0, headStride) = Layout(channels, t, heads, legacyOrder);
             // scores[b,h](i,j) = Σ_c q[c,i]·k[c,j]
@@ -295,7 +294,7 @@ public static class Attention
                 BOffset = k0, BBatch0 = 3 * channels * t, BBatch1 = headStride, BRow = t, BCol = 1,
                 COffset = 0, CBatch0 = heads * t * t, CBatch1 = t * t, CRow = t, CCol = 1,
             };
-            Gemm.Run(dev, qk, qkv.View, qkv.View, scores.View, version: version);
+            Gemm.Run(dev, qk, qkv.View, qkv.View, scores.View, kernel: kernel);
             Softmax.Forward(dev, scores.View, scores.View, n * heads * t, t);
             // y[b, h·ch + c, i] = Σ_j v[c,j]·w[i,j]
             var av = new GemmShape
@@ -305,11 +304,7 @@ public static class Attention
                 BOffset = 0, BBatch0 = heads * t * t, BBatch1 = t * t, BRow = 1, BCol = t,
                 COffset = 0, CBatch0 = channels * t, CBatch1 = ch * t, CRow = t, CCol = 1,
             };
-            Gemm.Run(dev, av, qkv.View, scores.View, y.View, version: version);
-        }
-        finally
-        {
-            dev.ReturnScratch(scores);
+            Gemm.Run(dev, av, qkv.View, scores.View, y.View, kernel: kernel);
         }
     }
 }

@@ -51,7 +51,7 @@ public static class AvgPool2x2
             throw new ArgumentException($"avg_pool2x2: {x.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
-        var k = dev.Kernel("avg_pool2x2", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, planes, h, w, x.View, y.View);

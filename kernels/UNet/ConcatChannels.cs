@@ -38,6 +38,14 @@ public static class ConcatChannels
 
     // ---- launcher
 
+    /// <summary>[a, b] along channels, in a new tensor the caller owns.</summary>
+    public static Tensor Forward(Tensor a, Tensor b)
+    {
+        var y = a.Device.Allocate([a[0], a[1] + b[1], .. a.Shape[2..]]);
+        Forward(a, b, y);
+        return y;
+    }
+
     public static void Forward(Tensor a, Tensor b, Tensor y)
     {
         int n = a[0], ca = a[1], cb = b[1], spatial = a.Length / (n * ca);
@@ -46,7 +54,7 @@ public static class ConcatChannels
             throw new ArgumentException($"concat: {a.ShapeString} ++ {b.ShapeString} → {y.ShapeString}");
         }
         var dev = a.Device;
-        var k = dev.Kernel("concat_channels", acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
+        var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
             ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, n, ca, cb, spatial, a.View, b.View, y.View);

@@ -257,35 +257,34 @@ public static class GroupNorm
 
     /// <summary>
     /// y = [SiLU]([scale-shift](GN(x)·γ + β)). x is (N, C, ...spatial); <paramref name="scaleShift"/> is the
-    /// ResBlock's emb_layers output (N, 2C) or null. y may alias x. <paramref name="statistics"/>: 0 picks the
-    /// statistics kernel for the device (v2 on CUDA, v1 on the CPU); 1 or 2 forces one.
+    /// ResBlock's emb_layers output (N, 2C) or null. y may alias x.
     /// </summary>
     public static void Forward(Tensor x, Tensor gamma, Tensor beta, Tensor y, bool silu, Tensor? scaleShift = null,
-        int groups = DefaultGroups, float eps = DefaultEps, int statistics = 0)
+        int groups = DefaultGroups, float eps = DefaultEps, Reduction statistics = Reduction.Auto)
+    {
+        using var stats = Statistics(x, groups, eps, statistics);
+        Apply(x, stats, gamma, beta, y, silu, scaleShift);
+    }
+
+    /// <summary>The normalisation of Forward from statistics already computed (<see cref="Statistics"/>).</summary>
+    public static void Apply(Tensor x, Tensor stats, Tensor gamma, Tensor beta, Tensor y, bool silu, Tensor? scaleShift = null)
     {
         var dev = x.Device;
         if (y.Length != x.Length)
         {
             throw new ArgumentException($"group_norm: output {y.ShapeString} does not match input {x.ShapeString}");
         }
-        var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu);
-        var stats = Statistics(dev, x, s, statistics);
-        try
-        {
-            var applyK = dev.Kernel("group_norm.apply", a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ApplyKernel));
-            int threads = dev.StrideThreads(x.Length);
-            applyK(threads, threads, s, x.View, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, y.View);
-        }
-        finally
-        {
-            dev.ReturnScratch(stats);
-        }
+        var s = Shape(x, gamma, beta, scaleShift, stats.Length / (2 * x[0]), DefaultEps, silu);
+        var applyK = dev.Kernel(ApplyKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ApplyKernel));
+        int threads = dev.StrideThreads(x.Length);
+        applyK(threads, threads, s, x.View, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, y.View);
     }
+
     static GroupNormShape Shape(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift, int groups, float eps, bool silu)
     {
         int n = x[0], c = x[1];
-        if (c % groups != 0 || gamma.Length != c || beta.Length != c)
+        if (groups <= 0 || c % groups != 0 || gamma.Length != c || beta.Length != c)
         {
             throw new ArgumentException($"group_norm: input {x.ShapeString}, γ {gamma.ShapeString}, β {beta.ShapeString}, {groups} groups");
         }
@@ -300,87 +299,78 @@ public static class GroupNorm
         };
     }
 
-    /// <summary>(mean, rstd) of every (n, group) of x, in a scratch tensor the caller returns.</summary>
-    /// <remarks>
-    /// <paramref name="version"/> 0: v2 on CUDA, v1 on the CPU accelerator (whose simulated 256-thread blocks cost far
-    /// more than one thread per group); 1 or 2 forces one, for the tests.
-    /// </remarks>
-    static MemoryBuffer1D<float, Stride1D.Dense> Statistics(ComputeDevice dev, Tensor x, GroupNormShape s, int version) =>
-        dev.CpuOrGpuVersion(version) == 2 ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
+    /// <summary>
+    /// (mean, rstd) of every (n, group) of x, as a (N·G, 2) tensor the caller owns (a training pass keeps it for the
+    /// backward). <paramref name="reduction"/>: v1 (a thread per group) or v2 (chunked blocks), the device's by default.
+    /// </summary>
+    public static Tensor Statistics(Tensor x, int groups = DefaultGroups, float eps = DefaultEps, Reduction reduction = Reduction.Auto)
+    {
+        var dev = x.Device;
+        int n = x[0], c = x[1];
+        if (groups <= 0 || c % groups != 0)
+        {
+            throw new ArgumentException($"group_norm: {c} channels cannot form {groups} groups");
+        }
+        var s = new GroupNormShape { N = n, C = c, Spatial = x.Length / (n * c), Groups = groups, Eps = eps };
+        return reduction.For(dev) == Reduction.Parallel ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
+    }
 
-    static MemoryBuffer1D<float, Stride1D.Dense> StatisticsV2(ComputeDevice dev, Tensor x, GroupNormShape s)
+    static Tensor StatisticsV2(ComputeDevice dev, Tensor x, GroupNormShape s)
     {
         int groupCount = s.N * s.Groups;
         // About 8 blocks per SM in all, but no chunk under 4 loads per thread.
         int wanted = (8 * Math.Max(2, dev.Accelerator.NumMultiprocessors) + groupCount - 1) / groupCount;
         int chunks = Math.Max(1, Math.Min(wanted, s.GroupSize / (4 * MomentThreads)));
-        var moments = dev.RentScratch(3 * groupCount * chunks);
-        var stats = dev.RentScratch(2 * groupCount);
-        try
-        {
-            var momentsK = dev.Kernel("group_norm.chunk_moments", a => a.LoadStreamKernel<GroupNormShape, ArrayView<float>, ArrayView<float>>(
-                ChunkMomentsKernel));
-            var mergeK = dev.Kernel("group_norm.merge_moments", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, int,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>>(MergeMomentsKernel));
-            momentsK(new KernelConfig(new Index2D(chunks, groupCount), new Index2D(MomentThreads, 1)), s, x.View, moments.View);
-            mergeK(groupCount, s, chunks, x.View, moments.View, stats.View);
-            return stats;
-        }
-        finally
-        {
-            dev.ReturnScratch(moments);
-        }
+        using var moments = dev.Allocate(groupCount * chunks, 3);
+        var stats = dev.Allocate(groupCount, 2);
+        var momentsK = dev.Kernel(ChunkMomentsKernel, a => a.LoadStreamKernel<GroupNormShape, ArrayView<float>, ArrayView<float>>(
+            ChunkMomentsKernel));
+        var mergeK = dev.Kernel(MergeMomentsKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, int,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>>(MergeMomentsKernel));
+        momentsK(new KernelConfig(new Index2D(chunks, groupCount), new Index2D(MomentThreads, 1)), s, x.View, moments.View);
+        mergeK(groupCount, s, chunks, x.View, moments.View, stats.View);
+        return stats;
     }
 
-    static MemoryBuffer1D<float, Stride1D.Dense> StatisticsV1(ComputeDevice dev, Tensor x, GroupNormShape s)
+    static Tensor StatisticsV1(ComputeDevice dev, Tensor x, GroupNormShape s)
     {
         s.Partials = dev.IsCpu ? 1 : Math.Clamp(s.GroupSize / 256, 1, 256);
         int groupCount = s.N * s.Groups;
-        var partials = dev.RentScratch(groupCount * s.Partials);
-        var squares = dev.RentScratch(groupCount * s.Partials);
-        var stats = dev.RentScratch(2 * groupCount);
-        try
-        {
-            var sumK = dev.Kernel("group_norm.partial_sum", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
-                ArrayView<float>, ArrayView<float>>(PartialSumKernel));
-            var sqK = dev.Kernel("group_norm.partial_squares", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>>(PartialSquaresKernel));
-            var finK = dev.Kernel("group_norm.finalize", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>>(FinalizeKernel));
-            sumK(groupCount * s.Partials, s, x.View, partials.View);
-            sqK(groupCount * s.Partials, s, x.View, partials.View, squares.View);
-            finK(groupCount, s, partials.View, squares.View, stats.View);
-            return stats;
-        }
-        finally
-        {
-            dev.ReturnScratch(partials);
-            dev.ReturnScratch(squares);
-        }
+        using var partials = dev.Allocate(groupCount, s.Partials);
+        using var squares = dev.Allocate(groupCount, s.Partials);
+        var stats = dev.Allocate(groupCount, 2);
+        var sumK = dev.Kernel(PartialSumKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
+            ArrayView<float>, ArrayView<float>>(PartialSumKernel));
+        var sqK = dev.Kernel(PartialSquaresKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>>(PartialSquaresKernel));
+        var finK = dev.Kernel(FinalizeKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>>(FinalizeKernel));
+        sumK(groupCount * s.Partials, s, x.View, partials.View);
+        sqK(groupCount * s.Partials, s, x.View, partials.View, squares.View);
+        finK(groupCount, s, partials.View, squares.View, stats.View);
+        return stats;
     }
 
     /// <summary>
     /// The norm of Forward as per-(n, c) coefficients (N, C, 4) = (mean, a, b, 0): [scale-shift](GN(x)·γ + β) equals
     /// (x − mean)·a + b. The caller owns the returned tensor; SiLU, if any, is applied by the consumer.
-    /// <paramref name="statistics"/>: as Forward's.
     /// </summary>
     public static Tensor Coefficients(Tensor x, Tensor gamma, Tensor beta, Tensor? scaleShift = null, int groups = DefaultGroups,
-        float eps = DefaultEps, int statistics = 0)
+        float eps = DefaultEps, Reduction statistics = Reduction.Auto)
+    {
+        using var stats = Statistics(x, groups, eps, statistics);
+        return Coefficients(x, stats, gamma, beta, scaleShift);
+    }
+
+    /// <summary>Coefficients from statistics already computed.</summary>
+    public static Tensor Coefficients(Tensor x, Tensor stats, Tensor gamma, Tensor beta, Tensor? scaleShift)
     {
         var dev = x.Device;
-        var s = Shape(x, gamma, beta, scaleShift, groups, eps, silu: false);
+        var s = Shape(x, gamma, beta, scaleShift, stats.Length / (2 * x[0]), DefaultEps, silu: false);
         var coefficients = dev.Allocate(s.N, s.C, 4);
-        var stats = Statistics(dev, x, s, statistics);
-        try
-        {
-            var k = dev.Kernel("group_norm.coefficients", a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, ArrayView<float>,
-                ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(CoefficientsKernel));
-            k(s.N * s.C, s, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, coefficients.View);
-        }
-        finally
-        {
-            dev.ReturnScratch(stats);
-        }
+        var k = dev.Kernel(CoefficientsKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, GroupNormShape, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(CoefficientsKernel));
+        k(s.N * s.C, s, gamma.View, beta.View, scaleShift?.View ?? stats.View, stats.View, coefficients.View);
         return coefficients;
     }
 }

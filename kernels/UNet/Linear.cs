@@ -36,18 +36,19 @@ public static class Linear
         return s;
     }
 
-    public static void Forward(Tensor x, Tensor w, Tensor? b, Tensor y, Activation act = Activation.None)
+    public static void Forward(Tensor x, Tensor w, Tensor? b, Tensor y, Activation act = Activation.None,
+        MatmulKernel kernel = MatmulKernel.Registers)
     {
         int outFeatures = w[0], inFeatures = w[1], rows = x.Length / inFeatures;
         if (x[-1] != inFeatures || y.Length != rows * outFeatures || (b is not null && b.Length != outFeatures))
         {
             throw new ArgumentException($"linear: input {x.ShapeString}, weight {w.ShapeString}, output {y.ShapeString}");
         }
-        Gemm.Run(x.Device, Shape(rows, inFeatures, outFeatures, act), x.View, w.View, y.View, b?.View);
+        Gemm.Run(x.Device, Shape(rows, inFeatures, outFeatures, act), x.View, w.View, y.View, b?.View, kernel: kernel);
     }
 
     /// <summary>Views of a raw buffer, for callers that keep weights packed.</summary>
     public static void Forward(ComputeDevice dev, ArrayView<float> x, ArrayView<float> w, ArrayView<float>? b, ArrayView<float> y,
-        int rows, int inFeatures, int outFeatures, Activation act = Activation.None) =>
-        Gemm.Run(dev, Shape(rows, inFeatures, outFeatures, act), x, w, y, b);
+        int rows, int inFeatures, int outFeatures, Activation act = Activation.None, MatmulKernel kernel = MatmulKernel.Registers) =>
+        Gemm.Run(dev, Shape(rows, inFeatures, outFeatures, act), x, w, y, b, kernel: kernel);
 }

@@ -33,7 +33,7 @@ public static class Silu
             throw new ArgumentException($"silu: input {x.ShapeString} and output {y.ShapeString} differ");
         }
         var dev = x.Device;
-        var k = dev.Kernel("silu", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>>(Kernel));
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(x.Length);
         k(threads, threads, x.Length, x.View, y.View);
     }

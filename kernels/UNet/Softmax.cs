@@ -106,19 +106,20 @@ public static class Softmax
 
     // ---- launcher
 
-    /// <summary>Row softmax of (rows, cols). version 0: v2 on CUDA, v1 on the CPU accelerator; 1 or 2 forces one.</summary>
-    public static void Forward(ComputeDevice dev, ArrayView<float> x, ArrayView<float> y, int rows, int cols, int version = 0)
+    /// <summary>Row softmax of (rows, cols); <paramref name="reduction"/> picks v1 (thread per row) or v2 (warp per row).</summary>
+    public static void Forward(ComputeDevice dev, ArrayView<float> x, ArrayView<float> y, int rows, int cols,
+        Reduction reduction = Reduction.Auto)
     {
-        if (dev.CpuOrGpuVersion(version) == 2)
+        if (reduction.For(dev) == Reduction.Parallel)
         {
-            var warpK = dev.Kernel("softmax.v2", a => a.LoadStreamKernel<int, int, ArrayView<float>, ArrayView<float>>(WarpRowsKernel));
+            var warpK = dev.Kernel(WarpRowsKernel, a => a.LoadStreamKernel<int, int, ArrayView<float>, ArrayView<float>>(WarpRowsKernel));
             int rowsPerGroup = WarpRowsThreads / dev.Accelerator.WarpSize;
             int groups = (int)Math.Min((rows + rowsPerGroup - 1) / rowsPerGroup,
                 (long)dev.Accelerator.NumMultiprocessors * dev.Accelerator.MaxNumThreadsPerMultiprocessor / WarpRowsThreads);
             warpK(new KernelConfig(Math.Max(1, groups), WarpRowsThreads), rows, cols, x, y);
             return;
         }
-        var k = dev.Kernel("softmax", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(rows);
         k(threads, threads, rows, cols, x, y);

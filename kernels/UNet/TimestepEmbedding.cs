@@ -58,7 +58,7 @@ public static class TimestepEmbedding
             throw new ArgumentException($"timestep_embedding: t {t.ShapeString} → {y.ShapeString}");
         }
         var dev = t.Device;
-        var k = dev.Kernel("timestep_embedding", a => a.LoadAutoGroupedStreamKernel<Index1D, int, float, ArrayView<float>,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, float, ArrayView<float>,
             ArrayView<float>>(Kernel));
         k(y.Length, dim, (float)-Math.Log(maxPeriod), t.View, y.View);
     }

@@ -48,7 +48,7 @@ public static class UpsampleNearest2x
             throw new ArgumentException($"upsample_nearest2x: {x.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
-        var k = dev.Kernel("upsample_nearest2x", a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
+        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, planes, h, w, x.View, y.View);

@@ -21,10 +21,10 @@ public static class DemoCommand
         };
         cmd.SetAction(r => Program.Run(() =>
         {
-            using var dev = CommonOptions.OpenDevice(r);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
             if (r.GetValue(writeModel) is { } path)
             {
-                Demo.WriteModel(path, dev);
+                Demo.WriteModel(path, plan);
                 Console.WriteLine($"wrote {path}");
                 return;
             }
@@ -32,7 +32,7 @@ public static class DemoCommand
             {
                 throw new DiffSegException("--train, --test and --members must be at least 1");
             }
-            var iou = Demo.Run(new Demo.Options(r.GetValue(output)!, r.GetValue(train), r.GetValue(test), Members: r.GetValue(members)), dev,
+            var iou = Demo.Run(new Demo.Options(r.GetValue(output)!, r.GetValue(train), r.GetValue(test), Members: r.GetValue(members)), plan,
                 Console.Error.WriteLine);
             Console.WriteLine(iou.Report(c => IlgpuDiffSeg.Data.SyntheticScenes.ClassNames[c]));
         }));

@@ -53,8 +53,8 @@ public static class PipelineCommands
             {
                 eps = NoiseSource.Draw(n, r.GetValue(seed));
             }
-            using var dev = CommonOptions.OpenDevice(r);
-            using var unet = ModelWeights.Load(r.GetValue(model)!, dev);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
+            using var unet = ModelWeights.Load(r.GetValue(model)!, plan);
             var extractor = new FeatureExtractor(unet, stepList, blockList);
             using var img = dev.Upload(x0, 3, size[0], size[1]);
             using var noiseTensor = dev.Upload(eps, 3, size[0], size[1]);
@@ -87,7 +87,7 @@ public static class PipelineCommands
         cmd.SetAction(r => Program.Run(() =>
         {
             var cfg = LoadConfig(r, config);
-            using var dev = CommonOptions.OpenDevice(r);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
             // Ctrl+C saves the state at the current step instead of losing the run.
             bool stopRequested = false;
             ConsoleCancelEventHandler onCancel = (_, e) =>
@@ -99,7 +99,7 @@ public static class PipelineCommands
             TrainingSummary s;
             try
             {
-                s = TrainingRun.Run(cfg, dev, Log, _ => stopRequested);
+                s = TrainingRun.Run(cfg, plan, Log, _ => stopRequested);
             }
             finally
             {
@@ -118,8 +118,8 @@ public static class PipelineCommands
         cmd.SetAction(r => Program.Run(() =>
         {
             var cfg = LoadConfig(r, config);
-            using var dev = CommonOptions.OpenDevice(r);
-            var iou = EvaluationRun.Run(cfg, dev, Log);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
+            var iou = EvaluationRun.Run(cfg, plan, Log);
             Console.WriteLine(iou.Report());
         }));
         return cmd;
@@ -135,8 +135,8 @@ public static class PipelineCommands
         cmd.SetAction(r => Program.Run(() =>
         {
             var cfg = LoadConfig(r, config);
-            using var dev = CommonOptions.OpenDevice(r);
-            int n = PredictionRun.Run(cfg, dev, r.GetValue(input)!, r.GetValue(output)!, Log);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
+            int n = PredictionRun.Run(cfg, plan, r.GetValue(input)!, r.GetValue(output)!, Log);
             Console.WriteLine($"labelled {n} image(s) into {r.GetValue(output)}");
         }));
         return cmd;

@@ -108,23 +108,24 @@ public static class CommonOptions
         _ => DeviceChoice.Auto,
     };
 
-    public static ComputeDevice OpenDevice(ParseResult r)
+    /// <summary>
+    /// Opens the device --device names and chooses, once, how models run on it (--precision, --cpu-backend); prints both.
+    /// </summary>
+    public static ComputeDevice OpenDevice(ParseResult r, out ExecutionPlan plan)
     {
         var dev = ComputeDevice.Create(DeviceChoiceOf(r));
-        dev.HostKernels = r.GetValue(CpuBackend) == "simd";
-        string precision = "";
-        if (r.GetValue(Precision) == "fp16")
+        try
         {
-            if (dev.IsCpu && !dev.HostKernels)
-            {
-                dev.Dispose();
-                throw new DiffSegException("--precision fp16 needs tensor cores (CUDA) or, on the CPU, --cpu-backend simd, which rounds " +
-                                           "the same operands to fp16");
-            }
-            dev.UNetMatmul = MatmulKernel.TensorCoreFp16;
-            precision = dev.IsCuda ? ", UNet in fp16 on tensor cores" : ", UNet with fp16-rounded operands (as on tensor cores)";
+            var precision = r.GetValue(Precision) == "fp16" ? Kernels.Precision.Fp16 : Kernels.Precision.Fp32;
+            var backend = r.GetValue(CpuBackend) == "simd" ? Kernels.CpuBackend.HostSimd : Kernels.CpuBackend.Ilgpu;
+            plan = ExecutionPlan.For(dev, precision, backend);
         }
-        Console.Error.WriteLine($"device: {dev.Describe()}{precision}");
+        catch (ArgumentException e)
+        {
+            dev.Dispose();
+            throw new DiffSegException($"--precision {r.GetValue(Precision)} with --cpu-backend {r.GetValue(CpuBackend)}: {e.Message}");
+        }
+        Console.Error.WriteLine($"device: {plan.Describe()}");
         return dev;
     }
 

@@ -21,8 +21,8 @@ public static class UNetCommand
         {
             var run = UNetRun.Prepare(r.GetValue(model)!, r.GetValue(x)!, r.GetValue(t)!, r.GetValue(y), r.GetValue(output)!);
             string? dir = r.GetValue(blocksDir);
-            using var dev = CommonOptions.OpenDevice(r);
-            var result = run.Execute(dev, capture: dir is not null, Console.Error.WriteLine);
+            using var dev = CommonOptions.OpenDevice(r, out var plan);
+            var result = run.Execute(plan, capture: dir is not null, Console.Error.WriteLine);
             if (dir is not null)
             {
                 Directory.CreateDirectory(dir);

@@ -5,22 +5,24 @@ namespace IlgpuDiffSeg.Tests;
 /// <summary>One CPU-accelerator device for the whole run: contexts cost ~150 ms and kernels compile once per device.</summary>
 public sealed class CpuDeviceFixture : IDisposable
 {
+    public CpuDeviceFixture() => Plan = ExecutionPlan.With(Device, MatmulKernel.Registers);
+
     public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu);
+
+    /// <summary>Every op an ILGPU kernel on the CPU accelerator (--cpu-backend ilgpu).</summary>
+    public ExecutionPlan Plan { get; }
 
     public void Dispose() => Device.Dispose();
 }
 
-/// <summary>The CPU accelerator with the host SIMD backend for Gemm and Conv2d (what `--device cpu` uses).</summary>
+/// <summary>The CPU accelerator with the host SIMD backend for the products (what `--device cpu` uses).</summary>
 public sealed class CpuSimdDeviceFixture : IDisposable
 {
-    public ComputeDevice Device { get; } = CreateDevice();
+    public CpuSimdDeviceFixture() => Plan = ExecutionPlan.For(Device);
 
-    static ComputeDevice CreateDevice()
-    {
-        var d = ComputeDevice.Create(DeviceChoice.Cpu);
-        d.HostKernels = true;
-        return d;
-    }
+    public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu);
+
+    public ExecutionPlan Plan { get; }
 
     public void Dispose() => Device.Dispose();
 }
@@ -28,7 +30,11 @@ public sealed class CpuSimdDeviceFixture : IDisposable
 /// <summary>The CPU accelerator with a warp-32, 1024-thread-group shape: for kernels that need GPU-sized groups (TiledGemm).</summary>
 public sealed class CpuWarp32DeviceFixture : IDisposable
 {
+    public CpuWarp32DeviceFixture() => Plan = ExecutionPlan.With(Device, MatmulKernel.Registers);
+
     public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu, cpuShape: ILGPU.Runtime.CPU.CPUDevice.Nvidia);
+
+    public ExecutionPlan Plan { get; }
 
     public void Dispose() => Device.Dispose();
 }
@@ -36,7 +42,11 @@ public sealed class CpuWarp32DeviceFixture : IDisposable
 /// <summary>The CUDA device when this machine has one; null otherwise, and the CUDA test classes skip.</summary>
 public sealed class CudaDeviceFixture : IDisposable
 {
+    public CudaDeviceFixture() => Plan = Device is null ? null : ExecutionPlan.For(Device);
+
     public ComputeDevice? Device { get; } = ComputeDevice.CudaAvailable() ? ComputeDevice.Create(DeviceChoice.Cuda) : null;
+
+    public ExecutionPlan? Plan { get; }
 
     public void Dispose() => Device?.Dispose();
 }
@@ -53,18 +63,29 @@ public sealed class CpuCollection : ICollectionFixture<CpuDeviceFixture>, IColle
 [CollectionDefinition("cuda")]
 public sealed class CudaCollection : ICollectionFixture<CudaDeviceFixture>;
 
-/// <summary>A device's UNet kernel set for one scope and restored after it: the fixtures' devices are shared by classes.</summary>
-public readonly struct MatmulScope : IDisposable
+public static class TestPlans
 {
-    readonly ComputeDevice device;
-    readonly MatmulKernel before;
-
-    public MatmulScope(ComputeDevice device, MatmulKernel kernel)
+    /// <summary>
+    /// The kernel a test of version <paramref name="version"/> (1–4: v1 … v4) runs under <paramref name="plan"/>: that
+    /// ILGPU kernel, or on the host SIMD backend its host counterpart (fp16-rounded operands for v4).
+    /// </summary>
+    public static MatmulKernel Kernel(this ExecutionPlan plan, int version)
     {
-        this.device = device;
-        before = device.UNetMatmul;
-        device.UNetMatmul = kernel;
+        if (plan.OnHost)
+        {
+            return version == 4 ? MatmulKernel.HostSimdFp16 : MatmulKernel.HostSimd;
+        }
+        return version switch
+        {
+            1 => MatmulKernel.Direct,
+            2 => MatmulKernel.Registers,
+            3 => MatmulKernel.Tiled,
+            4 => MatmulKernel.TensorCoreFp16,
+            _ => throw new ArgumentOutOfRangeException(nameof(version)),
+        };
     }
 
-    public void Dispose() => device.UNetMatmul = before;
+    /// <summary>The same device with the UNet products on <paramref name="kernel"/> (norms fused where the kernel allows).</summary>
+    public static ExecutionPlan With(this ExecutionPlan plan, MatmulKernel kernel, bool fuseNorms = true) =>
+        ExecutionPlan.With(plan.Device, kernel, fuseNorms);
 }

@@ -14,6 +14,7 @@ namespace IlgpuDiffSeg.Classifier;
 public sealed class EnsembleTrainer : IDisposable
 {
     readonly PixelEnsemble e;
+    readonly ExecutionPlan plan;
     readonly ComputeDevice dev;
     readonly MlpLayout L;
     readonly int rows;
@@ -31,6 +32,7 @@ public sealed class EnsembleTrainer : IDisposable
     public EnsembleTrainer(PixelEnsemble ensemble, int batchSize)
     {
         e = ensemble;
+        plan = ensemble.Plan;
         dev = ensemble.Device;
         L = ensemble.Layout;
         rows = batchSize;
@@ -88,27 +90,27 @@ public sealed class EnsembleTrainer : IDisposable
         var g = grads.View;
         // forward
         e.Linear(x, L.In, 1, xStride, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
-        BatchNorm1d.TrainForward(dev, e.Norm1(rows), a1.View, p, e.RunningMean1.View, e.RunningVar1.View, active.View, xhat1.View,
+        BatchNorm1d.TrainForward(plan, e.Norm1(rows), a1.View, p, e.RunningMean1.View, e.RunningVar1.View, active.View, xhat1.View,
             rstd1.View, n1.View);
         e.Linear(n1.View, L.Hidden1, 1, rows * L.Hidden1, rows, L.Hidden1, L.Hidden2, L.W2, L.B2, a2.View, Activation.Relu);
-        BatchNorm1d.TrainForward(dev, e.Norm2(rows), a2.View, p, e.RunningMean2.View, e.RunningVar2.View, active.View, xhat2.View,
+        BatchNorm1d.TrainForward(plan, e.Norm2(rows), a2.View, p, e.RunningMean2.View, e.RunningVar2.View, active.View, xhat2.View,
             rstd2.View, n2.View);
         e.Linear(n2.View, L.Hidden2, 1, rows * L.Hidden2, rows, L.Hidden2, L.Classes, L.W3, L.B3, logits.View, Activation.None);
-        CrossEntropy.ForwardBackward(dev, m, rows, L.Classes, L.Size, L.B3, logits.View, y, dlogits.View, g, loss.View, correct.View,
+        CrossEntropy.ForwardBackward(plan, m, rows, L.Classes, L.Size, L.B3, logits.View, y, dlogits.View, g, loss.View, correct.View,
             perMember ? rows : 0);
 
         // backward: dW = dYᵀ·X (per member), dX = dY·W
         WeightGrad(dlogits.View, L.Classes, n2.View, L.Hidden2, rows * L.Hidden2, L.W3);
         InputGrad(dlogits.View, L.Classes, L.W3, L.Hidden2, dn2.View);
-        BatchNorm1d.Backward(dev, e.Norm2(rows), a2.View, xhat2.View, rstd2.View, dn2.View, p, g, dz2.View);
+        BatchNorm1d.Backward(plan, e.Norm2(rows), a2.View, xhat2.View, rstd2.View, dn2.View, p, g, dz2.View);
         WeightGrad(dz2.View, L.Hidden2, n1.View, L.Hidden1, rows * L.Hidden1, L.W2);
         InputGrad(dz2.View, L.Hidden2, L.W2, L.Hidden1, dn1.View);
-        BatchNorm1d.Backward(dev, e.Norm1(rows), a1.View, xhat1.View, rstd1.View, dn1.View, p, g, dz1.View);
+        BatchNorm1d.Backward(plan, e.Norm1(rows), a1.View, xhat1.View, rstd1.View, dn1.View, p, g, dz1.View);
         WeightGrad(dz1.View, L.Hidden1, x, L.In, xStride, L.W1);
 
         Steps++;
-        Adam.Step(dev, AdamStep.At(Steps), m, L.Size, active.View, p, g, adamM.View, adamV.View);
-        EarlyStopping.Update(dev, m, epoch, stopState.View, loss.View, active.View);
+        Adam.Step(plan, AdamStep.At(Steps), m, L.Size, active.View, p, g, adamM.View, adamV.View);
+        EarlyStopping.Update(plan, m, epoch, stopState.View, loss.View, active.View);
     }
 
     /// <summary>grad W (out, in) of every member = dyᵀ (out, B) · x (B, in); x shared by all members when xBatchStride is 0.</summary>
@@ -121,7 +123,7 @@ public sealed class EnsembleTrainer : IDisposable
             BRow = inFeatures, BCol = 1, BBatch0 = xBatchStride,
             CRow = inFeatures, CCol = 1, CBatch0 = L.Size,
         };
-        Gemm.Run(dev, s, dy, x, grads.From(weightOffset));
+        Gemm.Run(dev, s, dy, x, grads.From(weightOffset), kernel: plan.Fp32Matmul);
     }
 
     /// <summary>dx (B, in) of every member = dy (B, out) · W (out, in).</summary>
@@ -134,7 +136,7 @@ public sealed class EnsembleTrainer : IDisposable
             BRow = inFeatures, BCol = 1, BBatch0 = L.Size,
             CRow = inFeatures, CCol = 1, CBatch0 = rows * inFeatures,
         };
-        Gemm.Run(dev, s, dy, e.Parameters.From(weightOffset), dx);
+        Gemm.Run(dev, s, dy, e.Parameters.From(weightOffset), dx, kernel: plan.Fp32Matmul);
     }
 
     public float[] LastLoss() => Read(loss);

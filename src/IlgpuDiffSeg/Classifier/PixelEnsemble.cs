@@ -54,7 +54,10 @@ public sealed record MlpLayout(int Members, int In, int Hidden1, int Hidden2, in
 /// </summary>
 public sealed class PixelEnsemble : IDisposable
 {
-    public ComputeDevice Device { get; }
+    /// <summary>How the ensemble runs: the device, and whether its products and small kernels run on the host.</summary>
+    public ExecutionPlan Plan { get; }
+
+    public ComputeDevice Device => Plan.Device;
     public MlpLayout Layout { get; }
     public DeviceBuffer<float> Parameters { get; }
     public DeviceBuffer<float> RunningMean1 { get; }
@@ -66,9 +69,10 @@ public sealed class PixelEnsemble : IDisposable
     /// <summary>Free-form description stored with the weights (steps, blocks, config).</summary>
     public Dictionary<string, string> Metadata { get; } = new();
 
-    PixelEnsemble(ComputeDevice device, MlpLayout layout)
+    PixelEnsemble(ExecutionPlan plan, MlpLayout layout)
     {
-        Device = device;
+        Plan = plan;
+        var device = plan.Device;
         Layout = layout;
         Parameters = device.Buffer<float>((long)layout.Members * layout.Size);
         RunningMean1 = device.Buffer<float>(layout.Members * layout.Hidden1);
@@ -81,9 +85,9 @@ public sealed class PixelEnsemble : IDisposable
     /// The original's init_weights('normal', 0.02): Linear weights N(0, 0.02²), biases 0; BatchNorm1d keeps PyTorch's
     /// defaults (γ 1, β 0, running mean 0, running variance 1). Member m draws from its own stream of <paramref name="seed"/>.
     /// </summary>
-    public static PixelEnsemble CreateRandom(ComputeDevice device, MlpLayout layout, int seed)
+    public static PixelEnsemble CreateRandom(ExecutionPlan plan, MlpLayout layout, int seed)
     {
-        var e = new PixelEnsemble(device, layout);
+        var e = new PixelEnsemble(plan, layout);
         var host = new float[(long)layout.Members * layout.Size];
         for (int m = 0; m < layout.Members; m++)
         {
@@ -140,7 +144,7 @@ public sealed class PixelEnsemble : IDisposable
             CRow = outFeatures, CCol = 1, CBatch0 = rows * outFeatures,
             BiasCol = 1, BiasBatch0 = Layout.Size,
         };
-        Gemm.Run(Device, s, x, Parameters.From(weightOffset), y, Parameters.From(biasOffset));
+        Gemm.Run(Device, s, x, Parameters.From(weightOffset), y, Parameters.From(biasOffset), kernel: Plan.Fp32Matmul);
     }
 
     /// <summary>
@@ -150,27 +154,19 @@ public sealed class PixelEnsemble : IDisposable
     public void Logits(ArrayView<float> x, int rowStride, int colStride, int rows, ArrayView<float> logits)
     {
         var L = Layout;
-        var a1 = Device.RentScratch((long)L.Members * rows * L.Hidden1);
-        var a2 = Device.RentScratch((long)L.Members * rows * L.Hidden2);
-        try
-        {
-            Linear(x, rowStride, colStride, 0, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
-            HiddenLayers(a1.View, rows, a2.View, logits);
-        }
-        finally
-        {
-            Device.ReturnScratch(a1);
-            Device.ReturnScratch(a2);
-        }
+        using var a1 = Device.Allocate(L.Members * rows * L.Hidden1);
+        using var a2 = Device.Allocate(L.Members * rows * L.Hidden2);
+        Linear(x, rowStride, colStride, 0, rows, L.In, L.Hidden1, L.W1, L.B1, a1.View, Activation.Relu);
+        HiddenLayers(a1.View, rows, a2.View, logits);
     }
 
     /// <summary>Everything after the first Linear+ReLU (eval mode): BN1 → Linear → ReLU → BN2 → Linear. a1 is overwritten.</summary>
     public void HiddenLayers(ArrayView<float> a1, int rows, ArrayView<float> a2, ArrayView<float> logits)
     {
         var L = Layout;
-        BatchNorm1d.EvalForward(Device, Norm1(rows), a1, Parameters.View, RunningMean1.View, RunningVar1.View, a1);
+        BatchNorm1d.EvalForward(Plan, Norm1(rows), a1, Parameters.View, RunningMean1.View, RunningVar1.View, a1);
         Linear(a1, L.Hidden1, 1, rows * L.Hidden1, rows, L.Hidden1, L.Hidden2, L.W2, L.B2, a2, Activation.Relu);
-        BatchNorm1d.EvalForward(Device, Norm2(rows), a2, Parameters.View, RunningMean2.View, RunningVar2.View, a2);
+        BatchNorm1d.EvalForward(Plan, Norm2(rows), a2, Parameters.View, RunningMean2.View, RunningVar2.View, a2);
         Linear(a2, L.Hidden2, 1, rows * L.Hidden2, rows, L.Hidden2, L.Classes, L.W3, L.B3, logits, Activation.None);
     }
 
@@ -205,7 +201,7 @@ public sealed class PixelEnsemble : IDisposable
         SafetensorsFile.Write(path, sources, meta);
     }
 
-    public static PixelEnsemble Load(string path, ComputeDevice device)
+    public static PixelEnsemble Load(string path, ExecutionPlan plan)
     {
         using var file = SafetensorsFile.Open(path);
         if (!file.Metadata.TryGetValue("format", out var format) || format != "ilgpudiffseg-ensemble-v1")
@@ -215,7 +211,7 @@ public sealed class PixelEnsemble : IDisposable
         int Meta(string key) => int.Parse(file.Metadata[key], CultureInfo.InvariantCulture);
         var hidden = file.Metadata["hidden"].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
         var layout = new MlpLayout(Meta("members"), Meta("in_features"), hidden[0], hidden[1], Meta("classes"));
-        var e = new PixelEnsemble(device, layout);
+        var e = new PixelEnsemble(plan, layout);
         try
         {
             var host = new float[(long)layout.Members * layout.Size];

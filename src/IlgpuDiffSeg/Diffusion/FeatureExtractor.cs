@@ -15,6 +15,7 @@ namespace IlgpuDiffSeg.Diffusion;
 public sealed class FeatureExtractor
 {
     readonly UNetModel model;
+    readonly ExecutionPlan? plan;
     readonly NoiseSchedule schedule;
 
     public IReadOnlyList<int> Steps { get; }
@@ -22,9 +23,11 @@ public sealed class FeatureExtractor
     /// <summary>The captured decoder blocks, ascending (the order of the original's forward hooks).</summary>
     public IReadOnlyList<int> Blocks { get; }
 
-    public FeatureExtractor(UNetModel model, IEnumerable<int> steps, IEnumerable<int> blocks)
+    /// <param name="plan">The plan the UNet runs by; the model's own unless a benchmark compares kernels.</param>
+    public FeatureExtractor(UNetModel model, IEnumerable<int> steps, IEnumerable<int> blocks, ExecutionPlan? plan = null)
     {
         this.model = model;
+        this.plan = plan;
         schedule = NoiseSchedule.Create(model.Flags.NoiseSchedule, model.Flags.DiffusionSteps);
         Steps = steps.ToArray();
         Blocks = blocks.Distinct().Order().ToArray();
@@ -104,7 +107,8 @@ public sealed class FeatureExtractor
         using var eps = noise.Rank == 4 ? noise.Alias(noise.Shape).Slice0Range(first, count) : noise.Alias(noise.Shape);
         QSample.Forward(image, eps, coef, xt);
         using var t = dev.Upload(Steps.Skip(first).Take(count).Select(s => (float)s).ToArray(), count);
-        return model.Forward(xt, t, capture: Blocks.ToArray(), computeOutput: false);
+        using var pass = new Pass(plan ?? model.Plan);
+        return model.Forward(pass, xt, t, capture: Blocks.ToArray(), computeOutput: false);
     }
 
     /// <summary>The materialised features of one image: (Channels, H, W). The caller owns the result.</summary>

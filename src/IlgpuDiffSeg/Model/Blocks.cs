@@ -2,6 +2,15 @@ using IlgpuDiffSeg.Kernels;
 
 namespace IlgpuDiffSeg.Model;
 
+/// <summary>
+/// Something a TimestepEmbedSequential runs: given x and SiLU(emb), returns a new tensor (the caller owns it); in a
+/// training pass its backward takes d loss / d output and returns d loss / d x, adding to d loss / d SiLU(emb).
+/// </summary>
+public interface IBlockLayer
+{
+    Tensor Forward(Pass p, Tensor x, Tensor embSilu);
+}
+
 /// <summary>guided-diffusion Upsample: nearest ×2, then a 3×3 conv (key "conv") when use_conv.</summary>
 public sealed class Upsample : Module, IBlockLayer
 {
@@ -22,11 +31,9 @@ public sealed class Upsample : Module, IBlockLayer
 
     public int OutChannels { get; }
 
-    public Tensor Forward(Tensor x, Tensor embSilu) => Forward(x);
-
-    public Tensor Forward(Tensor x)
+    public Tensor Forward(Pass p, Tensor x, Tensor embSilu)
     {
-        var up = x.Device.Allocate(x[0], x[1], 2 * x[2], 2 * x[3]);
+        var up = p.Device.Allocate(x[0], x[1], 2 * x[2], 2 * x[3]);
         UpsampleNearest2x.Forward(x, up);
         if (conv is null)
         {
@@ -34,7 +41,7 @@ public sealed class Upsample : Module, IBlockLayer
         }
         using (up)
         {
-            return conv.Forward(up);
+            return conv.Forward(p, up);
         }
     }
 }
@@ -59,15 +66,13 @@ public sealed class Downsample : Module, IBlockLayer
 
     public int OutChannels { get; }
 
-    public Tensor Forward(Tensor x, Tensor embSilu) => Forward(x);
-
-    public Tensor Forward(Tensor x)
+    public Tensor Forward(Pass p, Tensor x, Tensor embSilu)
     {
         if (op is not null)
         {
-            return op.Forward(x);
+            return op.Forward(p, x);
         }
-        var y = x.Device.Allocate(x[0], x[1], x[2] / 2, x[3] / 2);
+        var y = p.Device.Allocate(x[0], x[1], x[2] / 2, x[3] / 2);
         AvgPool2x2.Forward(x, y);
         return y;
     }
@@ -76,8 +81,8 @@ public sealed class Downsample : Module, IBlockLayer
 /// <summary>
 /// guided-diffusion ResBlock:
 ///   h = in_conv([resample](SiLU(GN(x))));  x = [resample](x)
-///   e = Linear(SiLU(emb));  h = SiLU(GN(h)·(1+scale)+shift)  (or SiLU(GN(h + e)) without scale-shift)
-///   return skip(x) + out_conv(h)      — dropout is the identity in eval mode
+///   e = Linear(SiLU(emb));  h = conv(Dropout(SiLU(GN(h)·(1+scale)+shift)))  (or GN(h + e) without scale-shift)
+///   return skip(x) + h
 /// </summary>
 public sealed class ResBlock : Module, IBlockLayer
 {
@@ -109,56 +114,41 @@ public sealed class ResBlock : Module, IBlockLayer
 
     public int OutChannels { get; }
 
-    public Tensor Forward(Tensor x, Tensor embSilu)
+    public Tensor Forward(Pass p, Tensor x, Tensor embSilu)
     {
-        var dev = x.Device;
-        Tensor h;
-        Tensor? resampledX = null;
-        if (up || down)
+        using var h = InLayers(p, x);
+        using var xs = up || down ? Resample(p, x) : x.Retain();
+        using var e = embLinear.Forward(p, embSilu);
+        if (!useScaleShift)
         {
-            // The norm comes before the resampling here, so it cannot be folded into the convolution's reads.
-            using var normed = inNorm.Forward(x, silu: true);
-            using var resampledH = Resample(normed);
-            resampledX = Resample(x);
-            h = inConv.Forward(resampledH);
+            Kernels.Add.ChannelBias(h, e, h);
         }
-        else
-        {
-            h = inConv.ForwardNormalized(x, inNorm, silu: true);
-        }
-        try
-        {
-            var xs = resampledX ?? x;
-            using var e = embLinear.Forward(embSilu);
-            if (!useScaleShift)
-            {
-                Kernels.Add.ChannelBias(h, e, h);
-            }
-            var scaleShift = useScaleShift ? e : null;
-            if (skip is null)
-            {
-                return outConv.ForwardNormalized(h, outNorm, silu: true, scaleShift, residual: xs, overwriteInput: true);
-            }
-            using var s = skip.Forward(xs);
-            return outConv.ForwardNormalized(h, outNorm, silu: true, scaleShift, residual: s, overwriteInput: true);
-        }
-        finally
-        {
-            h.Dispose();
-            resampledX?.Dispose();
-        }
+        using var s = skip?.Forward(p, xs) ?? xs.Retain();
+        return outConv.ForwardNormalized(p, h, outNorm, silu: true, useScaleShift ? e : null, residual: s, overwriteInput: true);
     }
 
-    Tensor Resample(Tensor t)
+    /// <summary>in_conv([resample](SiLU(GN(x)))): the norm comes before the resampling there, so it cannot fuse into the conv.</summary>
+    Tensor InLayers(Pass p, Tensor x)
     {
-        var dev = t.Device;
+        if (!up && !down)
+        {
+            return inConv.ForwardNormalized(p, x, inNorm, silu: true);
+        }
+        using var normed = p.Device.Allocate(x.Shape);
+        Kernels.GroupNorm.Forward(x, inNorm.Weight.T, inNorm.Bias.T, normed, silu: true);
+        using var resampled = Resample(p, normed);
+        return inConv.Forward(p, resampled);
+    }
+
+    Tensor Resample(Pass p, Tensor t)
+    {
         if (up)
         {
-            var y = dev.Allocate(t[0], t[1], 2 * t[2], 2 * t[3]);
+            var y = p.Device.Allocate(t[0], t[1], 2 * t[2], 2 * t[3]);
             UpsampleNearest2x.Forward(t, y);
             return y;
         }
-        var d = dev.Allocate(t[0], t[1], t[2] / 2, t[3] / 2);
+        var d = p.Device.Allocate(t[0], t[1], t[2] / 2, t[3] / 2);
         AvgPool2x2.Forward(t, d);
         return d;
     }
@@ -198,14 +188,13 @@ public sealed class AttentionBlock : Module, IBlockLayer
     public int Heads { get; }
     public bool LegacyOrder { get; }
 
-    public Tensor Forward(Tensor x, Tensor embSilu) => Forward(x);
-
-    public Tensor Forward(Tensor x)
+    public Tensor Forward(Pass p, Tensor x, Tensor embSilu)
     {
-        using var q = qkv.ForwardNormalized(x, norm);
-        using var a = x.Device.Allocate(x.Shape);
-        Attention.Forward(q, a, Heads, LegacyOrder, (int)x.Device.UNetMatmul);
-        return projOut.Forward(a, residual: x);
+        using var q = qkv.ForwardNormalized(p, x, norm);
+        using var a = p.Device.Allocate(x.Shape);
+        Attention.Forward(q, a, Heads, LegacyOrder, p.Plan.UNetMatmul);
+        p.Save(this, new SavedTensors(q));
+        return projOut.Forward(p, a, residual: x);
     }
 }
 
@@ -229,17 +218,13 @@ public sealed class TimestepEmbedSequential : Module
     }
 
     /// <summary>Runs the block. The input stays the caller's; the result is the caller's to dispose.</summary>
-    public Tensor Forward(Tensor x, Tensor embSilu)
+    public Tensor Forward(Pass p, Tensor x, Tensor embSilu)
     {
-        Tensor h = x;
+        var h = x.Retain();
         foreach (var layer in layers)
         {
-            var next = layer.Forward(h, embSilu);
-            if (!ReferenceEquals(h, x))
-            {
-                h.Dispose();
-            }
-            h = next;
+            using var input = h;
+            h = layer.Forward(p, input, embSilu);
         }
         return h;
     }

@@ -125,8 +125,12 @@ public static class ModelWeights
     /// other vector 0.1·N), uploaded to the device. For benchmarks and demos that need no trained model.
     /// </summary>
     /// <param name="keepFp32">Keep fp32 copies even where the device holds convolutions in fp16 (weights to be saved).</param>
-    public static void InitializeRandom(Module model, ComputeDevice dev, int seed, bool keepFp32 = false)
+    public static void InitializeRandom(Module model, ExecutionPlan plan, int seed, bool keepFp32 = false)
     {
+        if (model is UNetModel unet)
+        {
+            unet.Plan = plan;
+        }
         var rng = new MathNet.Numerics.Random.MersenneTwister(seed);
         foreach (var p in model.Parameters())
         {
@@ -141,24 +145,24 @@ public static class ModelWeights
             {
                 values[i] = (float)((norm ? 1 : 0) + scale * MathNet.Numerics.Distributions.Normal.Sample(rng, 0, 1));
             }
-            Place(p, dev, values, keepFp32);
+            Place(p, plan, values, keepFp32);
         }
     }
 
     /// <summary>
-    /// Uploads a parameter's values; a convolution weight goes straight to fp16 rows where the device holds them so
-    /// (ComputeDevice.HoldsConvWeightsInHalf), through a staging buffer of its own, so that loading never holds more than
+    /// Uploads a parameter's values; a convolution weight goes straight to fp16 rows where the plan holds them so
+    /// (ExecutionPlan.HoldsConvWeightsInHalf), through a staging buffer of its own, so that loading never holds more than
     /// one fp32 weight at a time.
     /// </summary>
-    static void Place(Parameter p, ComputeDevice dev, ReadOnlySpan<float> values, bool keepFp32 = false)
+    static void Place(Parameter p, ExecutionPlan plan, ReadOnlySpan<float> values, bool keepFp32 = false)
     {
         p.Release();
-        if (p.IsConvolutionWeight && dev.HoldsConvWeightsInHalf && !keepFp32)
+        if (p.IsConvolutionWeight && plan.HoldsConvWeightsInHalf && !keepFp32)
         {
-            p.Half = HalfWeights.Upload(dev, values, p.Shape);
+            p.Half = HalfWeights.Upload(plan.Device, values, p.Shape);
             return;
         }
-        p.Value = dev.Upload(values, p.Shape);
+        p.Value = plan.Device.Upload(values, p.Shape);
     }
 
     /// <summary>
@@ -196,11 +200,15 @@ public static class ModelWeights
         SafetensorsFile.Write(path, sources, metadata);
     }
 
-    /// <summary>Opens a converted model and uploads its weights to the device (memory-mapped, no full copy in RAM).</summary>
-    public static UNetModel Load(string path, ComputeDevice dev)
+    /// <summary>
+    /// Opens a converted model and uploads its weights to the plan's device (memory-mapped, no full copy in RAM), in the form
+    /// the plan runs them.
+    /// </summary>
+    public static UNetModel Load(string path, ExecutionPlan plan)
     {
         using var file = SafetensorsFile.Open(path);
         var model = BuildChecked(FlagsOf(file), path);
+        model.Plan = plan;
         CheckAgainst(model, file.Entries.ToDictionary(e => e.Name, e => e.Shape), path);
         try
         {
@@ -208,7 +216,7 @@ public static class ModelWeights
             {
                 file.TryGet(p.Name, out var entry);
                 using var mapped = file.Map(entry);
-                Place(p, dev, mapped.Span);
+                Place(p, plan, mapped.Span);
             }
         }
         catch

@@ -24,7 +24,7 @@ public sealed class UNetOutputs : IDisposable
 
 /// <summary>
 /// The ADM UNet (guided-diffusion unet.UNetModel), built from <see cref="AdmFlags"/> as script_util.create_model
-/// builds it; every weight has its state_dict name. In eval mode only (dropout is the identity).
+/// builds it; every weight has its state_dict name.
 /// </summary>
 public sealed class UNetModel : Module, IDisposable
 {
@@ -160,15 +160,89 @@ public sealed class UNetModel : Module, IDisposable
     /// <summary>Total number of weights.</summary>
     public long ParameterCount => Parameters().Sum(p => p.Count);
 
+    /// <summary>How this model's ops run, set once by the weight loader (ModelWeights.Load, InitializeRandom).</summary>
+    public ExecutionPlan Plan
+    {
+        get => plan ?? throw new InvalidOperationException("the model's weights are not loaded");
+        internal set => plan = plan is null || ReferenceEquals(plan, value)
+            ? value
+            : throw new InvalidOperationException("a model's execution plan is chosen once, when its weights are loaded");
+    }
+
+    ExecutionPlan? plan;
+
     /// <summary>
-    /// Runs the UNet on x (N, 3, H, W) at timesteps t (N floats, on the device). Decoder blocks named in
-    /// <paramref name="capture"/> are returned; with <paramref name="computeOutput"/> false the pass stops after the
-    /// last captured block (feature extraction never needs the remaining decoder or the output head).
+    /// Runs the UNet on x (N, 3, H, W) at timesteps t (N floats, on the device) in an inference pass. Decoder blocks named
+    /// in <paramref name="capture"/> are returned; with <paramref name="computeOutput"/> false the pass stops after the last
+    /// captured block (feature extraction never needs the remaining decoder or the output head).
     /// </summary>
     public UNetOutputs Forward(Tensor x, Tensor t, IReadOnlyList<long>? classLabels = null, IReadOnlyCollection<int>? capture = null,
         bool computeOutput = true)
     {
-        var dev = x.Device;
+        using var pass = new Pass(Plan);
+        return Forward(pass, x, t, classLabels, capture, computeOutput);
+    }
+
+    /// <summary>The forward of unet.py's UNetModel in <paramref name="p"/> (a training pass saves what the backward needs).</summary>
+    public UNetOutputs Forward(Pass p, Tensor x, Tensor t, IReadOnlyList<long>? classLabels = null, IReadOnlyCollection<int>? capture = null,
+        bool computeOutput = true)
+    {
+        int lastBlock = CheckInputs(x, t, classLabels, capture, computeOutput);
+        var result = new UNetOutputs();
+        var hs = new Stack<Tensor>();
+        try
+        {
+            using var emb = Embed(p, t, classLabels);
+            var h = x;
+            foreach (var block in inputBlocks)
+            {
+                h = block.Forward(p, h, emb);
+                hs.Push(h);
+            }
+            h = middleBlock.Forward(p, h, emb);
+            for (int i = 0; i <= lastBlock; i++)
+            {
+                Tensor cat;
+                using (var previous = h)
+                using (var skip = hs.Pop())
+                {
+                    cat = ConcatChannels.Forward(previous, skip);
+                }
+                using (cat)
+                {
+                    h = outputBlocks[i].Forward(p, cat, emb);
+                }
+                if (capture?.Contains(i) == true)
+                {
+                    result.Blocks[i] = h.Retain();
+                }
+            }
+            using (h)
+            {
+                if (computeOutput)
+                {
+                    result.Output = outConv.ForwardNormalized(p, h, outNorm, silu: true);
+                }
+            }
+            return result;
+        }
+        catch
+        {
+            result.Dispose();
+            throw;
+        }
+        finally
+        {
+            while (hs.Count > 0)
+            {
+                hs.Pop().Dispose();
+            }
+        }
+    }
+
+    /// <summary>Checks the inputs of Forward; returns the last decoder block the pass must run.</summary>
+    int CheckInputs(Tensor x, Tensor t, IReadOnlyList<long>? classLabels, IReadOnlyCollection<int>? capture, bool computeOutput)
+    {
         int n = x[0];
         if (x.Rank != 4 || x[1] != AdmFlags.InChannels || x[2] % SizeMultiple != 0 || x[3] % SizeMultiple != 0)
         {
@@ -187,90 +261,35 @@ public sealed class UNetModel : Module, IDisposable
         {
             throw new DiffSegException($"{classLabels.Count} class labels for a batch of {n}");
         }
-        var wanted = new SortedSet<int>(capture ?? []);
-        foreach (var b in wanted)
+        foreach (var b in capture ?? [])
         {
             if (b < 0 || b >= outputBlocks.Count)
             {
                 throw new DiffSegException($"decoder block {b} does not exist: this model has output blocks 0..{outputBlocks.Count - 1}");
             }
         }
-        int lastNeeded = computeOutput || wanted.Count == 0 ? outputBlocks.Count - 1 : wanted.Max;
-
-        var result = new UNetOutputs();
-        var skips = new Stack<Tensor>();
-        Tensor? h = null;
-        try
-        {
-            using var embSilu = Embed(t, classLabels, n);
-            h = x;
-            foreach (var block in inputBlocks)
-            {
-                h = block.Forward(h, embSilu);
-                skips.Push(h);
-            }
-            h = middleBlock.Forward(h, embSilu);
-            for (int i = 0; i <= lastNeeded; i++)
-            {
-                Tensor cat;
-                using (var skip = skips.Pop())
-                {
-                    cat = dev.Allocate(n, h[1] + skip[1], h[2], h[3]);
-                    ConcatChannels.Forward(h, skip, cat);
-                }
-                if (!result.Blocks.ContainsValue(h))
-                {
-                    h.Dispose();
-                }
-                using (cat)
-                {
-                    h = outputBlocks[i].Forward(cat, embSilu);
-                }
-                if (wanted.Contains(i))
-                {
-                    result.Blocks[i] = h;
-                }
-            }
-            if (computeOutput)
-            {
-                result.Output = outConv.ForwardNormalized(h, outNorm, silu: true);
-            }
-            return result;
-        }
-        catch
-        {
-            result.Dispose();
-            throw;
-        }
-        finally
-        {
-            if (h is not null && !ReferenceEquals(h, x) && !result.Blocks.ContainsValue(h) && !skips.Contains(h))
-            {
-                h.Dispose();
-            }
-            while (skips.Count > 0)
-            {
-                skips.Pop().Dispose();
-            }
-        }
+        return computeOutput || capture is null || capture.Count == 0 ? outputBlocks.Count - 1 : capture.Max();
     }
 
     /// <summary>SiLU(time_embed(timestep_embedding(t)) [+ label_emb(y)]): every ResBlock's emb_layers starts with SiLU.</summary>
-    Tensor Embed(Tensor t, IReadOnlyList<long>? classLabels, int n)
+    Tensor Embed(Pass p, Tensor t, IReadOnlyList<long>? classLabels)
     {
-        var dev = t.Device;
+        var dev = p.Device;
+        int n = t.Length;
         using var sinusoid = dev.Allocate(n, ModelChannels);
         TimestepEmbedding.Forward(t, sinusoid);
-        using var hidden = timeEmbed0.Forward(sinusoid);
-        Silu.Forward(hidden, hidden);
-        using var emb = timeEmbed2.Forward(hidden);
+        using var hidden = timeEmbed0.Forward(p, sinusoid);
+        using var hiddenSilu = dev.Allocate(hidden.Shape);
+        Silu.Forward(hidden, hiddenSilu);
+        using var emb = timeEmbed2.Forward(p, hiddenSilu);
         if (labelEmb is not null && classLabels is not null)
         {
-            using var label = labelEmb.Forward(dev, classLabels);
+            using var label = labelEmb.Forward(p, classLabels);
             Kernels.Add.Forward(emb, label, emb);
         }
         var embSilu = dev.Allocate(n, Flags.TimeEmbedDim);
         Silu.Forward(emb, embSilu);
+        p.Save(this, new SavedTensors(hidden, emb));
         return embSilu;
     }
 

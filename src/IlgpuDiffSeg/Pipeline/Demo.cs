@@ -59,15 +59,15 @@ public static class Demo
     }
 
     /// <summary>Writes the demo model: <see cref="ModelFlags"/> with random weights from <see cref="ModelSeed"/>.</summary>
-    public static void WriteModel(string path, ComputeDevice dev)
+    public static void WriteModel(string path, ExecutionPlan plan)
     {
         var flags = AdmFlags.Parse(ModelFlags, "demo flags");
         using var model = new UNetModel(flags);
-        ModelWeights.InitializeRandom(model, dev, ModelSeed, keepFp32: true);
+        ModelWeights.InitializeRandom(model, plan, ModelSeed, keepFp32: true);
         ModelWeights.Save(model, path, new Dictionary<string, string> { ["source"] = $"random init, seed {ModelSeed} (not trained)" });
     }
 
-    public static IoUAccumulator Run(Options o, ComputeDevice dev, Action<string> log)
+    public static IoUAccumulator Run(Options o, ExecutionPlan plan, Action<string> log)
     {
         string modelPath = FindModel();
         log("note: " + WeightsStatement);
@@ -106,9 +106,9 @@ public static class Demo
             });
         }
         var cfg = ExperimentConfig.Load(Path.Combine(root, "experiment.json"), log);
-        var summary = TrainingRun.Run(cfg, dev, log);
+        var summary = TrainingRun.Run(cfg, plan, log);
         log($"trained {cfg.ModelNum} members: {summary.Iterations:N0} iterations over {summary.Epochs} epochs in {Progress.Format(summary.Seconds)}");
-        var iou = EvaluationRun.Run(cfg, dev, log);
+        var iou = EvaluationRun.Run(cfg, plan, log);
         string sheet = Path.Combine(root, "summary.png");
         WriteContactSheet(sheet, cfg, Math.Min(4, o.TestImages));
         log($"pictures: {sheet} (image | ground truth | prediction per row), {Path.Combine(cfg.ExpDir, "visualizations")}");

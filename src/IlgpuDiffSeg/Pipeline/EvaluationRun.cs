@@ -10,14 +10,14 @@ namespace IlgpuDiffSeg.Pipeline;
 /// </summary>
 public static class EvaluationRun
 {
-    public static IoUAccumulator Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log)
+    public static IoUAccumulator Run(ExperimentConfig cfg, ExecutionPlan plan, Action<string> log)
     {
         var images = TrainingRun.SelectImages(cfg.TestingPath, cfg.TestingNumber, requireMasks: true);
         foreach (var (image, mask) in images)
         {
             ImageData.Validate(image, mask!, cfg.NumberClass, cfg.IgnoreLabel);
         }
-        using var segmenter = Segmenter.Open(cfg, dev);
+        using var segmenter = Segmenter.Open(cfg, plan);
         log($"evaluating {images.Count} images from {cfg.TestingPath}: {segmenter.Describe()}");
         string predictions = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "predictions")).FullName;
         string pictures = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "visualizations")).FullName;

@@ -137,6 +137,7 @@ public sealed class BlockTable
 /// </summary>
 public sealed class LeanTrainingFeatures : ITrainingFeatures
 {
+    readonly ExecutionPlan plan;
     readonly ComputeDevice dev;
     readonly FeatureExtractor extractor;
     readonly BlockTable table;
@@ -145,9 +146,10 @@ public sealed class LeanTrainingFeatures : ITrainingFeatures
     readonly DeviceBuffer<Half>? store16;
     readonly int size;
 
-    public LeanTrainingFeatures(ComputeDevice dev, FeatureExtractor extractor, int images, int size, bool half)
+    public LeanTrainingFeatures(ExecutionPlan plan, FeatureExtractor extractor, int images, int size, bool half)
     {
-        this.dev = dev;
+        this.plan = plan;
+        dev = plan.Device;
         this.extractor = extractor;
         this.size = size;
         table = new BlockTable(extractor, size, size);
@@ -202,11 +204,11 @@ public sealed class LeanTrainingFeatures : ITrainingFeatures
         };
         if (store32 is not null)
         {
-            LeanFeatures.Gather(dev, s, ids, deviceTable.View, channelEntry.View, store32.View, labels, x, y);
+            LeanFeatures.Gather(plan, s, ids, deviceTable.View, channelEntry.View, store32.View, labels, x, y);
         }
         else
         {
-            LeanFeatures.Gather(dev, s, ids, deviceTable.View, channelEntry.View, store16!.View, labels, x, y);
+            LeanFeatures.Gather(plan, s, ids, deviceTable.View, channelEntry.View, store16!.View, labels, x, y);
         }
     }
 
@@ -237,23 +239,15 @@ public sealed class LeanImageFeatures(ComputeDevice dev, FeatureExtractor extrac
         {
             FirstLayerAtNativeResolution(ensemble);
         }
-        var a1 = dev.RentScratch((long)L.Members * count * L.Hidden1);
-        var a2 = dev.RentScratch((long)L.Members * count * L.Hidden2);
-        try
+        using var a1 = dev.Allocate(L.Members * count * L.Hidden1);
+        using var a2 = dev.Allocate(L.Members * count * L.Hidden2);
+        var s = new LeanShape
         {
-            var s = new LeanShape
-            {
-                Rows = count, Height = size, Width = size, Entries = table!.Entries, RecordSize = table.RecordSize, Start = start,
-                Members = L.Members, Hidden = L.Hidden1, MemberStride = L.Size, BiasOffset = L.B1,
-            };
-            LeanFeatures.Accumulate(dev, s, deviceTable!.View, native!.View, ensemble.Parameters.View, a1.View);
-            ensemble.HiddenLayers(a1.View, count, a2.View, logits);
-        }
-        finally
-        {
-            dev.ReturnScratch(a1);
-            dev.ReturnScratch(a2);
-        }
+            Rows = count, Height = size, Width = size, Entries = table!.Entries, RecordSize = table.RecordSize, Start = start,
+            Members = L.Members, Hidden = L.Hidden1, MemberStride = L.Size, BiasOffset = L.B1,
+        };
+        LeanFeatures.Accumulate(ensemble.Plan, s, deviceTable!.View, native!.View, ensemble.Parameters.View, a1.View);
+        ensemble.HiddenLayers(a1.View, count, a2.View, logits);
     }
 
     void FirstLayerAtNativeResolution(PixelEnsemble ensemble)
@@ -274,7 +268,7 @@ public sealed class LeanImageFeatures(ComputeDevice dev, FeatureExtractor extrac
                 BRow = pixels, BCol = 1,
                 COffset = table.Field(e, 4), CRow = 1, CCol = L.Hidden1, CBatch0 = checked((int)table.RecordSize),
             };
-            Gemm.Run(dev, g, ensemble.Parameters.View, map.View, native.View);
+            Gemm.Run(dev, g, ensemble.Parameters.View, map.View, native.View, kernel: ensemble.Plan.Fp32Matmul);
         }
     }
 

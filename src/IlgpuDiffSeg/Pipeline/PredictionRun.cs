@@ -10,7 +10,7 @@ namespace IlgpuDiffSeg.Pipeline;
 /// </summary>
 public static class PredictionRun
 {
-    public static int Run(ExperimentConfig cfg, ComputeDevice dev, string input, string outputDir, Action<string> log)
+    public static int Run(ExperimentConfig cfg, ExecutionPlan plan, string input, string outputDir, Action<string> log)
     {
         var inputs = File.Exists(input) ? [input] : Directory.Exists(input) ? ImageData.ListImages(input)
             : throw DiffSegException.For(input, "no such file or folder");
@@ -27,7 +27,7 @@ public static class PredictionRun
                 throw DiffSegException.For(p, $"is {size[1]}×{size[0]}; only square images are supported");
             }
         }
-        using var segmenter = Segmenter.Open(cfg, dev);
+        using var segmenter = Segmenter.Open(cfg, plan);
         Directory.CreateDirectory(outputDir);
         log($"labelling {inputs.Count} image(s): {segmenter.Describe()}");
         var progress = new Progress(log, "images", inputs.Count);

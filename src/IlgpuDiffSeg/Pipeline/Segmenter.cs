@@ -18,16 +18,18 @@ public sealed record Segmentation(int[] Labels, float[] Js, double Uncertainty);
 public sealed class Segmenter : IDisposable
 {
     readonly ExperimentConfig cfg;
+    readonly ExecutionPlan plan;
     readonly ComputeDevice dev;
     readonly UNetModel model;
     readonly FeatureExtractor extractor;
     readonly PixelEnsemble ensemble;
     readonly NoiseSource noise;
 
-    Segmenter(ExperimentConfig cfg, ComputeDevice dev, UNetModel model, FeatureExtractor extractor, PixelEnsemble ensemble, NoiseSource noise)
+    Segmenter(ExperimentConfig cfg, ExecutionPlan plan, UNetModel model, FeatureExtractor extractor, PixelEnsemble ensemble, NoiseSource noise)
     {
         this.cfg = cfg;
-        this.dev = dev;
+        this.plan = plan;
+        dev = plan.Device;
         this.model = model;
         this.extractor = extractor;
         this.ensemble = ensemble;
@@ -36,25 +38,25 @@ public sealed class Segmenter : IDisposable
 
     public PixelEnsemble Ensemble => ensemble;
 
-    public static Segmenter Open(ExperimentConfig cfg, ComputeDevice dev)
+    public static Segmenter Open(ExperimentConfig cfg, ExecutionPlan plan)
     {
         string path = Path.Combine(cfg.ExpDir, TrainingRun.EnsembleFile);
         if (!File.Exists(path))
         {
             throw DiffSegException.For(path, $"not found: train first with 'diffseg train --config {cfg.SourcePath}'");
         }
-        var model = ModelWeights.Load(cfg.ModelPath, dev);
+        var model = ModelWeights.Load(cfg.ModelPath, plan);
         try
         {
             var extractor = CreateExtractor(model, cfg);
-            var ensemble = PixelEnsemble.Load(path, dev);
+            var ensemble = PixelEnsemble.Load(path, plan);
             if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
             {
                 ensemble.Dispose();
                 throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
                                                  $"the config gives {extractor.Channels} and {cfg.NumberClass}");
             }
-            return new Segmenter(cfg, dev, model, extractor, ensemble, NoiseSource.Create(cfg));
+            return new Segmenter(cfg, plan, model, extractor, ensemble, NoiseSource.Create(cfg));
         }
         catch
         {
@@ -88,10 +90,10 @@ public sealed class Segmenter : IDisposable
     }
 
     /// <summary>The training-feature store the config asks for.</summary>
-    public static ITrainingFeatures CreateTrainingStore(ExperimentConfig cfg, ComputeDevice dev, FeatureExtractor extractor, int images) =>
+    public static ITrainingFeatures CreateTrainingStore(ExperimentConfig cfg, ExecutionPlan plan, FeatureExtractor extractor, int images) =>
         cfg.FeaturePath == "materialized"
-            ? new MaterializedTrainingFeatures(dev, extractor, images, cfg.ImageSize)
-            : new LeanTrainingFeatures(dev, extractor, images, cfg.ImageSize, half: cfg.FeatureStorage == "fp16");
+            ? new MaterializedTrainingFeatures(plan.Device, extractor, images, cfg.ImageSize)
+            : new LeanTrainingFeatures(plan, extractor, images, cfg.ImageSize, half: cfg.FeatureStorage == "fp16");
 
     /// <summary>Features of one image, in the form the config's feature path uses.</summary>
     IImageFeatures ImageFeatures(Tensor image, Tensor eps) => cfg.FeaturePath == "materialized"
@@ -109,24 +111,16 @@ public sealed class Segmenter : IDisposable
         using var image = dev.Upload(x0, 3, size, size);
         using var eps = noise.For(dev, 1_000_000 + index);
         using var features = ImageFeatures(image, eps);
-        var logits = dev.RentScratch((long)L.Members * chunk * L.Classes);
+        using var logits = dev.Allocate(L.Members * chunk * L.Classes);
         using var chunkLabels = dev.Buffer<int>(chunk);
-        var chunkJs = dev.RentScratch(chunk);
-        try
+        using var chunkJs = dev.Allocate(chunk);
+        for (int start = 0; start < pixels; start += chunk)
         {
-            for (int start = 0; start < pixels; start += chunk)
-            {
-                int count = Math.Min(chunk, pixels - start);
-                features.Logits(ensemble, start, count, logits.View);
-                EnsembleVote.Forward(dev, L.Members, count, L.Classes, logits.View, chunkLabels.View, chunkJs.View);
-                chunkLabels.View.CopyToHost(labels.AsSpan(start, count));
-                ((ArrayView<float>)chunkJs.View).CopyToHost(js.AsSpan(start, count));
-            }
-        }
-        finally
-        {
-            dev.ReturnScratch(logits);
-            dev.ReturnScratch(chunkJs);
+            int count = Math.Min(chunk, pixels - start);
+            features.Logits(ensemble, start, count, logits.View);
+            EnsembleVote.Forward(dev, L.Members, count, L.Classes, logits.View, chunkLabels.View, chunkJs.View);
+            chunkLabels.View.CopyToHost(labels.AsSpan(start, count));
+            chunkJs.View.CopyToHost(js.AsSpan(start, count));
         }
         return new Segmentation(labels, js, UncertaintyScore(js));
     }

@@ -35,10 +35,11 @@ public static class TrainingRun
     /// run: the state is then saved at that exact step and <see cref="TrainingInterruptedException"/> is thrown; the same
     /// call later resumes from there and ends with the same weights as an uninterrupted run.
     /// </summary>
-    public static TrainingSummary Run(ExperimentConfig cfg, ComputeDevice dev, Action<string> log, Func<long, bool>? interrupt = null)
+    public static TrainingSummary Run(ExperimentConfig cfg, ExecutionPlan plan, Action<string> log, Func<long, bool>? interrupt = null)
     {
+        var dev = plan.Device;
         var started = DateTime.UtcNow;
-        using var model = ModelWeights.Load(cfg.ModelPath, dev);
+        using var model = ModelWeights.Load(cfg.ModelPath, plan);
         var extractor = Segmenter.CreateExtractor(model, cfg);
         var images = SelectImages(cfg.TrainingPath, cfg.TrainingNumber, requireMasks: true);
         foreach (var (image, mask) in images)
@@ -52,7 +53,7 @@ public static class TrainingRun
 
         int size = cfg.ImageSize, pixels = size * size;
         var labels = new byte[(long)images.Count * pixels];
-        using var features = Segmenter.CreateTrainingStore(cfg, dev, extractor, images.Count);
+        using var features = Segmenter.CreateTrainingStore(cfg, plan, extractor, images.Count);
         var extraction = new Progress(log, "features", images.Count);
         var loaded = Prefetch.Stream(images.Count, i =>
         {
@@ -85,7 +86,7 @@ public static class TrainingRun
         log($"{ids.Length:N0} labelled pixels → {perEpoch:N0} iterations per epoch; feature store {features.DeviceBytes / 1e6:F0} MB on the device");
 
         var layout = MlpLayout.ForClasses(cfg.ModelNum, features.Channels, cfg.NumberClass);
-        using var ensemble = PixelEnsemble.CreateRandom(dev, layout, cfg.Seed);
+        using var ensemble = PixelEnsemble.CreateRandom(plan, layout, cfg.Seed);
         using var trainer = new EnsembleTrainer(ensemble, cfg.BatchSize);
         string fingerprint = Fingerprint(cfg, images, features.Channels, noise);
         string statePath = Path.Combine(cfg.ExpDir, StateFile);

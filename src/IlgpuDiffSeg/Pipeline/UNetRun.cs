@@ -49,9 +49,10 @@ public sealed class UNetRun
         return new UNetRun(modelPath, xs, shape, ts.Select(v => (float)v).ToArray(), ys);
     }
 
-    public Result Execute(ComputeDevice dev, bool capture, Action<string>? log = null)
+    public Result Execute(ExecutionPlan plan, bool capture, Action<string>? log = null)
     {
-        using var model = ModelWeights.Load(modelPath, dev);
+        var dev = plan.Device;
+        using var model = ModelWeights.Load(modelPath, plan);
         if (model.Flags.ClassCond && y is null)
         {
             throw DiffSegException.For(modelPath, "is class-conditional: pass class labels with --y");

@@ -10,8 +10,10 @@ namespace IlgpuDiffSeg.Tests.Classifier;
 /// (h = 1e-5) of a plain double-precision forward of the pixel classifier in training mode.
 /// Tolerance: |analytic − numeric| ≤ 2e-4 + 2e-3·|numeric| (the analytic side is fp32).
 /// </summary>
-public abstract class GradientCheckTests(ComputeDevice? device)
+public abstract class GradientCheckTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     /// <summary>Loss of one member: Linear→ReLU→BN→Linear→ReLU→BN→Linear, BN with batch statistics, mean cross-entropy.</summary>
     static double Loss(double[] p, MlpLayout L, float[] x, int[] y, int rows)
     {
@@ -71,7 +73,7 @@ public abstract class GradientCheckTests(ComputeDevice? device)
         var dev = device!;
         var layout = new MlpLayout(2, 7, 6, 4, 3);
         const int rows = 12;
-        using var ensemble = PixelEnsemble.CreateRandom(dev, layout, seed: 5);
+        using var ensemble = PixelEnsemble.CreateRandom(plan!, layout, seed: 5);
         // Weights large enough that every layer matters (the original's N(0, 0.02) makes gradients tiny).
         var parameters = TestData.Uniform(layout.Members * layout.Size, 21, 0.8f);
         for (int m = 0; m < layout.Members; m++)
@@ -117,7 +119,7 @@ public abstract class GradientCheckTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class GradientCheckTestsCpu(CpuDeviceFixture f) : GradientCheckTests(f.Device);
+public sealed class GradientCheckTestsCpu(CpuDeviceFixture f) : GradientCheckTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class GradientCheckTestsCuda(CudaDeviceFixture f) : GradientCheckTests(f.Device);
+public sealed class GradientCheckTestsCuda(CudaDeviceFixture f) : GradientCheckTests(f.Plan);

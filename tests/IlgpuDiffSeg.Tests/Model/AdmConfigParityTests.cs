@@ -11,8 +11,10 @@ namespace IlgpuDiffSeg.Tests.Model;
 ///   neworder-classcond  — new attention order, class labels, fp16 storages under {"state_dict": ...}.
 /// Tolerance: max |diff| ≤ 1e-4 · max |reference| per tensor, as for adm-tiny.
 /// </summary>
-public abstract class AdmConfigParityTests(ComputeDevice? device, ITestOutputHelper log)
+public abstract class AdmConfigParityTests(ExecutionPlan? plan, ITestOutputHelper log)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     const double Bound = 1e-4;
 
     [Theory]
@@ -24,7 +26,7 @@ public abstract class AdmConfigParityTests(ComputeDevice? device, ITestOutputHel
         string dir = Path.Combine(Fixtures.RepoRoot, "tests", "fixtures", "adm-configs", config);
         using var tmp = new TempDir();
         ModelWeights.Convert(Path.Combine(dir, "model.pt"), Path.Combine(dir, "flags.json"), tmp.File("m.safetensors"));
-        using var model = ModelWeights.Load(tmp.File("m.safetensors"), device!);
+        using var model = ModelWeights.Load(tmp.File("m.safetensors"), plan!);
         var x0 = Npy.ReadFloat32(Path.Combine(dir, "x0.npy"), out var xShape);
         var t = Npy.Read(Path.Combine(dir, "t.npy")).ToInt64("t").Select(v => (float)v).ToArray();
         var yPath = Path.Combine(dir, "y.npy");
@@ -49,7 +51,7 @@ public abstract class AdmConfigParityTests(ComputeDevice? device, ITestOutputHel
 }
 
 [Collection("cpu")]
-public sealed class AdmConfigParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : AdmConfigParityTests(f.Device, log);
+public sealed class AdmConfigParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : AdmConfigParityTests(f.Plan, log);
 
 [Collection("cuda")]
-public sealed class AdmConfigParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmConfigParityTests(f.Device, log);
+public sealed class AdmConfigParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmConfigParityTests(f.Plan, log);

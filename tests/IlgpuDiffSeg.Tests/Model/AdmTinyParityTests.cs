@@ -10,24 +10,27 @@ namespace IlgpuDiffSeg.Tests.Model;
 /// Tolerance: max |ours − official| ≤ 1e-4 · max |official| for eps and every out_block_i (the bound; a correct
 /// fp32 port lands near 1e-6, a real bug near 1e-2).
 /// </summary>
-public abstract class AdmTinyParityTests(ComputeDevice? device, ITestOutputHelper log)
+public abstract class AdmTinyParityTests(ExecutionPlan? plan, ITestOutputHelper log)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     const double Bound = 1e-4;
 
     [Fact]
     public void ConvertedCheckpointReproducesEpsAndEveryDecoderBlock()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        CheckAgainstOfficial(device!, log, Bound);
+        CheckAgainstOfficial(plan!, log, Bound);
     }
 
-    /// <summary>Converts model.pt, runs x0.npy at t.npy on <paramref name="device"/>, and bounds every output's error.</summary>
-    public static void CheckAgainstOfficial(ComputeDevice device, ITestOutputHelper log, double bound)
+    /// <summary>Converts model.pt, runs x0.npy at t.npy under <paramref name="plan"/>, and bounds every output's error.</summary>
+    public static void CheckAgainstOfficial(ExecutionPlan plan, ITestOutputHelper log, double bound)
     {
+        var device = plan.Device;
         using var tmp = new TempDir();
         string converted = tmp.File("adm-tiny.safetensors");
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), converted);
-        using var model = ModelWeights.Load(converted, device);
+        using var model = ModelWeights.Load(converted, plan);
         var x0 = Npy.ReadFloat32(Fixtures.AdmTiny("x0.npy"), out var xShape);
         var t = Npy.Read(Fixtures.AdmTiny("t.npy")).ToInt64("t.npy").Select(v => (float)v).ToArray();
         using var dx = device.Upload(x0, xShape);
@@ -58,27 +61,29 @@ public abstract class AdmTinyParityTests(ComputeDevice? device, ITestOutputHelpe
 /// these operands (TensorCoreGemmTests shows the v4 kernel equals them to NMSE 1e-10), as fast as fp32; the warp-32
 /// emulation of the kernel itself would take minutes here.
 /// </summary>
-public abstract class AdmTinyFp16Tests(ComputeDevice? device, ITestOutputHelper log)
+public abstract class AdmTinyFp16Tests(ExecutionPlan? plan, ITestOutputHelper log)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     const double Bound = 5e-3;
 
     [Fact]
     public void TensorCorePathStaysWithinHalfPrecisionOfTheOfficialFp32()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        using var scope = new MatmulScope(device!, MatmulKernel.TensorCoreFp16);
-        AdmTinyParityTests.CheckAgainstOfficial(device!, log, Bound);
+        var fp16 = plan!.OnHost ? MatmulKernel.HostSimdFp16 : MatmulKernel.TensorCoreFp16;
+        AdmTinyParityTests.CheckAgainstOfficial(plan.With(fp16), log, Bound);
     }
 }
 
 [Collection("cpu")]
-public sealed class AdmTinyParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : AdmTinyParityTests(f.Device, log);
+public sealed class AdmTinyParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : AdmTinyParityTests(f.Plan, log);
 
 [Collection("cuda")]
-public sealed class AdmTinyParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyParityTests(f.Device, log);
+public sealed class AdmTinyParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyParityTests(f.Plan, log);
 
 [Collection("cpu")]
-public sealed class AdmTinyFp16TestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Device, log);
+public sealed class AdmTinyFp16TestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Plan, log);
 
 [Collection("cuda")]
-public sealed class AdmTinyFp16TestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Device, log);
+public sealed class AdmTinyFp16TestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : AdmTinyFp16Tests(f.Plan, log);

@@ -5,8 +5,10 @@ using IlgpuDiffSeg.Model;
 
 namespace IlgpuDiffSeg.Tests.Pipeline;
 
-public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelper log)
+public abstract class FeatureParityTests(ExecutionPlan? plan, ITestOutputHelper log)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     /// <summary>
     /// ../shared/fixtures/adm-tiny/features.npy: ddpm-segmentation's pixel features of x0[0] with the shared noise at
     /// steps 50,150,250, blocks 2,3,4,5,7. Tolerance: max |diff| ≤ 1e-4 · max |official| (the bound).
@@ -17,7 +19,7 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
         Assert.SkipWhen(device is null, "no CUDA device");
         using var tmp = new TempDir();
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), tmp.File("m.safetensors"));
-        using var model = ModelWeights.Load(tmp.File("m.safetensors"), device!);
+        using var model = ModelWeights.Load(tmp.File("m.safetensors"), plan!);
         var x0 = Npy.ReadFloat32(Fixtures.AdmTiny("x0.npy"), out _);
         var noise = Npy.ReadFloat32(Fixtures.AdmTiny("noise.npy"), out _);
         using var image = device!.Upload(x0.AsSpan(0, 3 * 32 * 32), 3, 32, 32);
@@ -68,10 +70,10 @@ public abstract class FeatureParityTests(ComputeDevice? device, ITestOutputHelpe
 }
 
 [Collection("cpu")]
-public sealed class FeatureParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : FeatureParityTests(f.Device, log);
+public sealed class FeatureParityTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : FeatureParityTests(f.Plan, log);
 
 [Collection("cuda")]
-public sealed class FeatureParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : FeatureParityTests(f.Device, log);
+public sealed class FeatureParityTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : FeatureParityTests(f.Plan, log);
 
 public sealed class NoiseScheduleTests
 {
@@ -100,8 +102,10 @@ public sealed class NoiseScheduleTests
     }
 }
 
-public abstract class StepChunkingTests(ComputeDevice? device)
+public abstract class StepChunkingTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     /// <summary>
     /// Running the steps one UNet call at a time (what large images do) gives the same features as one batched call.
     /// Tolerance: exact — batch items never interact in any kernel.
@@ -112,7 +116,7 @@ public abstract class StepChunkingTests(ComputeDevice? device)
         Assert.SkipWhen(device is null, "no CUDA device");
         using var tmp = new TempDir();
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), tmp.File("m.safetensors"));
-        using var model = ModelWeights.Load(tmp.File("m.safetensors"), device!);
+        using var model = ModelWeights.Load(tmp.File("m.safetensors"), plan!);
         using var image = device!.Upload(TestData.Uniform(3 * 32 * 32, 60), 3, 32, 32);
         using var noise = device.Upload(TestData.Uniform(3 * 3 * 32 * 32, 61), 3, 3, 32, 32);
         var batched = new FeatureExtractor(model, [50, 150, 250], [2, 5, 7]);
@@ -124,7 +128,7 @@ public abstract class StepChunkingTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class StepChunkingTestsCpu(CpuSimdDeviceFixture f) : StepChunkingTests(f.Device);
+public sealed class StepChunkingTestsCpu(CpuSimdDeviceFixture f) : StepChunkingTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class StepChunkingTestsCuda(CudaDeviceFixture f) : StepChunkingTests(f.Device);
+public sealed class StepChunkingTestsCuda(CudaDeviceFixture f) : StepChunkingTests(f.Plan);

@@ -14,8 +14,10 @@ namespace IlgpuDiffSeg.Tests.Pipeline;
 /// The lean feature path (native-resolution blocks) against the materialised one (the original's D × H × W features),
 /// on the official tiny UNet: same gathered rows, same trained weights, same logits up to rounding.
 /// </summary>
-public abstract class LeanPathTests(ComputeDevice? device, ITestOutputHelper log)
+public abstract class LeanPathTests(ExecutionPlan? plan, ITestOutputHelper log)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     static readonly int[] Steps = [50, 150];
     static readonly int[] Blocks = [2, 5, 7];
 
@@ -29,7 +31,7 @@ public abstract class LeanPathTests(ComputeDevice? device, ITestOutputHelper log
         var extractor = new FeatureExtractor(model, Steps, Blocks);
         var images = Enumerable.Range(0, 2).Select(i => TestData.Uniform(3 * 32 * 32, 40 + i)).ToArray();
         using var noise = device!.Upload(TestData.Uniform(3 * 32 * 32, 50), 3, 32, 32);
-        using var lean = new LeanTrainingFeatures(device, extractor, 2, 32, half: false);
+        using var lean = new LeanTrainingFeatures(plan!, extractor, 2, 32, half: false);
         using var full = new MaterializedTrainingFeatures(device, extractor, 2, 32);
         for (int i = 0; i < 2; i++)
         {
@@ -51,7 +53,7 @@ public abstract class LeanPathTests(ComputeDevice? device, ITestOutputHelper log
         Assert.Equal(y2.ToArray(), y1.ToArray());
         Assert.Equal(ids.Select(i => (int)labels[i]), y1.ToArray());
         // fp16 storage rounds the native maps to half precision: |diff| ≤ 2^-11 relative of the value range.
-        using var half = new LeanTrainingFeatures(device, extractor, 2, 32, half: true);
+        using var half = new LeanTrainingFeatures(plan!, extractor, 2, 32, half: true);
         for (int i = 0; i < 2; i++)
         {
             using var img = device.Upload(images[i], 3, 32, 32);
@@ -87,8 +89,8 @@ public abstract class LeanPathTests(ComputeDevice? device, ITestOutputHelper log
                  "feature_path": "{{path}}"}
                 """);
             var cfg = ExperimentConfig.Load(cfgPath);
-            TrainingRun.Run(cfg, device!, _ => { });
-            using var segmenter = Segmenter.Open(cfg, device!);
+            TrainingRun.Run(cfg, plan!, _ => { });
+            using var segmenter = Segmenter.Open(cfg, plan!);
             ensembles[path] = segmenter.Ensemble.Parameters.ToArray();
             var image = ImageData.LoadImage(tmp.File("train/scene_001.png"), 32, out _);
             labelMaps[path] = segmenter.Predict(image, 0).Labels;
@@ -103,21 +105,23 @@ public abstract class LeanPathTests(ComputeDevice? device, ITestOutputHelper log
     UNetModel TinyModel(TempDir tmp)
     {
         ModelWeights.Convert(Fixtures.AdmTiny("model.pt"), Fixtures.AdmTiny("flags.json"), tmp.File("m.safetensors"));
-        return ModelWeights.Load(tmp.File("m.safetensors"), device!);
+        return ModelWeights.Load(tmp.File("m.safetensors"), plan!);
     }
 }
 
 [Collection("cpu")]
-public sealed class LeanPathTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Device, log);
+public sealed class LeanPathTestsCpu(CpuDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Plan, log);
 
 [Collection("cpu")]
-public sealed class LeanPathTestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Device, log);
+public sealed class LeanPathTestsCpuSimd(CpuSimdDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Plan, log);
 
 [Collection("cuda")]
-public sealed class LeanPathTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Device, log);
+public sealed class LeanPathTestsCuda(CudaDeviceFixture f, ITestOutputHelper log) : LeanPathTests(f.Plan, log);
 
-public abstract class ResumeTests(ComputeDevice? device)
+public abstract class ResumeTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     /// <summary>
     /// A run interrupted mid-epoch and resumed ends with the same ensemble as an uninterrupted run.
     /// Tolerance: exact — the state saved holds everything the next step reads, and the data order is a function of the seed.
@@ -141,22 +145,22 @@ public abstract class ResumeTests(ComputeDevice? device)
         }
         var straight = Config("straight");
         var resumed = Config("resumed");
-        TrainingRun.Run(straight, device!, _ => { });
+        TrainingRun.Run(straight, plan!, _ => { });
         // 32 iterations an epoch: stop in the middle of epoch 1.
-        var e = Assert.Throws<TrainingInterruptedException>(() => TrainingRun.Run(resumed, device!, _ => { }, steps => steps == 45));
+        var e = Assert.Throws<TrainingInterruptedException>(() => TrainingRun.Run(resumed, plan!, _ => { }, steps => steps == 45));
         Assert.True(File.Exists(e.StatePath));
         var lines = new List<string>();
-        TrainingRun.Run(resumed, device!, lines.Add);
+        TrainingRun.Run(resumed, plan!, lines.Add);
         Assert.Contains(lines, l => l.Contains("resuming from") && l.Contains("epoch 1, iteration 13"));
-        using var a = PixelEnsemble.Load(Path.Combine(straight.ExpDir, TrainingRun.EnsembleFile), device!);
-        using var b = PixelEnsemble.Load(Path.Combine(resumed.ExpDir, TrainingRun.EnsembleFile), device!);
+        using var a = PixelEnsemble.Load(Path.Combine(straight.ExpDir, TrainingRun.EnsembleFile), plan!);
+        using var b = PixelEnsemble.Load(Path.Combine(resumed.ExpDir, TrainingRun.EnsembleFile), plan!);
         TensorAssert.Close(a.Parameters.ToArray(), b.Parameters.ToArray(), 0, 0, "resumed vs uninterrupted parameters");
         TensorAssert.Close(a.RunningVar2.ToArray(), b.RunningVar2.ToArray(), 0, 0, "resumed vs uninterrupted running variance");
     }
 }
 
 [Collection("cpu")]
-public sealed class ResumeTestsCpu(CpuSimdDeviceFixture f) : ResumeTests(f.Device);
+public sealed class ResumeTestsCpu(CpuSimdDeviceFixture f) : ResumeTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class ResumeTestsCuda(CudaDeviceFixture f) : ResumeTests(f.Device);
+public sealed class ResumeTestsCuda(CudaDeviceFixture f) : ResumeTests(f.Plan);

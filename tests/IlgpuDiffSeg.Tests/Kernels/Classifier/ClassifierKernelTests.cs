@@ -5,8 +5,10 @@ using IlgpuDiffSeg.Kernels;
 namespace IlgpuDiffSeg.Tests.Ops;
 
 /// <summary>The pixel-classifier kernels (BatchNorm1d, cross-entropy, Adam, stopping rule, gather, vote) against their references.</summary>
-public abstract class ClassifierKernelTests(ComputeDevice? device)
+public abstract class ClassifierKernelTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     static BatchNormShape Shape(int members, int rows, int features, int stride) => new()
     {
         Members = members, Rows = rows, Features = features, MemberStride = stride, GammaOffset = 0, BetaOffset = features,
@@ -34,14 +36,14 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         using var rstd = dev.Allocate(members * features);
         using var y = dev.Allocate(x.Length);
         var s = Shape(members, rows, features, stride);
-        BatchNorm1d.TrainForward(dev, s, dx.View, dp.View, drm.View, drv.View, dact.View, xhat.View, rstd.View, y.View);
+        BatchNorm1d.TrainForward(plan!, s, dx.View, dp.View, drm.View, drv.View, dact.View, xhat.View, rstd.View, y.View);
         var yGot = y.ToArray();
         var rmGot = drm.ToArray();
         var rvGot = drv.ToArray();
         using var ddy = dev.Upload(dy, dy.Length);
         using var grads = dev.Zeros(members * stride);
         using var dz = dev.Allocate(x.Length);
-        BatchNorm1d.Backward(dev, s, dx.View, xhat.View, rstd.View, ddy.View, dp.View, grads.View, dz.View);
+        BatchNorm1d.Backward(plan!, s, dx.View, xhat.View, rstd.View, ddy.View, dp.View, grads.View, dz.View);
         var dzGot = dz.ToArray();
         var gradsGot = grads.ToArray();
         for (int m = 0; m < members; m++)
@@ -66,7 +68,7 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
             TensorAssert.Close(dbias, gradsGot.AsSpan(m * stride + 2 * features, features), 1e-5, 1e-4, $"dbias[{m}]");
         }
         // Eval mode uses the running statistics.
-        BatchNorm1d.EvalForward(dev, s, dx.View, dp.View, drm.View, drv.View, y.View);
+        BatchNorm1d.EvalForward(plan!, s, dx.View, dp.View, drm.View, drv.View, y.View);
         var eval = y.ToArray();
         int i = 7 + rows * features, j = i % features;
         float expected = (x[i] - rmGot[features + j]) / MathF.Sqrt(rvGot[features + j] + 1e-5f) * parameters[stride + j] +
@@ -89,7 +91,7 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         using var grads = dev.Zeros(members * stride);
         using var loss = dev.Allocate(members);
         using var correct = dev.Allocate(members);
-        CrossEntropy.ForwardBackward(dev, members, rows, classes, stride, biasOffset, dl.View, dlabels.View, dd.View, grads.View, loss.View,
+        CrossEntropy.ForwardBackward(plan!, members, rows, classes, stride, biasOffset, dl.View, dlabels.View, dd.View, grads.View, loss.View,
             correct.View);
         var lossGot = loss.ToArray();
         var dGot = dd.ToArray();
@@ -120,7 +122,7 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         using var dv = dev.Upload(v, 12);
         using var active = dev.Upload([1f, 0f], 2);
         var step = AdamStep.At(3);
-        Adam.Step(dev, step, 2, 6, active.View, dp.View, dg.View, dm.View, dv.View);
+        Adam.Step(plan!, step, 2, 6, active.View, dp.View, dg.View, dm.View, dv.View);
         var (pr, mr, vr) = (p[..6], m[..6], v[..6]);
         Adam.Reference(pr, g[..6], mr, vr, step);
         TensorAssert.Close([.. pr, .. p[6..]], dp.ToArray(), 1e-7, 1e-6, "adam params");
@@ -137,9 +139,9 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
         using var ds = dev.Upload(state, 9);
         using var active = dev.Upload([1f, 1f, 0f], 3);
         using var loss = dev.Upload([0.9f, 0.6f, 0.1f], 3);
-        EarlyStopping.Update(dev, 3, 3, ds.View, loss.View, active.View);   // epoch 3: nothing happens
+        EarlyStopping.Update(plan!, 3, 3, ds.View, loss.View, active.View);   // epoch 3: nothing happens
         Assert.Equal(state, ds.ToArray());
-        EarlyStopping.Update(dev, 3, 4, ds.View, loss.View, active.View);
+        EarlyStopping.Update(plan!, 3, 4, ds.View, loss.View, active.View);
         var expected = (float[])state.Clone();
         EarlyStopping.Reference(expected, [0.9f, 0.6f, 0.1f], 4);
         Assert.Equal(expected, ds.ToArray());
@@ -195,13 +197,13 @@ public abstract class ClassifierKernelTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class ClassifierKernelTestsCpu(CpuDeviceFixture f) : ClassifierKernelTests(f.Device);
+public sealed class ClassifierKernelTestsCpu(CpuDeviceFixture f) : ClassifierKernelTests(f.Plan);
 
 [Collection("cpu")]
-public sealed class ClassifierKernelTestsCpuSimd(CpuSimdDeviceFixture f) : ClassifierKernelTests(f.Device);
+public sealed class ClassifierKernelTestsCpuSimd(CpuSimdDeviceFixture f) : ClassifierKernelTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class ClassifierKernelTestsCuda(CudaDeviceFixture f) : ClassifierKernelTests(f.Device);
+public sealed class ClassifierKernelTestsCuda(CudaDeviceFixture f) : ClassifierKernelTests(f.Plan);
 
 /// <summary>The CPU backend's Adam (host SIMD lanes) gives the kernel's bits: same expression, IEEE per lane. No tolerance.</summary>
 [Collection("cpu")]
@@ -211,8 +213,9 @@ public sealed class AdamHostTests(CpuDeviceFixture kernels, CpuSimdDeviceFixture
     public void HostLanesGiveTheKernelsBits()
     {
         const int members = 3, stride = 1037; // not a multiple of the vector width: lanes and the scalar tail
-        float[] Run(ComputeDevice dev, out float[] m, out float[] v)
+        float[] Run(ExecutionPlan plan, out float[] m, out float[] v)
         {
+            var dev = plan.Device;
             using var dp = dev.Upload(TestData.Uniform(members * stride, 1), members * stride);
             using var dg = dev.Upload(TestData.Uniform(members * stride, 2), members * stride);
             using var dm = dev.Upload(TestData.Uniform(members * stride, 3, 0.01f), members * stride);
@@ -220,14 +223,14 @@ public sealed class AdamHostTests(CpuDeviceFixture kernels, CpuSimdDeviceFixture
             using var active = dev.Upload([1f, 0f, 1f], members);
             for (int t = 1; t <= 3; t++)
             {
-                Adam.Step(dev, AdamStep.At(t), members, stride, active.View, dp.View, dg.View, dm.View, dv.View);
+                Adam.Step(plan, AdamStep.At(t), members, stride, active.View, dp.View, dg.View, dm.View, dv.View);
             }
             m = dm.ToArray();
             v = dv.ToArray();
             return dp.ToArray();
         }
-        var p1 = Run(kernels.Device, out var m1, out var v1);
-        var p2 = Run(host.Device, out var m2, out var v2);
+        var p1 = Run(kernels.Plan, out var m1, out var v1);
+        var p2 = Run(host.Plan, out var m2, out var v2);
         Assert.Equal(p1, p2);
         Assert.Equal(m1, m2);
         Assert.Equal(v1, v2);

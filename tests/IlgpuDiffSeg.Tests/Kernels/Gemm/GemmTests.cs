@@ -2,8 +2,10 @@ using IlgpuDiffSeg.Kernels;
 
 namespace IlgpuDiffSeg.Tests.Ops;
 
-public abstract class GemmTests(ComputeDevice? device)
+public abstract class GemmTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     // Tolerance: NMSE ≤ 1e-10 (fp32 sums of ≤ 70 products vs a double reference give ~1e-14).
     const double NmseBound = 1e-10;
 
@@ -16,21 +18,22 @@ public abstract class GemmTests(ComputeDevice? device)
     public void RowMajorWithBiasAndResidualAndRelu(int m, int n, int k, bool transA, bool transB, int version)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        CheckRowMajor(device!, m, n, k, transA, transB, version);
+        CheckRowMajor(plan!, m, n, k, transA, transB, version);
     }
 
     /// <summary>α·A·B + bias + residual, ReLU, against the reference; shared by every kernel version's tests.</summary>
-    public static void CheckRowMajor(ComputeDevice device, int m, int n, int k, bool transA, bool transB, int version)
+    public static void CheckRowMajor(ExecutionPlan plan, int m, int n, int k, bool transA, bool transB, int version)
     {
-        var run = RunRowMajor(device, m, n, k, transA, transB, version);
+        var run = RunRowMajor(plan, m, n, k, transA, transB, version);
         TensorAssert.NmseBelow(Gemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, NmseBound, $"gemm v{version}");
     }
 
     public sealed record RowMajorRun(GemmShape Shape, float[] A, float[] B, float[] Bias, float[] Residual, float[] C);
 
     /// <summary>C = ReLU(0.5·A·B + bias + residual) with the given kernel; the inputs and the result, for any reference.</summary>
-    public static RowMajorRun RunRowMajor(ComputeDevice device, int m, int n, int k, bool transA, bool transB, int version)
+    public static RowMajorRun RunRowMajor(ExecutionPlan plan, int m, int n, int k, bool transA, bool transB, int version)
     {
+        var device = plan.Device;
         var s = GemmShape.RowMajor(m, n, k, transA, transB);
         s.BiasRow = 1;
         s.Act = (int)Activation.Relu;
@@ -43,7 +46,7 @@ public abstract class GemmTests(ComputeDevice? device)
         using var db = device.Upload(b, k * n);
         using var dbias = device.Upload(bias, m);
         using var dc = device.Upload(r, m * n);
-        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, version);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, dc.View, plan.Kernel(version));
         s.HasBias = s.HasResidual = 1;
         return new RowMajorRun(s, a, b, bias, r, dc.ToArray());
     }
@@ -74,12 +77,13 @@ public abstract class GemmTests(ComputeDevice? device)
     public void TwoBatchDimensionsWithOffsets()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        CheckBatched(device!, 2);
+        CheckBatched(plan!, 2);
     }
 
     /// <summary>Two batch dimensions, offsets, a shared operand and a batched bias; shared by every kernel version's tests.</summary>
-    public static void CheckBatched(ComputeDevice device, int version, double nmseBound = NmseBound)
+    public static void CheckBatched(ExecutionPlan plan, int version, double nmseBound = NmseBound)
     {
+        var device = plan.Device;
         // C[b0,b1] = A[b0,b1]·B[b0] + bias[b0,b1] where B is shared across b1 (batch stride 0) and A is read transposed.
         var s = new GemmShape
         {
@@ -96,7 +100,7 @@ public abstract class GemmTests(ComputeDevice? device)
         var bias = TestData.Uniform(12, 7);
         using var dbias = device.Upload(bias, 12);
         using var dc = device.Zeros(90);
-        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, version: version);
+        Gemm.Run(device, s, da.View, db.View, dc.View, dbias.View, kernel: plan.Kernel(version));
         TensorAssert.NmseBelow(Gemm.Reference(a, b, bias, null, s, 90), dc.ToArray(), nmseBound, "batched gemm with batched bias");
     }
 
@@ -148,10 +152,10 @@ public abstract class GemmTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class GemmTestsCpu(CpuDeviceFixture f) : GemmTests(f.Device);
+public sealed class GemmTestsCpu(CpuDeviceFixture f) : GemmTests(f.Plan);
 
 [Collection("cpu")]
-public sealed class GemmTestsCpuSimd(CpuSimdDeviceFixture f) : GemmTests(f.Device);
+public sealed class GemmTestsCpuSimd(CpuSimdDeviceFixture f) : GemmTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class GemmTestsCuda(CudaDeviceFixture f) : GemmTests(f.Device);
+public sealed class GemmTestsCuda(CudaDeviceFixture f) : GemmTests(f.Plan);

@@ -10,8 +10,10 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// tap-major im2col operands) sum the same products in another order: NMSE ≤ 1e-10 against channel-major, the bound of
 /// TensorCoreGemmTests for a change of fp32 summation order.
 /// </summary>
-public abstract class HalfWeightsTests(ComputeDevice? device)
+public abstract class HalfWeightsTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     const double SummationOrderBound = 1e-10;
 
     [Theory]
@@ -69,13 +71,13 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
         {
             if (!normalized)
             {
-                Conv2d.Forward(dx, weights, db, y, stride, dr, version: 4);
+                Conv2d.Forward(dx, weights, db, y, stride, dr, MatmulKernel.TensorCoreFp16);
                 return y.ToArray();
             }
             using var dg = device.Upload(TestData.Uniform(cin, 5).Select(v => 1f + 0.5f * v).ToArray(), cin);
             using var dbeta = device.Upload(TestData.Uniform(cin, 6), cin);
             using var coefficients = GroupNorm.Coefficients(dx, dg, dbeta, null);
-            Conv2d.ForwardNormalized(dx, coefficients, silu: true, weights, db, y, stride, dr, version: 4);
+            Conv2d.ForwardNormalized(dx, coefficients, silu: true, weights, db, y, stride, dr, MatmulKernel.TensorCoreFp16);
             return y.ToArray();
         }
 
@@ -90,7 +92,8 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
             TensorCoreGemm.RoundToHalf(TestData.Uniform(cout * cin * k * k, 2)), TestData.Uniform(cout, 3), s,
             TestData.Uniform(n * cout * s.Ho * s.Wo, 4)), Run(new ConvWeights(null, held, dw.Shape), false), SummationOrderBound,
             "fp16 weights against the reference over fp16 operands");
-        var error = Assert.Throws<NotSupportedException>(() => Conv2d.Forward(dx, new ConvWeights(null, held, dw.Shape), db, y, stride, dr, version: 3));
+        var error = Assert.Throws<NotSupportedException>(() => Conv2d.Forward(dx, new ConvWeights(null, held, dw.Shape), db, y, stride, dr,
+            MatmulKernel.Tiled));
         Assert.Contains("fp16 only", error.Message);
     }
 
@@ -109,20 +112,18 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
             var resBlock = new ResBlock("res.", 32, 16, 64, useScaleShiftNorm: true);
             var attention = new AttentionBlock("attn.", 64, numHeads: 2, numHeadChannels: -1, useNewAttentionOrder: false);
             var parameters = resBlock.Parameters().Concat(attention.Parameters()).ToList();
-            // Weights are held in fp16 when they are placed while the device multiplies on tensor cores.
-            using (new MatmulScope(device, half ? MatmulKernel.TensorCoreFp16 : MatmulKernel.Registers))
-            {
-                ModelWeights.InitializeRandom(resBlock, device, 3);
-                ModelWeights.InitializeRandom(attention, device, 4);
-            }
+            // Weights are held in fp16 when they are placed under a plan that multiplies on tensor cores.
+            var placing = plan!.With(half ? MatmulKernel.TensorCoreFp16 : MatmulKernel.Registers);
+            ModelWeights.InitializeRandom(resBlock, placing, 3);
+            ModelWeights.InitializeRandom(attention, placing, 4);
             var convs = parameters.Where(p => p.IsConvolutionWeight).ToList();
             Assert.All(convs, p => Assert.Equal(half, p.Half is not null && p.Value is null));
             convBytes = convs.Sum(p => p.Half?.Bytes ?? 4L * p.Count);
             try
             {
-                using var scope = new MatmulScope(device, MatmulKernel.TensorCoreFp16);
-                using var h = resBlock.Forward(x, emb);
-                using var y = attention.Forward(h);
+                using var pass = new Pass(plan!.With(MatmulKernel.TensorCoreFp16));
+                using var h = resBlock.Forward(pass, x, emb);
+                using var y = attention.Forward(pass, h, emb);
                 return y.ToArray();
             }
             finally
@@ -143,23 +144,23 @@ public abstract class HalfWeightsTests(ComputeDevice? device)
     public void SavingWeightsHeldInHalfFailsClearly()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        using var scope = new MatmulScope(device!, MatmulKernel.TensorCoreFp16);
+        var fp16 = plan!.With(MatmulKernel.TensorCoreFp16);
         using var tmp = new TempDir();
         using var model = new UNetModel(AdmFlags.Load(Fixtures.AdmTiny("flags.json")));
-        ModelWeights.InitializeRandom(model, device!, 1);
+        ModelWeights.InitializeRandom(model, fp16, 1);
         string path = tmp.File("m.safetensors");
         var error = Assert.Throws<DiffSegException>(() => ModelWeights.Save(model, path));
         Assert.Contains("held in fp16 only", error.Message);
         Assert.StartsWith(path, error.Message);
         Assert.False(File.Exists(path));
-        ModelWeights.InitializeRandom(model, device!, 1, keepFp32: true);
+        ModelWeights.InitializeRandom(model, fp16, 1, keepFp32: true);
         ModelWeights.Save(model, path);
         Assert.True(File.Exists(path));
     }
 }
 
 [Collection("cpu")]
-public sealed class HalfWeightsTestsCpuWarp32(CpuWarp32DeviceFixture f) : HalfWeightsTests(f.Device);
+public sealed class HalfWeightsTestsCpuWarp32(CpuWarp32DeviceFixture f) : HalfWeightsTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class HalfWeightsTestsCuda(CudaDeviceFixture f) : HalfWeightsTests(f.Device);
+public sealed class HalfWeightsTestsCuda(CudaDeviceFixture f) : HalfWeightsTests(f.Plan);

@@ -9,8 +9,10 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// Against the reference over fp16-rounded operands the only difference is the order of fp32 sums: NMSE ≤ 1e-10.
 /// Against plain fp32 the rounding of operands shows: with K ≤ 99 uniform(−1, 1) terms, NMSE ≤ 1e-6 (~1e-7 measured).
 /// </summary>
-public abstract class TensorCoreGemmTests(ComputeDevice? device)
+public abstract class TensorCoreGemmTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     const double SameOperandsBound = 1e-10, Fp32Bound = 1e-6;
 
     [Theory]
@@ -24,7 +26,7 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     public void GemmMatchesHalfOperandReference(int m, int n, int k, bool transA, bool transB)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        var run = GemmTests.RunRowMajor(device!, m, n, k, transA, transB, version: 4);
+        var run = GemmTests.RunRowMajor(plan!, m, n, k, transA, transB, version: 4);
         TensorAssert.NmseBelow(TensorCoreGemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, SameOperandsBound,
             "gemm v4 vs fp16 operands");
         TensorAssert.NmseBelow(Gemm.Reference(run.A, run.B, run.Bias, run.Residual, run.Shape, m * n), run.C, Fp32Bound, "gemm v4 vs fp32");
@@ -34,7 +36,7 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     public void BatchedGemmMatchesReference()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        GemmTests.CheckBatched(device!, version: 4, nmseBound: Fp32Bound);
+        GemmTests.CheckBatched(plan!, version: 4, nmseBound: Fp32Bound);
     }
 
     [Theory]
@@ -45,15 +47,15 @@ public abstract class TensorCoreGemmTests(ComputeDevice? device)
     public void ConvMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        Conv2dTests.Check(device!, n, cin, h, w, cout, k, stride, version: 4, nmseBound: Fp32Bound);
+        Conv2dTests.Check(plan!, n, cin, h, w, cout, k, stride, version: 4, nmseBound: Fp32Bound);
     }
 }
 
 [Collection("cpu")]
-public sealed class TensorCoreGemmTestsCpuWarp32(CpuWarp32DeviceFixture f) : TensorCoreGemmTests(f.Device);
+public sealed class TensorCoreGemmTestsCpuWarp32(CpuWarp32DeviceFixture f) : TensorCoreGemmTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class TensorCoreGemmTestsCuda(CudaDeviceFixture f) : TensorCoreGemmTests(f.Device);
+public sealed class TensorCoreGemmTestsCuda(CudaDeviceFixture f) : TensorCoreGemmTests(f.Plan);
 
 /// <summary>The kernel's own fp16 rounding (HalfBits) is System.Half's: round to nearest-even, subnormals, overflow.</summary>
 public sealed class HalfRoundingTests

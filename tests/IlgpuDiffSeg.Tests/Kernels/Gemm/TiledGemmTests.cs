@@ -8,8 +8,10 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// run enough slices to cycle the double-buffered stages.
 /// Tolerance: NMSE ≤ 1e-10, the bound of the shared checks in GemmTests and Conv2dTests.
 /// </summary>
-public abstract class TiledGemmTests(ComputeDevice? device)
+public abstract class TiledGemmTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     [Theory]
     [InlineData(130, 70, 19, false, false)]
     [InlineData(5, 131, 9, true, false)]
@@ -21,14 +23,14 @@ public abstract class TiledGemmTests(ComputeDevice? device)
     public void GemmMatchesReference(int m, int n, int k, bool transA, bool transB)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        GemmTests.CheckRowMajor(device!, m, n, k, transA, transB, version: 3);
+        GemmTests.CheckRowMajor(plan!, m, n, k, transA, transB, version: 3);
     }
 
     [Fact]
     public void BatchedGemmMatchesReference()
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        GemmTests.CheckBatched(device!, version: 3);
+        GemmTests.CheckBatched(plan!, version: 3);
     }
 
     [Theory]
@@ -39,12 +41,12 @@ public abstract class TiledGemmTests(ComputeDevice? device)
     public void ConvMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        Conv2dTests.Check(device!, n, cin, h, w, cout, k, stride, version: 3);
+        Conv2dTests.Check(plan!, n, cin, h, w, cout, k, stride, version: 3);
     }
 }
 
 [Collection("cpu")]
-public sealed class TiledGemmTestsCpuWarp32(CpuWarp32DeviceFixture f) : TiledGemmTests(f.Device);
+public sealed class TiledGemmTestsCpuWarp32(CpuWarp32DeviceFixture f) : TiledGemmTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class TiledGemmTestsCuda(CudaDeviceFixture f) : TiledGemmTests(f.Device);
+public sealed class TiledGemmTestsCuda(CudaDeviceFixture f) : TiledGemmTests(f.Plan);

@@ -2,8 +2,10 @@ using IlgpuDiffSeg.Kernels;
 
 namespace IlgpuDiffSeg.Tests.Ops;
 
-public abstract class AttentionTests(ComputeDevice? device)
+public abstract class AttentionTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     // Tolerance: NMSE ≤ 1e-10 — two fp32 GEMMs and an fp32 softmax against a double reference.
     const double NmseBound = 1e-10;
 
@@ -34,18 +36,20 @@ public abstract class AttentionTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class AttentionTestsCpu(CpuDeviceFixture f) : AttentionTests(f.Device);
+public sealed class AttentionTestsCpu(CpuDeviceFixture f) : AttentionTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class AttentionTestsCuda(CudaDeviceFixture f) : AttentionTests(f.Device);
+public sealed class AttentionTestsCuda(CudaDeviceFixture f) : AttentionTests(f.Plan);
 
 /// <summary>
 /// The flash kernel (tile by tile, online softmax, no score buffer) against the reference: sequences that cross the
 /// 64-query and 32-key tiles, head widths of 64 (the UNet's) and of 20 (channel masking), both orders, 1–3 images.
 /// Tolerance as above: NMSE ≤ 1e-10 (fp32 against double).
 /// </summary>
-public abstract class FlashAttentionTests(ComputeDevice? device)
+public abstract class FlashAttentionTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     [Theory]
     [InlineData(2, 128, 70, 2, true)]
     [InlineData(1, 128, 70, 2, false)]
@@ -64,7 +68,7 @@ public abstract class FlashAttentionTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class FlashAttentionTestsCpuWarp32(CpuWarp32DeviceFixture f) : FlashAttentionTests(f.Device);
+public sealed class FlashAttentionTestsCpuWarp32(CpuWarp32DeviceFixture f) : FlashAttentionTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class FlashAttentionTestsCuda(CudaDeviceFixture f) : FlashAttentionTests(f.Device);
+public sealed class FlashAttentionTestsCuda(CudaDeviceFixture f) : FlashAttentionTests(f.Plan);

@@ -2,8 +2,10 @@ using IlgpuDiffSeg.Kernels;
 
 namespace IlgpuDiffSeg.Tests.Ops;
 
-public abstract class Conv2dTests(ComputeDevice? device)
+public abstract class Conv2dTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     // Tolerance: NMSE ≤ 1e-10. fp32 sums of ≤ 300 products against a double-accumulated reference land
     // around 1e-14; a wrong tap or index is ≥ 1e-3.
     const double NmseBound = 1e-10;
@@ -19,12 +21,15 @@ public abstract class Conv2dTests(ComputeDevice? device)
     public void MatchesReference(int n, int cin, int h, int w, int cout, int k, int stride, int version)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
-        Check(device!, n, cin, h, w, cout, k, stride, version);
+        Check(plan!, n, cin, h, w, cout, k, stride, version);
     }
 
     /// <summary>With bias and residual, then without bias, against the reference; shared by every kernel version's tests.</summary>
-    public static void Check(ComputeDevice device, int n, int cin, int h, int w, int cout, int k, int stride, int version, double nmseBound = NmseBound)
+    public static void Check(ExecutionPlan plan, int n, int cin, int h, int w, int cout, int k, int stride, int version,
+        double nmseBound = NmseBound)
     {
+        var device = plan.Device;
+        var kernel = plan.Kernel(version);
         var s = ConvShape.Create(n, cin, h, w, cout, k, stride, k / 2);
         var x = TestData.Uniform(n * cin * h * w, 1);
         var wt = TestData.Uniform(cout * cin * k * k, 2);
@@ -35,21 +40,21 @@ public abstract class Conv2dTests(ComputeDevice? device)
         using var db = device.Upload(b, cout);
         using var dr = device.Upload(r, n, cout, s.Ho, s.Wo);
         using var dy = device.Allocate(n, cout, s.Ho, s.Wo);
-        Conv2d.Forward(dx, dw, db, dy, stride, dr, version);
+        Conv2d.Forward(dx, dw, db, dy, stride, dr, kernel);
         TensorAssert.NmseBelow(Conv2d.Reference(x, wt, b, s, r), dy.ToArray(), nmseBound, "conv2d with residual");
-        Conv2d.Forward(dx, dw, null, dy, stride, null, version);
+        Conv2d.Forward(dx, dw, null, dy, stride, null, kernel);
         TensorAssert.NmseBelow(Conv2d.Reference(x, wt, null, s), dy.ToArray(), nmseBound, "conv2d without bias");
     }
 }
 
 [Collection("cpu")]
-public sealed class Conv2dTestsCpu(CpuDeviceFixture f) : Conv2dTests(f.Device);
+public sealed class Conv2dTestsCpu(CpuDeviceFixture f) : Conv2dTests(f.Plan);
 
 [Collection("cpu")]
-public sealed class Conv2dTestsCpuSimd(CpuSimdDeviceFixture f) : Conv2dTests(f.Device);
+public sealed class Conv2dTestsCpuSimd(CpuSimdDeviceFixture f) : Conv2dTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class Conv2dTestsCuda(CudaDeviceFixture f) : Conv2dTests(f.Device);
+public sealed class Conv2dTestsCuda(CudaDeviceFixture f) : Conv2dTests(f.Plan);
 
 /// <summary>The tiled kernels' im2col tap decomposition divides by k² and k with ConvShape's reciprocals: exact, no tolerance.</summary>
 public sealed class ConvShapeTests

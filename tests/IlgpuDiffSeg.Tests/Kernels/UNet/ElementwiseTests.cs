@@ -4,8 +4,10 @@ using K = IlgpuDiffSeg.Kernels;
 namespace IlgpuDiffSeg.Tests.Ops;
 
 /// <summary>SiLU, Add, nearest ×2 upsampling, 2×2 average pooling, channel concatenation, softmax, timestep embedding.</summary>
-public abstract class ElementwiseTests(ComputeDevice? device)
+public abstract class ElementwiseTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     [Fact]
     public void Silu()
     {
@@ -105,17 +107,19 @@ public abstract class ElementwiseTests(ComputeDevice? device)
 }
 
 [Collection("cpu")]
-public sealed class ElementwiseTestsCpu(CpuDeviceFixture f) : ElementwiseTests(f.Device);
+public sealed class ElementwiseTestsCpu(CpuDeviceFixture f) : ElementwiseTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class ElementwiseTestsCuda(CudaDeviceFixture f) : ElementwiseTests(f.Device);
+public sealed class ElementwiseTestsCuda(CudaDeviceFixture f) : ElementwiseTests(f.Plan);
 
 /// <summary>
 /// Softmax v2 (a warp per row, shuffle reductions, 256-thread groups) against the reference, on the warp-32 simulator
 /// and CUDA. Tolerance: atol 1e-7 + rtol 1e-5, as v1 (exp approximations; probabilities ≤ 1).
 /// </summary>
-public abstract class SoftmaxWarpTests(ComputeDevice? device)
+public abstract class SoftmaxWarpTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     [Theory]
     [InlineData(7, 33)] // a partial last column step; fewer rows than warps
     [InlineData(300, 1024)] // several rows per warp, as attention's T = 1,024
@@ -124,13 +128,13 @@ public abstract class SoftmaxWarpTests(ComputeDevice? device)
         Assert.SkipWhen(device is null, "no CUDA device");
         var x = TestData.Uniform(rows * cols, 8, 20f);
         using var dx = device!.Upload(x, rows, cols);
-        K.Softmax.Forward(device, dx.View, dx.View, rows, cols, version: 2);
+        K.Softmax.Forward(device, dx.View, dx.View, rows, cols, Reduction.Parallel);
         TensorAssert.Close(K.Softmax.Reference(x, rows, cols), dx.ToArray(), 1e-7, 1e-5, "softmax v2, in place");
     }
 }
 
 [Collection("cpu")]
-public sealed class SoftmaxWarpTestsCpuWarp32(CpuWarp32DeviceFixture f) : SoftmaxWarpTests(f.Device);
+public sealed class SoftmaxWarpTestsCpuWarp32(CpuWarp32DeviceFixture f) : SoftmaxWarpTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class SoftmaxWarpTestsCuda(CudaDeviceFixture f) : SoftmaxWarpTests(f.Device);
+public sealed class SoftmaxWarpTestsCuda(CudaDeviceFixture f) : SoftmaxWarpTests(f.Plan);

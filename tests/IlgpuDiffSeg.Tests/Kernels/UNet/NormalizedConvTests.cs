@@ -9,8 +9,10 @@ namespace IlgpuDiffSeg.Tests.Ops;
 /// The input has a mean of 3 so that the folded coefficients are checked where cancellation would show.
 /// Tolerances: v3 NMSE ≤ 1e-10 (fp32 throughout); v4 NMSE ≤ 1e-6 (fp16 operands, as TensorCoreGemmTests).
 /// </summary>
-public abstract class NormalizedConvTests(ComputeDevice? device)
+public abstract class NormalizedConvTests(ExecutionPlan? plan)
 {
+    readonly ComputeDevice? device = plan?.Device;
+
     [Theory]
     [InlineData(3, true, true, 1)]
     [InlineData(3, true, false, 2)]
@@ -41,7 +43,7 @@ public abstract class NormalizedConvTests(ComputeDevice? device)
         using var dy = device.Allocate(n, cout, s.Ho, s.Wo);
         using (var coefficients = GroupNorm.Coefficients(dx, dg, dbeta, demb))
         {
-            Conv2d.ForwardNormalized(dx, coefficients, silu, dw, db, dy, stride, dr, version);
+            Conv2d.ForwardNormalized(dx, coefficients, silu, dw, db, dy, stride, dr, plan!.Kernel(version));
         }
         var normed = GroupNorm.Reference(x, gamma, beta, n, cin, h * w, GroupNorm.DefaultGroups, GroupNorm.DefaultEps, silu, emb);
         TensorAssert.NmseBelow(Conv2d.Reference(normed, wt, b, s, r), dy.ToArray(), version == 4 ? 1e-6 : 1e-10, $"fused norm + conv v{version}");
@@ -54,26 +56,26 @@ public abstract class NormalizedConvTests(ComputeDevice? device)
         Assert.SkipWhen(device is null, "no CUDA device");
         var resBlock = new ResBlock("res.", 32, 16, 64, useScaleShiftNorm: true);
         var attention = new AttentionBlock("attn.", 64, numHeads: 2, numHeadChannels: -1, useNewAttentionOrder: false);
-        ModelWeights.InitializeRandom(resBlock, device!, 3);
-        ModelWeights.InitializeRandom(attention, device!, 4);
+        ModelWeights.InitializeRandom(resBlock, plan!, 3);
+        ModelWeights.InitializeRandom(attention, plan!, 4);
         using var x = device!.Upload(TestData.Uniform(2 * 32 * 6 * 6, 8), 2, 32, 6, 6);
         using var emb = device.Upload(TestData.Uniform(2 * 16, 9), 2, 16);
 
         float[] Run(MatmulKernel kernel)
         {
-            using var scope = new MatmulScope(device, kernel);
-            using var h = resBlock.Forward(x, emb);
-            using var y = attention.Forward(h);
+            using var pass = new Pass(plan!.With(kernel));
+            using var h = resBlock.Forward(pass, x, emb);
+            using var y = attention.Forward(pass, h, emb);
             return y.ToArray();
         }
 
-        Assert.True(device.FuseNormIntoConv);
+        Assert.True(plan!.With(MatmulKernel.Tiled).FusesNorms);
         TensorAssert.NmseBelow(Run(MatmulKernel.Registers), Run(MatmulKernel.Tiled), 1e-10, "ResBlock + AttentionBlock fused vs unfused");
     }
 }
 
 [Collection("cpu")]
-public sealed class NormalizedConvTestsCpuWarp32(CpuWarp32DeviceFixture f) : NormalizedConvTests(f.Device);
+public sealed class NormalizedConvTestsCpuWarp32(CpuWarp32DeviceFixture f) : NormalizedConvTests(f.Plan);
 
 [Collection("cuda")]
-public sealed class NormalizedConvTestsCuda(CudaDeviceFixture f) : NormalizedConvTests(f.Device);
+public sealed class NormalizedConvTestsCuda(CudaDeviceFixture f) : NormalizedConvTests(f.Plan);

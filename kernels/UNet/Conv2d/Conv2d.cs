@@ -1,0 +1,168 @@
+// Conv2d — 2-D convolution on NCHW fp32, square odd kernel (1×1, 3×3), stride 1 or 2, zero padding,
+// optional bias, optional residual added to the output (ResBlock: skip(x) + out_conv(h)).
+//   v1  one output element per grid-stride step, plain reduction over Cin·k·k. The shape of the reference.
+//   v2  register tile of 4 output channels × 4 output columns per step: each input value loaded once feeds
+//       4 channels and each weight feeds 4 columns (8 loads per 16 FMAs instead of 32). Default on CUDA.
+//   v3  implicit GEMM through TiledGemm (weights × im2col read on the fly), for GPUs.
+//   v4  the same on tensor cores through TensorCoreGemm (fp16 operands, fp32 sums).
+//   host  im2col blocks and HostGemm on the host's SIMD units (HostBackend.Conv2d): the CPU backend.
+// ForwardNormalized: v3/v4 reading GroupNorm(+scale-shift)(+SiLU) of x on the fly (NormalizedIm2ColOperand).
+//
+// x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout); y, residual: (N, Cout, Ho, Wo),
+// Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² → compute-bound for Cin ≥ 32.
+using ILGPU;
+using ILGPU.Runtime;
+using ILGPU.Util;
+
+namespace IlgpuDiffSeg.Kernels;
+
+public static partial class Conv2d
+{
+    // ---- CPU reference
+
+    /// <summary>Plain loops, double accumulation: the oracle for the kernels.</summary>
+    public static float[] Reference(float[] x, float[] w, float[]? bias, ConvShape s, float[]? residual = null)
+    {
+        var y = new float[s.N * s.Cout * s.Ho * s.Wo];
+        for (int n = 0; n < s.N; n++)
+        for (int co = 0; co < s.Cout; co++)
+        for (int oy = 0; oy < s.Ho; oy++)
+        for (int ox = 0; ox < s.Wo; ox++)
+        {
+            double acc = bias is null ? 0 : bias[co];
+            for (int ci = 0; ci < s.Cin; ci++)
+            for (int ky = 0; ky < s.K; ky++)
+            for (int kx = 0; kx < s.K; kx++)
+            {
+                int iy = oy * s.Stride - s.Pad + ky, ix = ox * s.Stride - s.Pad + kx;
+                if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W)
+                {
+                    acc += (double)x[((n * s.Cin + ci) * s.H + iy) * s.W + ix] * w[((co * s.Cin + ci) * s.K + ky) * s.K + kx];
+                }
+            }
+            int o = ((n * s.Cout + co) * s.Ho + oy) * s.Wo + ox;
+            y[o] = (float)(acc + (residual is null ? 0 : residual[o]));
+        }
+        return y;
+    }
+
+    // ---- launcher
+
+    static ConvShape Shape(Tensor x, ConvWeights w, Tensor? bias, Tensor y, int stride, Tensor? residual)
+    {
+        if (x.Rank != 4 || w.Rank != 4 || w[2] != w[3] || w[1] != x[1])
+        {
+            throw new ArgumentException($"conv2d: input {x.ShapeString} does not fit weight {w.ShapeString}");
+        }
+        var s = ConvShape.Create(x[0], x[1], x[2], x[3], w[0], w[2], stride, w[2] / 2);
+        if (y.Rank != 4 || y[0] != s.N || y[1] != s.Cout || y[2] != s.Ho || y[3] != s.Wo)
+        {
+            throw new ArgumentException($"conv2d: output {y.ShapeString} should be ({s.N}, {s.Cout}, {s.Ho}, {s.Wo})");
+        }
+        if (residual is not null && residual.Length != y.Length)
+        {
+            throw new ArgumentException($"conv2d: residual {residual.ShapeString} does not match output {y.ShapeString}");
+        }
+        s.HasBias = bias is null ? 0 : 1;
+        s.HasResidual = residual is null ? 0 : 1;
+        return s;
+    }
+
+    /// <summary>
+    /// y = conv(act(GN(x)), w) + b (+ residual) in one implicit-GEMM launch (v3 or v4): the input is normalized while it is
+    /// read, from <paramref name="coefficients"/> = GroupNorm.Coefficients(x, ...), with SiLU when <paramref name="silu"/>.
+    /// </summary>
+    public static void ForwardNormalized(Tensor x, Tensor coefficients, bool silu, ConvWeights w, Tensor? bias, Tensor y, int stride,
+        Tensor? residual, MatmulKernel kernel)
+    {
+        var s = Shape(x, w, bias, y, stride, residual);
+        if (coefficients.Length != 4L * s.N * s.Cin)
+        {
+            throw new ArgumentException($"conv2d: norm coefficients {coefficients.ShapeString} should be ({s.N}, {s.Cin}, 4)");
+        }
+        if (!kernel.IsTiled())
+        {
+            throw new NotSupportedException($"conv2d: the norm is fused only into the tiled kernels (v3, v4), not {kernel.Label()}");
+        }
+        var norm = coefficients.View.Cast<Float4>();
+        int act = silu ? 1 : 0;
+        RunTiled(kernel, s, w, bias, residual, y, new NormalizedIm2ColOperand(x.View, norm, s, act),
+            new TapMajorNormalizedIm2ColOperand(x.View, norm, s, act));
+    }
+
+    /// <summary>y = conv(x, w) + b (+ residual) with <paramref name="kernel"/>. Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
+    public static void Forward(Tensor x, ConvWeights weight, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null,
+        MatmulKernel kernel = MatmulKernel.Registers)
+    {
+        var dev = x.Device;
+        var s = Shape(x, weight, bias, y, stride, residual);
+        var empty = y.View.SubView(0, 0);
+        switch (kernel)
+        {
+            case MatmulKernel.Tiled or MatmulKernel.TensorCoreFp16:
+                RunTiled(kernel, s, weight, bias, residual, y, new Im2ColOperand(x.View, s), new TapMajorIm2ColOperand(x.View, s));
+                break;
+            case MatmulKernel.HostSimd or MatmulKernel.HostSimdFp16:
+                HostBackend.Conv2d(dev, s, x.View, weight.Float32For(kernel).View, bias?.View, residual?.View, y.View,
+                    roundToHalf: kernel.RoundsOperandsToHalf());
+                break;
+            case MatmulKernel.Direct:
+            {
+                var k = dev.Kernel(KernelV1, a => a.LoadAutoGroupedStreamKernel<Index1D, int, ConvShape, ArrayView<float>,
+                    ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV1));
+                int threads = dev.StrideThreads((long)s.N * s.Cout * s.Ho * s.Wo);
+                k(threads, threads, s, x.View, weight.Float32For(kernel).View, bias?.View ?? empty, residual?.View ?? empty, y.View);
+                break;
+            }
+            default:
+            {
+                var k = dev.Kernel(KernelV2, a => a.LoadAutoGroupedStreamKernel<Index1D, int, ConvShape, ArrayView<float>,
+                    ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(KernelV2));
+                int threads = dev.StrideThreads((long)s.N * ((s.Cout + 3) / 4) * s.Ho * ((s.Wo + 3) / 4));
+                k(threads, threads, s, x.View, weight.Float32For(kernel).View, bias?.View ?? empty, residual?.View ?? empty, y.View);
+                break;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The implicit GEMM of v3/v4: weights (Cout × Cin·k²) times the im2col of the input, read on the fly. v4 reads the
+    /// weights' fp16 rows where they are held (tap-major rows with the tap-major im2col, whose K slices share one tap);
+    /// otherwise it rounds fp32 weights as it stages them.
+    /// </summary>
+    static void RunTiled<TB, TTapMajor>(MatmulKernel kernel, ConvShape s, ConvWeights w, Tensor? bias, Tensor? residual, Tensor y, TB im2col,
+        TTapMajor tapMajorIm2col)
+        where TB : struct, IColumnOperand
+        where TTapMajor : struct, IColumnOperand
+    {
+        var dev = y.Device;
+        var empty = y.View.SubView(0, 0);
+        var biasView = bias?.View ?? empty;
+        var residualView = residual?.View ?? empty;
+        int kk = s.Cin * s.K * s.K;
+        var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
+        var output = new ConvOutput(s);
+        if (kernel == MatmulKernel.TensorCoreFp16 && w.Half is { } half)
+        {
+            var rows = new HalfRowsOperand(half.View, half.RowWords);
+            if (half.TapMajor)
+            {
+                TensorCoreGemm.RunPairs(dev, tile, 1, rows, tapMajorIm2col, output, biasView, residualView, y.View);
+            }
+            else
+            {
+                TensorCoreGemm.RunPairs(dev, tile, 1, rows, im2col, output, biasView, residualView, y.View);
+            }
+            return;
+        }
+        var weights = new DenseRowsOperand(w.Float32For(kernel).View, kk);
+        if (kernel == MatmulKernel.TensorCoreFp16)
+        {
+            TensorCoreGemm.Run(dev, tile, 1, weights, im2col, output, biasView, residualView, y.View);
+        }
+        else
+        {
+            TiledGemm.Run(dev, tile, 1, weights, im2col, output, biasView, residualView, y.View);
+        }
+    }
+}
