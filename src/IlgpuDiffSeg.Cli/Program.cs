@@ -13,6 +13,7 @@ public static class Program
         root.Options.Add(CommonOptions.Precision);
         root.Subcommands.Add(InfoCommand.Create());
         root.Subcommands.Add(ConvertCommand.Create());
+        root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(UNetCommand.Create());
         root.Subcommands.Add(PipelineCommands.Features());
         root.Subcommands.Add(PipelineCommands.Train());

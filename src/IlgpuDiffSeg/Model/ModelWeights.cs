@@ -96,6 +96,74 @@ public static class ModelWeights
         });
     }
 
+    /// <summary>
+    /// The way back to PyTorch: writes a converted or trained model (safetensors with flags in its metadata) as the .pt
+    /// torch.save(model.state_dict()) writes, keys in state_dict order, after checking every key and shape against the
+    /// flags. With <paramref name="flagsOutPath"/>, also the flags as FLAGS.json in guided-diffusion's names, which
+    /// 'diffseg convert' reads back. Tensors are streamed one at a time from the memory-mapped input. Writes nothing on
+    /// failure.
+    /// </summary>
+    public static void Export(string modelPath, string outputPath, string? flagsOutPath = null, Action<string>? log = null)
+    {
+        AtomicFile.CheckWritable(outputPath);
+        if (flagsOutPath is not null)
+        {
+            AtomicFile.CheckWritable(flagsOutPath);
+            if (SamePath(flagsOutPath, outputPath))
+            {
+                throw DiffSegException.For(flagsOutPath, "is also the output checkpoint; give the flags another name");
+            }
+        }
+        if (SamePath(outputPath, modelPath))
+        {
+            throw DiffSegException.For(outputPath, "is the input model; give the checkpoint another name");
+        }
+        using var file = SafetensorsFile.Open(modelPath);
+        var flags = FlagsOf(file);
+        var model = BuildChecked(flags, modelPath + " (metadata)");
+        CheckAgainst(model, file.Entries.ToDictionary(e => e.Name, e => e.Shape), modelPath);
+        if (file.Entries.FirstOrDefault(e => e.DType != "F32") is { } notFloat)
+        {
+            throw DiffSegException.For(modelPath, $"tensor '{notFloat.Name}' is {notFloat.DType}; only F32 models are exported");
+        }
+        var sources = model.Parameters().Select(p =>
+        {
+            file.TryGet(p.Name, out var entry);
+            return TorchTensorSource.Float32(p.Name, p.Shape, span =>
+            {
+                using var mapped = file.Map(entry);
+                mapped.Span.CopyTo(span);
+            });
+        }).ToList();
+        log?.Invoke($"{modelPath}: {sources.Count} tensors, {model.ParameterCount:N0} parameters match the flags");
+        int lastShown = -1;
+        TorchCheckpointWriter.Write(outputPath, sources, (done, total) =>
+        {
+            int pct = total == 0 ? 100 : (int)(done * 100 / total);
+            if (log is not null && pct / 10 != lastShown / 10)
+            {
+                lastShown = pct;
+                log($"  writing {outputPath}: {pct}%");
+            }
+        });
+        if (flagsOutPath is null)
+        {
+            return;
+        }
+        try
+        {
+            AtomicFile.Write(flagsOutPath, s => s.Write(System.Text.Encoding.UTF8.GetBytes(flags.ToJson() + "\n")));
+        }
+        catch
+        {
+            // Both outputs or neither.
+            File.Delete(outputPath);
+            throw;
+        }
+    }
+
+    static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b);
+
     /// <summary>Builds the model the flags describe, naming the flags' source in any error.</summary>
     public static UNetModel BuildChecked(AdmFlags flags, string flagsSource)
     {
