@@ -1,4 +1,4 @@
-"""An independent PyTorch model of the ADM UNet, written from ../shared/REFERENCE.md (part B), used only to
+"""An independent PyTorch model of the ADM UNet, written from the ADM description in docs/method.md, used only to
 generate golden tensors for flag combinations the official fixture does not cover.
 
 It keeps guided-diffusion's module structure and state_dict names so official checkpoints load into it, and it is
@@ -226,4 +226,4 @@ if __name__ == "__main__":
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
     if "--check" in sys.argv:
-        check_against_official(os.path.join(here, "..", "..", "..", "shared", "fixtures", "adm-tiny"))
+        check_against_official(os.path.join(here, "..", "fixtures", "adm-tiny"))

@@ -122,7 +122,7 @@ class _NoInit:
 
 
 if __name__ == "__main__":
-    check_against_official(os.path.join(HERE, "..", "..", "..", "shared", "fixtures", "adm-tiny"))
+    check_against_official(os.path.join(HERE, "..", "fixtures", "adm-tiny"))
     for name, spec in CONFIGS.items():
         make_config(name, spec)
     make_inventories()
