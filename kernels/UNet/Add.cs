@@ -6,7 +6,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class Add
+public static partial class Add
 {
     // ---- CPU reference
 

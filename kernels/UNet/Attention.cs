@@ -17,7 +17,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class Attention
+public static partial class Attention
 {
     // ---- CPU reference
 

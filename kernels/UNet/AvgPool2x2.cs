@@ -6,7 +6,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class AvgPool2x2
+public static partial class AvgPool2x2
 {
     // ---- CPU reference
 

@@ -5,7 +5,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class ConcatChannels
+public static partial class ConcatChannels
 {
     // ---- CPU reference
 

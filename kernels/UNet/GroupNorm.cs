@@ -34,7 +34,7 @@ public struct GroupNormShape
     public readonly int GroupSize => C / Groups * Spatial;
 }
 
-public static class GroupNorm
+public static partial class GroupNorm
 {
     public const int DefaultGroups = 32;
     public const float DefaultEps = 1e-5f;

@@ -5,7 +5,7 @@ using ILGPU;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class Linear
+public static partial class Linear
 {
     // ---- CPU reference
 

@@ -7,7 +7,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class Silu
+public static partial class Silu
 {
     // ---- CPU reference
 

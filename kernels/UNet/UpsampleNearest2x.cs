@@ -6,7 +6,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static class UpsampleNearest2x
+public static partial class UpsampleNearest2x
 {
     // ---- CPU reference
 

@@ -34,6 +34,10 @@ public sealed class AdmFlags
     public bool RescaleTimesteps { get; set; }
     public bool RescaleLearnedSigmas { get; set; }
 
+    /// <summary>With learn_sigma false: the posterior variance (FIXED_SMALL) instead of β (FIXED_LARGE). An argument of
+    /// create_gaussian_diffusion that guided-diffusion's scripts do not expose as a flag; accepted here by that name.</summary>
+    public bool SigmaSmall { get; set; }
+
     public const int InChannels = 3;
     public const int ImageNetClasses = 1000;
     public int OutChannels => LearnSigma ? 6 : 3;
@@ -107,6 +111,7 @@ public sealed class AdmFlags
         ["predict_xstart"] = (typeof(bool), (f, v) => f.PredictXstart = (bool)v, f => f.PredictXstart),
         ["rescale_timesteps"] = (typeof(bool), (f, v) => f.RescaleTimesteps = (bool)v, f => f.RescaleTimesteps),
         ["rescale_learned_sigmas"] = (typeof(bool), (f, v) => f.RescaleLearnedSigmas = (bool)v, f => f.RescaleLearnedSigmas),
+        ["sigma_small"] = (typeof(bool), (f, v) => f.SigmaSmall = (bool)v, f => f.SigmaSmall),
     };
 
     /// <summary>The flag names guided-diffusion knows.</summary>

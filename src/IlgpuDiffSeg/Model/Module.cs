@@ -110,28 +110,33 @@ public abstract class Module(string prefix)
 }
 
 /// <summary>
-/// One pass through a model: the plan its ops run by, and — when training — what each module keeps from its forward
-/// for its backward. A module saves its state under itself (each module runs once per pass) and its backward takes it
-/// back; whatever is still saved when the pass is disposed (a failed or abandoned step) is released then. An inference
-/// pass saves nothing, so every activation goes back to the pool as soon as its last user disposes it.
+/// One pass through a model: the plan its ops run by, whether it trains (dropout on), and — when it saves — what each
+/// module keeps from its forward for its backward. A module saves its state under itself (each module runs once per pass)
+/// and its backward takes it back; whatever is still saved when the pass is disposed (a failed or abandoned step) is
+/// released then. An inference pass saves nothing, so every activation goes back to the pool as soon as its last user
+/// disposes it; a checkpointed block runs its forward in a pass that trains but does not save, and again, saving, in its
+/// backward.
 /// </summary>
-public sealed class Pass(ExecutionPlan plan, bool training = false, ulong dropoutSeed = 0) : IDisposable
+public sealed class Pass(ExecutionPlan plan, bool training = false, ulong dropoutSeed = 0, bool? saves = null) : IDisposable
 {
     readonly Dictionary<object, IDisposable> saved = new(ReferenceEqualityComparer.Instance);
 
     public ExecutionPlan Plan { get; } = plan;
     public ComputeDevice Device => Plan.Device;
 
-    /// <summary>Modules save what their backward needs, and dropout is on.</summary>
+    /// <summary>Training mode: dropout is on.</summary>
     public bool Training { get; } = training;
+
+    /// <summary>Modules keep what their backward needs (by default, when training).</summary>
+    public bool Saves { get; } = saves ?? training;
 
     /// <summary>The seed of this pass's dropout masks (a mask is a hash of the seed, the layer and the element).</summary>
     public ulong DropoutSeed { get; } = dropoutSeed;
 
-    /// <summary>Keeps <paramref name="state"/> for <paramref name="owner"/>'s backward (training passes only).</summary>
+    /// <summary>Keeps <paramref name="state"/> for <paramref name="owner"/>'s backward (passes that save only).</summary>
     public void Save(object owner, IDisposable state)
     {
-        if (!Training)
+        if (!Saves)
         {
             state.Dispose();
             return;

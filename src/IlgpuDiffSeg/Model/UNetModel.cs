@@ -58,7 +58,8 @@ public sealed class UNetModel : Module, IDisposable
         int mc = ModelChannels = flags.NumChannels;
         int embDim = flags.TimeEmbedDim;
         int headsUp = flags.NumHeadsUpsample == -1 ? flags.NumHeads : flags.NumHeadsUpsample;
-        bool ss = flags.UseScaleShiftNorm;
+        bool ss = flags.UseScaleShiftNorm, ckpt = flags.UseCheckpoint;
+        float drop = (float)flags.Dropout;
         levels = mult.Length;
 
         timeEmbed0 = Add(new LinearLayer("time_embed.0.", mc, embDim));
@@ -80,12 +81,12 @@ public sealed class UNetModel : Module, IDisposable
             {
                 int outCh = (int)(mult[level] * mc);
                 int inCh = ch;
-                var block = NewInput().Then(p => new ResBlock(p, inCh, embDim, outCh, ss), outCh);
+                var block = NewInput().Then(p => new ResBlock(p, inCh, embDim, outCh, ss, dropout: drop, useCheckpoint: ckpt), outCh);
                 ch = outCh;
                 if (attentionDs.Contains(ds))
                 {
                     int c = ch;
-                    block.Then(p => new AttentionBlock(p, c, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder), c);
+                    block.Then(p => new AttentionBlock(p, c, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder, ckpt), c);
                 }
                 skipChannels.Push(ch);
             }
@@ -94,7 +95,7 @@ public sealed class UNetModel : Module, IDisposable
                 int c = ch;
                 if (flags.ResblockUpdown)
                 {
-                    NewInput().Then(p => new ResBlock(p, c, embDim, c, ss, down: true), c);
+                    NewInput().Then(p => new ResBlock(p, c, embDim, c, ss, down: true, dropout: drop, useCheckpoint: ckpt), c);
                 }
                 else
                 {
@@ -107,9 +108,9 @@ public sealed class UNetModel : Module, IDisposable
 
         int midCh = ch;
         middleBlock = Add(new TimestepEmbedSequential("middle_block."))
-            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss), midCh)
-            .Then(p => new AttentionBlock(p, midCh, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder), midCh)
-            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss), midCh);
+            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss, dropout: drop, useCheckpoint: ckpt), midCh)
+            .Then(p => new AttentionBlock(p, midCh, flags.NumHeads, flags.NumHeadChannels, flags.UseNewAttentionOrder, ckpt), midCh)
+            .Then(p => new ResBlock(p, midCh, embDim, midCh, ss, dropout: drop, useCheckpoint: ckpt), midCh);
 
         for (int level = mult.Length - 1; level >= 0; level--)
         {
@@ -118,20 +119,20 @@ public sealed class UNetModel : Module, IDisposable
                 int inCh = ch + skipChannels.Pop();
                 int outCh = (int)(mc * mult[level]);
                 var block = Add(new TimestepEmbedSequential($"output_blocks.{outputBlocks.Count}."))
-                    .Then(p => new ResBlock(p, inCh, embDim, outCh, ss), outCh);
+                    .Then(p => new ResBlock(p, inCh, embDim, outCh, ss, dropout: drop, useCheckpoint: ckpt), outCh);
                 outputBlocks.Add(block);
                 ch = outCh;
                 if (attentionDs.Contains(ds))
                 {
                     int c = ch;
-                    block.Then(p => new AttentionBlock(p, c, headsUp, flags.NumHeadChannels, flags.UseNewAttentionOrder), c);
+                    block.Then(p => new AttentionBlock(p, c, headsUp, flags.NumHeadChannels, flags.UseNewAttentionOrder, ckpt), c);
                 }
                 if (level > 0 && i == flags.NumResBlocks)
                 {
                     int c = ch;
                     if (flags.ResblockUpdown)
                     {
-                        block.Then(p => new ResBlock(p, c, embDim, c, ss, up: true), c);
+                        block.Then(p => new ResBlock(p, c, embDim, c, ss, up: true, dropout: drop, useCheckpoint: ckpt), c);
                     }
                     else
                     {
@@ -240,6 +241,60 @@ public sealed class UNetModel : Module, IDisposable
         }
     }
 
+    /// <summary>
+    /// The backward of a training <see cref="Forward(Pass, Tensor, Tensor, IReadOnlyList{long}?, IReadOnlyCollection{int}?, bool)"/>
+    /// that computed the output: adds d loss / d every parameter to its gradient, given <paramref name="dOutput"/> =
+    /// d loss / d output. The input image needs no gradient.
+    /// </summary>
+    public void Backward(Pass p, Tensor dOutput)
+    {
+        var dev = p.Device;
+        using var saved = p.Take<EmbedSaved>(this);
+        using var dEmbSilu = dev.Zeros(saved.Tensors[1].Shape);
+        var dh = outConv.Backward(p, dOutput)!;
+        // The decoder took input block L−1−i's output as the skip of output block i: its gradient waits there.
+        var skipGradients = new Tensor?[inputBlocks.Count];
+        try
+        {
+            for (int i = outputBlocks.Count - 1; i >= 0; i--)
+            {
+                using var dCat = outputBlocks[i].Backward(p, dh, dEmbSilu);
+                dh.Dispose();
+                int skip = inputBlocks.Count - 1 - i;
+                int hChannels = dCat[1] - SkipChannels(skip);
+                dh = dev.Allocate(dCat[0], hChannels, dCat[2], dCat[3]);
+                skipGradients[skip] = dev.Allocate(dCat[0], dCat[1] - hChannels, dCat[2], dCat[3]);
+                ConcatChannels.Backward(dCat, dh, skipGradients[skip]!);
+            }
+            using (var dMiddle = dh)
+            {
+                dh = middleBlock.Backward(p, dMiddle, dEmbSilu);
+            }
+            for (int i = inputBlocks.Count - 1; i >= 0; i--)
+            {
+                Kernels.Add.Accumulate(dh, skipGradients[i]!);
+                if (i == 0)
+                {
+                    inputBlocks[0].BackwardWithoutInputGradient(p, dh);
+                    break;
+                }
+                using var upstream = dh;
+                dh = inputBlocks[i].Backward(p, upstream, dEmbSilu);
+            }
+        }
+        finally
+        {
+            dh.Dispose();
+            foreach (var g in skipGradients)
+            {
+                g?.Dispose();
+            }
+        }
+        EmbedBackward(p, saved, dEmbSilu);
+    }
+
+    int SkipChannels(int inputBlock) => inputBlocks[inputBlock].OutChannels;
+
     /// <summary>Checks the inputs of Forward; returns the last decoder block the pass must run.</summary>
     int CheckInputs(Tensor x, Tensor t, IReadOnlyList<long>? classLabels, IReadOnlyCollection<int>? capture, bool computeOutput)
     {
@@ -271,6 +326,15 @@ public sealed class UNetModel : Module, IDisposable
         return computeOutput || capture is null || capture.Count == 0 ? outputBlocks.Count - 1 : capture.Max();
     }
 
+    /// <summary>What the embedding's backward needs: time_embed.0's output (before its SiLU) and emb (before the SiLU every
+    /// ResBlock applies).</summary>
+    sealed class EmbedSaved(Tensor hidden, Tensor emb) : IDisposable
+    {
+        public readonly SavedTensors Tensors = new(hidden, emb);
+
+        public void Dispose() => Tensors.Dispose();
+    }
+
     /// <summary>SiLU(time_embed(timestep_embedding(t)) [+ label_emb(y)]): every ResBlock's emb_layers starts with SiLU.</summary>
     Tensor Embed(Pass p, Tensor t, IReadOnlyList<long>? classLabels)
     {
@@ -289,8 +353,21 @@ public sealed class UNetModel : Module, IDisposable
         }
         var embSilu = dev.Allocate(n, Flags.TimeEmbedDim);
         Silu.Forward(emb, embSilu);
-        p.Save(this, new SavedTensors(hidden, emb));
+        p.Save(this, new EmbedSaved(hidden, emb));
         return embSilu;
+    }
+
+    /// <summary>The embedding's backward from d loss / d SiLU(emb), summed over every ResBlock.</summary>
+    void EmbedBackward(Pass p, EmbedSaved saved, Tensor dEmbSilu)
+    {
+        var dev = p.Device;
+        using var dEmb = dev.Allocate(dEmbSilu.Shape);
+        Silu.Backward(saved.Tensors[1], dEmbSilu, dEmb);
+        labelEmb?.Backward(p, dEmb);
+        using var dHiddenSilu = timeEmbed2.Backward(p, dEmb)!;
+        using var dHidden = dev.Allocate(dHiddenSilu.Shape);
+        Silu.Backward(saved.Tensors[0], dHiddenSilu, dHidden);
+        timeEmbed0.Backward(p, dHidden, inputGradient: false);
     }
 
     public void Dispose()
