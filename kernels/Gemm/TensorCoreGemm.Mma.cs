@@ -14,7 +14,6 @@
 // CPU, and the GPU adds only the instruction itself (PTX ISA 8.x, "Matrix Fragments for mma.m16n8k16 with floating
 // point type").
 using ILGPU;
-using ILGPU.Runtime;
 using ILGPU.Runtime.Cuda;
 
 namespace IlgpuDiffSeg.Kernels;

@@ -18,7 +18,6 @@
 // same fragments are multiplied in fp32 by an emulation of it (TensorCoreGemm.Mma.cs: fragments, packing, mma).
 // Reference: Gemm.Reference over operands rounded to fp16 (RoundToHalf), tolerance in TensorCoreGemmTests.
 using ILGPU;
-using ILGPU.Runtime;
 using ILGPU.Util;
 
 namespace IlgpuDiffSeg.Kernels;
@@ -76,7 +75,7 @@ public static partial class TensorCoreGemm
         var sa = SharedMemory.Allocate<uint>(2 * StageWords);
         var sb = SharedMemory.Allocate<uint>(2 * StageWords);
         var exchange = SharedMemory.Allocate<uint>(Threads * ExchangeWords);
-        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        // B's taps of two slices: the one being staged and the next (TileStaging.WriteTaps).
         var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;

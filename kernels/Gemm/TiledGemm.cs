@@ -2,7 +2,8 @@
 //   C(i, j) = act(α·Σ_k A(i, k)·B(k, j) + bias + R) per batch, with A and B given as struct operands (TileOperands.cs):
 //     StridedOperand            a strided (batched) matrix — every Gemm;
 //     Im2ColOperand             a convolution's input read as its im2col matrix on the fly (implicit GEMM: K = Cin·k²,
-//                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied.
+//                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied
+//                               (Im2ColOperands.cs).
 //   Block tile 128×128, 256 threads each accumulating an 8×8 sub-tile in registers (Accumulator8x8: rows ty·4+{0..3}
 //   and 64+ty·4+{0..3}, columns likewise). K runs in slices of 8, double-buffered in shared memory (2 operands × 2
 //   stages × 8 × 132 floats = 16.5 KB, plus B's taps of two slices): while a thread computes on one stage, the next
@@ -138,7 +139,7 @@ public static class TiledGemm
         var sb4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
         var sa = sa4.Cast<float>();
         var sb = sb4.Cast<float>();
-        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        // B's taps of two slices: the one being staged and the next (TileStaging.WriteTaps).
         var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
