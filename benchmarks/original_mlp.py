@@ -1,4 +1,4 @@
-"""ddpm-segmentation's pixel-classifier stage re-created in PyTorch from ../shared/REFERENCE.md (A7–A11), to compare
+"""ddpm-segmentation's pixel-classifier stage re-created in PyTorch from its description (docs/method.md), to compare
 IlgpuDiffSeg's ensemble with the original's way of training on identical inputs: the features and masks written by
 `dotnet run --project benchmarks/IlgpuDiffSeg.Benchmarks -c Release -- export-features EXP.json DIR`.
 

@@ -93,7 +93,7 @@ def main():
                 with autocast(mode, device):
                     add(f"torch UNet forward, batch {batch}, {mode}", timed(lambda: model(x, t), device, reps=5 if a.small else 10))
 
-        # The original pipeline's features of one image (REFERENCE A1, A6): three forwards, hooks, upsample, concat, copy out.
+        # The original pipeline's features of one image (docs/method.md): three forwards, hooks, upsample, concat, copy out.
         captured = {}
         hooks = [model.output_blocks[b].register_forward_hook(lambda m, i, o, b=b: captured.__setitem__(b, o)) for b in blocks]
         x0 = torch.rand(1, 3, size, size, device=device) * 2 - 1

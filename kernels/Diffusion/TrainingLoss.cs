@@ -261,8 +261,9 @@ public static class TrainingLoss
             throw new ArgumentException($"training loss: x0 {x0.ShapeString}, output {output.ShapeString}, losses {losses.ShapeString}");
         }
         using var terms = dev.Allocate(n, 2, channels * spatial);
-        var elementK = dev.Kernel(ElementKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, ArrayView<LossCoefficients>,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ElementKernel));
+        var elementK = dev.Kernel(ElementKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
+            ArrayView<LossCoefficients>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>,
+            ArrayView<float>>(ElementKernel));
         var sumK = dev.Kernel(SumKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, ArrayView<LossCoefficients>, ArrayView<float>,
             ArrayView<float>>(SumKernel));
         int threads = dev.StrideThreads(x0.Length);

@@ -76,7 +76,8 @@ public sealed class HalfWeights : IDisposable
     // ---- GPU kernel
 
     /// <summary>channels: Cin for a tap-major packing, 0 for channel-major.</summary>
-    static void Kernel(Index1D index, int stride, int columns, int rowWords, int channels, int total, ArrayView<float> w, ArrayView<uint> packed)
+    static void Kernel(Index1D index, int stride, int columns, int rowWords, int channels, int total, ArrayView<float> w,
+        ArrayView<uint> packed)
     {
         for (int i = index; i < total; i += stride)
         {
@@ -120,11 +121,13 @@ public sealed class HalfWeights : IDisposable
         if (byTap && !PacksTapMajor(shape))
         {
             // The tap-major operands take a whole K slice to share one tap.
-            throw new ArgumentException($"half weights: {shapeString} cannot be tap-major: it needs taps and Cin a multiple of {TensorCoreGemm.Slice}");
+            throw new ArgumentException(
+                $"half weights: {shapeString} cannot be tap-major: it needs taps and Cin a multiple of {TensorCoreGemm.Slice}");
         }
         var half = new HalfWeights(dev, shape, byTap);
         int total = half.Rows * half.RowWords;
-        var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
+        var k = dev.Kernel(Kernel,
+            a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int, ArrayView<float>, ArrayView<uint>>(Kernel));
         int threads = dev.StrideThreads(total);
         k(threads, threads, half.Columns, half.RowWords, byTap ? shape[1] : 0, total, w, half.View);
         return half;

@@ -11,40 +11,18 @@
 //   tap-major order lets the im2col operand share one tap across a slice (TapMajorIm2ColOperand); the slice's two
 //   k-steps are written out from one fragment base per operand (constant offsets, folded into the loads); exact-tile
 //   launches skip the edge tests.
-//   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 474 instructions for 32 mma per
-//   warp (exact tiles), against 4,281 for the first version.
-// On CUDA the product is one inline-PTX mma.sync per 16×8×16 tile. Elsewhere (the CPU accelerator, warp-32 shape) the
-// same fragments are exchanged through shared memory and multiplied in fp32 (EmulatedMma): every index of the fragment
-// layout — packing, shared-memory addressing, which lane owns which output — is exercised on the CPU, and the GPU adds
-// only the instruction itself (PTX ISA 8.x, "Matrix Fragments for mma.m16n8k16 with floating point type").
+//   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 392 instructions for 32 mma per
+//   warp from fp32 weights and 284 from fp16 tap-major ones (exact tiles, 128 registers), against 4,281 for the first
+//   version.
+// On CUDA the product is one inline-PTX mma.sync per 16×8×16 tile; elsewhere (the CPU accelerator, warp-32 shape) the
+// same fragments are multiplied in fp32 by an emulation of it (TensorCoreGemm.Mma.cs: fragments, packing, mma).
 // Reference: Gemm.Reference over operands rounded to fp16 (RoundToHalf), tolerance in TensorCoreGemmTests.
 using ILGPU;
-using ILGPU.Runtime;
-using ILGPU.Runtime.Cuda;
 using ILGPU.Util;
-using Half = ILGPU.Half;
 
 namespace IlgpuDiffSeg.Kernels;
 
-/// <summary>Four fp32 accumulators of one lane in a 16×8 mma tile: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).</summary>
-public struct MmaAccumulator
-{
-    public float C0, C1, C2, C3;
-}
-
-/// <summary>One lane's A fragment of m16n8k16: fp16 pairs (g, 2t..), (g+8, 2t..), (g, 2t+8..), (g+8, 2t+8..).</summary>
-public struct MmaFragmentA
-{
-    public uint R0, R1, R2, R3;
-}
-
-/// <summary>One lane's B fragment of m16n8k16: fp16 pairs (k = 2t.., n = g) and (k = 2t+8.., n = g).</summary>
-public struct MmaFragmentB
-{
-    public uint R0, R1;
-}
-
-public static class TensorCoreGemm
+public static partial class TensorCoreGemm
 {
     public const int Tile = 128, Slice = 32, Threads = 256;
 
@@ -56,9 +34,6 @@ public static class TensorCoreGemm
 
     /// <summary>Words of one operand's stage: 128 rows (A) or columns (B).</summary>
     const int StageWords = Tile * RowWords;
-
-    /// <summary>Words a thread publishes per emulated mma: its A fragment (4) and B fragment (2).</summary>
-    const int ExchangeWords = 6;
 
     // ---- CPU reference: the operands as the tensor cores see them
 
@@ -88,143 +63,7 @@ public static class TensorCoreGemm
         return copy;
     }
 
-    // ---- the warp-level product
-
-    /// <summary>Two floats as an fp16 pair, lo in the low half, each rounded to nearest-even.</summary>
-    internal static uint Pack(float lo, float hi)
-    {
-        if (CudaAsm.IsSupported)
-        {
-            // cvt.f16x2 puts its first source in the upper half.
-            CudaAsm.Emit("cvt.rn.f16x2.f32 %0, %1, %2;", out uint pair, hi, lo);
-            return pair;
-        }
-        return HalfBits(lo) | (HalfBits(hi) << 16);
-    }
-
-    /// <summary>
-    /// fp16 bits of x, rounded to nearest-even like cvt.rn — not ILGPU.Half's software conversion, which truncates on the
-    /// CPU accelerator (measured: 50% of uniform(−1, 1) values differ from System.Half).
-    /// </summary>
-    public static uint HalfBits(float x)
-    {
-        uint bits = Interop.FloatAsInt(x);
-        uint sign = (bits >> 16) & 0x8000u;
-        uint magnitude = bits & 0x7FFFFFFFu;
-        if (magnitude >= 0x47800000u)
-        {
-            // ≥ 65536 (all of which round to infinity), infinity or NaN.
-            return sign | (magnitude > 0x7F800000u ? 0x7E00u : 0x7C00u);
-        }
-        if (magnitude < 0x38800000u)
-        {
-            // Below fp16's smallest normal 2^-14: adding 0.5 (2^-1) leaves the subnormal's 10 bits at the bottom of the
-            // mantissa, rounded to nearest-even by the fp32 addition itself.
-            float aligned = Interop.IntAsFloat(magnitude) + 0.5f;
-            return sign | (Interop.FloatAsInt(aligned) - 0x3F000000u);
-        }
-        // Rebias the exponent (127 → 15) and round the 13 dropped mantissa bits to nearest-even.
-        uint odd = (magnitude >> 13) & 1u;
-        return sign | ((magnitude - 0x38000000u + 0x0FFFu + odd) >> 13);
-    }
-
-    static float Lo(uint pair) => (float)Interop.IntAsFloat((ushort)(pair & 0xFFFF));
-
-    static float Hi(uint pair) => (float)Interop.IntAsFloat((ushort)(pair >> 16));
-
-    static float Dot2(uint x, uint y) => Lo(x) * Lo(y) + Hi(x) * Hi(y);
-
-    /// <summary>
-    /// D = A·B + C for one 16×8×16 tile, A row-major and B column-major, across the 32 lanes of a warp. exchange: six
-    /// words a thread of shared memory, used only where there is no tensor core.
-    /// </summary>
-    internal static MmaAccumulator Mma(MmaAccumulator c, MmaFragmentA a, MmaFragmentB b, ArrayView<uint> exchange)
-    {
-        if (CudaAsm.IsSupported)
-        {
-            Ref<float> d0 = c.C0, d1 = c.C1, d2 = c.C2, d3 = c.C3;
-            Ref<uint> a0 = a.R0, a1 = a.R1, a2 = a.R2, a3 = a.R3, b0 = b.R0, b1 = b.R1;
-            CudaAsm.EmitRef("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};",
-                ref d0, ref d1, ref d2, ref d3, ref a0, ref a1, ref a2, ref a3, ref b0, ref b1);
-            return new MmaAccumulator { C0 = d0.Value, C1 = d1.Value, C2 = d2.Value, C3 = d3.Value };
-        }
-        return EmulatedMma(c, a, b, exchange);
-    }
-
-    /// <summary>
-    /// mma.sync's result from the fragment layout alone: every lane publishes its fragments, then lane (g, t) reads rows g
-    /// and g+8 of A from lanes 4g..4g+3 and columns 2t, 2t+1 of B from lanes 8t..8t+3 and 8t+4..8t+7, four k-pairs at a
-    /// time. Two warp barriers instead of 32 shuffles: on the CPU simulator each is a barrier of 32 OS threads.
-    /// </summary>
-    static MmaAccumulator EmulatedMma(MmaAccumulator c, MmaFragmentA a, MmaFragmentB b, ArrayView<uint> exchange)
-    {
-        int lane = Warp.LaneIdx, g = lane / 4, t = lane % 4;
-        int warpBase = Warp.WarpIdx * 32 * ExchangeWords;
-        int own = warpBase + lane * ExchangeWords;
-        exchange[own] = a.R0;
-        exchange[own + 1] = a.R1;
-        exchange[own + 2] = a.R2;
-        exchange[own + 3] = a.R3;
-        exchange[own + 4] = b.R0;
-        exchange[own + 5] = b.R1;
-        Warp.Barrier();
-        for (int s = 0; s < 4; s++)
-        {
-            int aLane = warpBase + (4 * g + s) * ExchangeWords;
-            int col0Lane = warpBase + (8 * t + s) * ExchangeWords, col1Lane = warpBase + (8 * t + 4 + s) * ExchangeWords;
-            uint rowLo = exchange[aLane], row8Lo = exchange[aLane + 1], rowHi = exchange[aLane + 2], row8Hi = exchange[aLane + 3];
-            uint col0Lo = exchange[col0Lane + 4], col0Hi = exchange[col0Lane + 5];
-            uint col1Lo = exchange[col1Lane + 4], col1Hi = exchange[col1Lane + 5];
-            c.C0 += Dot2(rowLo, col0Lo) + Dot2(rowHi, col0Hi);
-            c.C1 += Dot2(rowLo, col1Lo) + Dot2(rowHi, col1Hi);
-            c.C2 += Dot2(row8Lo, col0Lo) + Dot2(row8Hi, col0Hi);
-            c.C3 += Dot2(row8Lo, col1Lo) + Dot2(row8Hi, col1Hi);
-        }
-        Warp.Barrier();
-        return c;
-    }
-
     // ---- GPU kernel
-
-    /// <summary>
-    /// The A fragment of 16 rows: <paramref name="lane"/> is the view at the lane's word (row g, word t) of the tile's
-    /// first row, <paramref name="rows"/> the offset of the 16-row block, <paramref name="word"/> the k-step's first word.
-    /// </summary>
-    static MmaFragmentA FragmentA(ArrayView<uint> lane, int rows, int word) => new()
-    {
-        R0 = lane[rows + word],
-        R1 = lane[rows + 8 * RowWords + word],
-        R2 = lane[rows + word + 4],
-        R3 = lane[rows + 8 * RowWords + word + 4],
-    };
-
-    /// <summary>The B fragment of 8 columns, addressed like <see cref="FragmentA"/>.</summary>
-    static MmaFragmentB FragmentB(ArrayView<uint> lane, int cols, int word) => new()
-    {
-        R0 = lane[cols + word],
-        R1 = lane[cols + word + 4],
-    };
-
-    /// <summary>One k-step (16 k) of a warp's 64×32 sub-tile: 4 A and 4 B fragments, 16 mma.</summary>
-    static void MultiplyStep(ArrayView<uint> aLane, ArrayView<uint> bLane, int word, ArrayView<uint> exchange,
-        ref MmaAccumulator c00, ref MmaAccumulator c01, ref MmaAccumulator c02, ref MmaAccumulator c03,
-        ref MmaAccumulator c10, ref MmaAccumulator c11, ref MmaAccumulator c12, ref MmaAccumulator c13,
-        ref MmaAccumulator c20, ref MmaAccumulator c21, ref MmaAccumulator c22, ref MmaAccumulator c23,
-        ref MmaAccumulator c30, ref MmaAccumulator c31, ref MmaAccumulator c32, ref MmaAccumulator c33)
-    {
-        var a0 = FragmentA(aLane, 0, word);
-        var a1 = FragmentA(aLane, 16 * RowWords, word);
-        var a2 = FragmentA(aLane, 32 * RowWords, word);
-        var a3 = FragmentA(aLane, 48 * RowWords, word);
-        var b0 = FragmentB(bLane, 0, word);
-        var b1 = FragmentB(bLane, 8 * RowWords, word);
-        var b2 = FragmentB(bLane, 16 * RowWords, word);
-        var b3 = FragmentB(bLane, 24 * RowWords, word);
-        c00 = Mma(c00, a0, b0, exchange); c01 = Mma(c01, a0, b1, exchange); c02 = Mma(c02, a0, b2, exchange); c03 = Mma(c03, a0, b3, exchange);
-        c10 = Mma(c10, a1, b0, exchange); c11 = Mma(c11, a1, b1, exchange); c12 = Mma(c12, a1, b2, exchange); c13 = Mma(c13, a1, b3, exchange);
-        c20 = Mma(c20, a2, b0, exchange); c21 = Mma(c21, a2, b1, exchange); c22 = Mma(c22, a2, b2, exchange); c23 = Mma(c23, a2, b3, exchange);
-        c30 = Mma(c30, a3, b0, exchange); c31 = Mma(c31, a3, b1, exchange); c32 = Mma(c32, a3, b2, exchange); c33 = Mma(c33, a3, b3, exchange);
-    }
 
     static void Kernel<TA, TB, TC, TE>(TileShape s, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IHalfPairRows
@@ -236,7 +75,7 @@ public static class TensorCoreGemm
         var sa = SharedMemory.Allocate<uint>(2 * StageWords);
         var sb = SharedMemory.Allocate<uint>(2 * StageWords);
         var exchange = SharedMemory.Allocate<uint>(Threads * ExchangeWords);
-        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        // B's taps of two slices: the one being staged and the next (TileStaging.WriteTaps).
         var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
@@ -292,14 +131,46 @@ public static class TensorCoreGemm
         aStaged[5 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
         aStaged[6 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
         aStaged[7 * saStep] = TileStaging.FetchFinishPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
-        bStaged[0] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsFirst, 0, slice0, jb)), TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsFirst, 1, slice0, jb + 1)));
-        bStaged[sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bpStep, slice0, jb + 2 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bpStep + 1, slice0, jb + 2 * bpStep + 1)));
-        bStaged[2 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 4 * bpStep, slice0, jb + 4 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 4 * bpStep + 1, slice0, jb + 4 * bpStep + 1)));
-        bStaged[3 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 6 * bpStep, slice0, jb + 6 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 6 * bpStep + 1, slice0, jb + 6 * bpStep + 1)));
-        bStaged[4 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 8 * bpStep, slice0, jb + 8 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 8 * bpStep + 1, slice0, jb + 8 * bpStep + 1)));
-        bStaged[5 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 10 * bpStep, slice0, jb + 10 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 10 * bpStep + 1, slice0, jb + 10 * bpStep + 1)));
-        bStaged[6 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 12 * bpStep, slice0, jb + 12 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 12 * bpStep + 1, slice0, jb + 12 * bpStep + 1)));
-        bStaged[7 * sbStep] = Pack(TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsFirst, 14 * bpStep, slice0, jb + 14 * bpStep)), TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsFirst, 14 * bpStep + 1, slice0, jb + 14 * bpStep + 1)));
+        bStaged[0] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+                TileStaging.RowTap(b, tapsFirst, 0, slice0, jb)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 1, slice0, jb + 1)));
+        bStaged[sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 2 * bpStep, slice0, jb + 2 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 2 * bpStep + 1, slice0, jb + 2 * bpStep + 1)));
+        bStaged[2 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 4 * bpStep, slice0, jb + 4 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 4 * bpStep + 1, slice0, jb + 4 * bpStep + 1)));
+        bStaged[3 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 6 * bpStep, slice0, jb + 6 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 6 * bpStep + 1, slice0, jb + 6 * bpStep + 1)));
+        bStaged[4 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 8 * bpStep, slice0, jb + 8 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 8 * bpStep + 1, slice0, jb + 8 * bpStep + 1)));
+        bStaged[5 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 10 * bpStep, slice0, jb + 10 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 10 * bpStep + 1, slice0, jb + 10 * bpStep + 1)));
+        bStaged[6 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 12 * bpStep, slice0, jb + 12 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 12 * bpStep + 1, slice0, jb + 12 * bpStep + 1)));
+        bStaged[7 * sbStep] = Pack(
+            TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsFirst, 14 * bpStep, slice0, jb + 14 * bpStep)),
+            TileStaging.FetchFinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsFirst, 14 * bpStep + 1, slice0, jb + 14 * bpStep + 1)));
         Group.Barrier();
 
         MmaAccumulator c00 = default, c01 = default, c02 = default, c03 = default;
@@ -324,22 +195,38 @@ public static class TensorCoreGemm
             var pa5 = TileStaging.FetchPairA<TA, TE>(a, ra5, TileStaging.Bit(aInside, 5), ka + 10 * apStep, s.K);
             var pa6 = TileStaging.FetchPairA<TA, TE>(a, ra6, TileStaging.Bit(aInside, 6), ka + 12 * apStep, s.K);
             var pa7 = TileStaging.FetchPairA<TA, TE>(a, ra7, TileStaging.Bit(aInside, 7), ka + 14 * apStep, s.K);
-            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb));
-            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1));
-            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep));
-            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1));
-            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep));
-            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1));
-            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep));
-            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1));
-            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep));
-            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1));
-            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep));
-            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1));
-            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep));
-            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1));
-            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep));
-            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1));
+            float pb0l = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+                TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb));
+            float pb0h = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1));
+            float pb1l = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep));
+            float pb1h = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1));
+            float pb2l = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep));
+            float pb2h = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1));
+            float pb3l = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep));
+            float pb3h = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1));
+            float pb4l = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep));
+            float pb4h = TileStaging.FetchB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1));
+            float pb5l = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep));
+            float pb5h = TileStaging.FetchB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1));
+            float pb6l = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep));
+            float pb6h = TileStaging.FetchB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1));
+            float pb7l = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep));
+            float pb7h = TileStaging.FetchB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K,
+                TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1));
             // The slice's two k-steps from one base per operand, written out: every fragment read is then the base plus a
             // constant, which ptxas folds into the load (a loop over the steps recomputed 24 addresses per step).
             var aFragments = sa.SubView(stage + (wm + g) * RowWords + t, StageWords - (wm + g) * RowWords - t);
@@ -360,36 +247,68 @@ public static class TensorCoreGemm
             aStaged[5 * saStep] = a.FinishPair(pa5);
             aStaged[6 * saStep] = a.FinishPair(pa6);
             aStaged[7 * saStep] = a.FinishPair(pa7);
-            bStaged[0] = Pack(TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb), pb0l),
-                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K, TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1), pb0h));
-            bStaged[sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep), pb1l),
-                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1), pb1h));
-            bStaged[2 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep), pb2l),
-                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1), pb2h));
-            bStaged[3 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep), pb3l),
-                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1), pb3h));
-            bStaged[4 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep), pb4l),
-                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1), pb4h));
-            bStaged[5 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep), pb5l),
-                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1), pb5h));
-            bStaged[6 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep), pb6l),
-                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1), pb6h));
-            bStaged[7 * sbStep] = Pack(TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep), pb7l),
-                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K, TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1), pb7h));
+            bStaged[0] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+                    TileStaging.RowTap(b, tapsNext, 0, sliceNext, jb), pb0l),
+                TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 1, sliceNext, jb + 1), pb0h));
+            bStaged[sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 2 * bpStep, sliceNext, jb + 2 * bpStep), pb1l),
+                TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + 2 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 2 * bpStep + 1, sliceNext, jb + 2 * bpStep + 1), pb1h));
+            bStaged[2 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 4 * bpStep, sliceNext, jb + 4 * bpStep), pb2l),
+                TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 4 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 4 * bpStep + 1, sliceNext, jb + 4 * bpStep + 1), pb2h));
+            bStaged[3 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 6 * bpStep, sliceNext, jb + 6 * bpStep), pb3l),
+                TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 6 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 6 * bpStep + 1, sliceNext, jb + 6 * bpStep + 1), pb3h));
+            bStaged[4 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 8 * bpStep, sliceNext, jb + 8 * bpStep), pb4l),
+                TileStaging.FinishB<TB, TE>(b, cb4, TileStaging.Bit(bInside, 4), kb + 8 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 8 * bpStep + 1, sliceNext, jb + 8 * bpStep + 1), pb4h));
+            bStaged[5 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 10 * bpStep, sliceNext, jb + 10 * bpStep), pb5l),
+                TileStaging.FinishB<TB, TE>(b, cb5, TileStaging.Bit(bInside, 5), kb + 10 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 10 * bpStep + 1, sliceNext, jb + 10 * bpStep + 1), pb5h));
+            bStaged[6 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 12 * bpStep, sliceNext, jb + 12 * bpStep), pb6l),
+                TileStaging.FinishB<TB, TE>(b, cb6, TileStaging.Bit(bInside, 6), kb + 12 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 12 * bpStep + 1, sliceNext, jb + 12 * bpStep + 1), pb6h));
+            bStaged[7 * sbStep] = Pack(
+                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep, s.K,
+                    TileStaging.RowTap(b, tapsNext, 14 * bpStep, sliceNext, jb + 14 * bpStep), pb7l),
+                TileStaging.FinishB<TB, TE>(b, cb7, TileStaging.Bit(bInside, 7), kb + 14 * bpStep + 1, s.K,
+                    TileStaging.RowTap(b, tapsNext, 14 * bpStep + 1, sliceNext, jb + 14 * bpStep + 1), pb7h));
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);
             Group.Barrier();
         }
         int i = m0 + wm + g, j = n0 + wn + 2 * t;
-        Store(s, c, batch, bias, residual, y, i, j, c00); Store(s, c, batch, bias, residual, y, i, j + 8, c01);
-        Store(s, c, batch, bias, residual, y, i, j + 16, c02); Store(s, c, batch, bias, residual, y, i, j + 24, c03);
-        Store(s, c, batch, bias, residual, y, i + 16, j, c10); Store(s, c, batch, bias, residual, y, i + 16, j + 8, c11);
-        Store(s, c, batch, bias, residual, y, i + 16, j + 16, c12); Store(s, c, batch, bias, residual, y, i + 16, j + 24, c13);
-        Store(s, c, batch, bias, residual, y, i + 32, j, c20); Store(s, c, batch, bias, residual, y, i + 32, j + 8, c21);
-        Store(s, c, batch, bias, residual, y, i + 32, j + 16, c22); Store(s, c, batch, bias, residual, y, i + 32, j + 24, c23);
-        Store(s, c, batch, bias, residual, y, i + 48, j, c30); Store(s, c, batch, bias, residual, y, i + 48, j + 8, c31);
-        Store(s, c, batch, bias, residual, y, i + 48, j + 16, c32); Store(s, c, batch, bias, residual, y, i + 48, j + 24, c33);
+        Store(s, c, batch, bias, residual, y, i, j, c00);
+        Store(s, c, batch, bias, residual, y, i, j + 8, c01);
+        Store(s, c, batch, bias, residual, y, i, j + 16, c02);
+        Store(s, c, batch, bias, residual, y, i, j + 24, c03);
+        Store(s, c, batch, bias, residual, y, i + 16, j, c10);
+        Store(s, c, batch, bias, residual, y, i + 16, j + 8, c11);
+        Store(s, c, batch, bias, residual, y, i + 16, j + 16, c12);
+        Store(s, c, batch, bias, residual, y, i + 16, j + 24, c13);
+        Store(s, c, batch, bias, residual, y, i + 32, j, c20);
+        Store(s, c, batch, bias, residual, y, i + 32, j + 8, c21);
+        Store(s, c, batch, bias, residual, y, i + 32, j + 16, c22);
+        Store(s, c, batch, bias, residual, y, i + 32, j + 24, c23);
+        Store(s, c, batch, bias, residual, y, i + 48, j, c30);
+        Store(s, c, batch, bias, residual, y, i + 48, j + 8, c31);
+        Store(s, c, batch, bias, residual, y, i + 48, j + 16, c32);
+        Store(s, c, batch, bias, residual, y, i + 48, j + 24, c33);
     }
 
     /// <summary>One lane's four results of a 16×8 tile whose (g, 2t) element is C(i, j).</summary>
@@ -419,8 +338,8 @@ public static class TensorCoreGemm
         RunPairs(dev, s, batches, new RoundedPairs<TA>(a), b, c, bias, residual, y);
 
     /// <summary>As <see cref="Run"/>, with A read as fp16 pairs (HalfRowsOperand: weights held in fp16).</summary>
-    public static void RunPairs<TA, TB, TC>(ComputeDevice dev, TileShape s, int batches, TA a, TB b, TC c, ArrayView<float> bias,
-        ArrayView<float> residual, ArrayView<float> y)
+    public static void RunPairs<TA, TB, TC>(ComputeDevice dev, TileShape s, int batches, TA a, TB b, TC c,
+        ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IHalfPairRows
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput

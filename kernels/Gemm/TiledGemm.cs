@@ -2,7 +2,8 @@
 //   C(i, j) = act(α·Σ_k A(i, k)·B(k, j) + bias + R) per batch, with A and B given as struct operands (TileOperands.cs):
 //     StridedOperand            a strided (batched) matrix — every Gemm;
 //     Im2ColOperand             a convolution's input read as its im2col matrix on the fly (implicit GEMM: K = Cin·k²,
-//                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied.
+//                               N = N·Ho·Wo); NormalizedIm2ColOperand the same with GroupNorm and SiLU applied
+//                               (Im2ColOperands.cs).
 //   Block tile 128×128, 256 threads each accumulating an 8×8 sub-tile in registers (Accumulator8x8: rows ty·4+{0..3}
 //   and 64+ty·4+{0..3}, columns likewise). K runs in slices of 8, double-buffered in shared memory (2 operands × 2
 //   stages × 8 × 132 floats = 16.5 KB, plus B's taps of two slices): while a thread computes on one stage, the next
@@ -15,7 +16,7 @@
 //   Staging follows each operand's contiguous dimension, so a warp's global reads coalesce; rows, columns and taps are
 //   resolved once per launch or slice (TileOperands.cs), so a fetch costs an add or two. Launches whose tiles end at the
 //   matrix's edges run an instance compiled without edge tests (ExactTiles).
-//   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 712 instructions, 72% FFMA, at
+//   sm_90 SASS (benchmarks/results/sass-static-sm90.md): an im2col convolution slice is 691 instructions, 74% FFMA, at
 //   128 registers (exact tiles).
 // Not yet the CUDA default: it waits for a GPU to measure it against v2 (see benchmarks/IlgpuDiffSeg.Benchmarks gpu).
 // Tested against the references on the CPU accelerator with a warp-32 shape (256-thread groups).
@@ -43,14 +44,77 @@ public struct Accumulator8x8
     {
         float a0 = aLo.X, a1 = aLo.Y, a2 = aLo.Z, a3 = aLo.W, a4 = aHi.X, a5 = aHi.Y, a6 = aHi.Z, a7 = aHi.W;
         float b0 = bLo.X, b1 = bLo.Y, b2 = bLo.Z, b3 = bLo.W, b4 = bHi.X, b5 = bHi.Y, b6 = bHi.Z, b7 = bHi.W;
-        C00 += a0 * b0; C01 += a0 * b1; C02 += a0 * b2; C03 += a0 * b3; C04 += a0 * b4; C05 += a0 * b5; C06 += a0 * b6; C07 += a0 * b7;
-        C10 += a1 * b0; C11 += a1 * b1; C12 += a1 * b2; C13 += a1 * b3; C14 += a1 * b4; C15 += a1 * b5; C16 += a1 * b6; C17 += a1 * b7;
-        C20 += a2 * b0; C21 += a2 * b1; C22 += a2 * b2; C23 += a2 * b3; C24 += a2 * b4; C25 += a2 * b5; C26 += a2 * b6; C27 += a2 * b7;
-        C30 += a3 * b0; C31 += a3 * b1; C32 += a3 * b2; C33 += a3 * b3; C34 += a3 * b4; C35 += a3 * b5; C36 += a3 * b6; C37 += a3 * b7;
-        C40 += a4 * b0; C41 += a4 * b1; C42 += a4 * b2; C43 += a4 * b3; C44 += a4 * b4; C45 += a4 * b5; C46 += a4 * b6; C47 += a4 * b7;
-        C50 += a5 * b0; C51 += a5 * b1; C52 += a5 * b2; C53 += a5 * b3; C54 += a5 * b4; C55 += a5 * b5; C56 += a5 * b6; C57 += a5 * b7;
-        C60 += a6 * b0; C61 += a6 * b1; C62 += a6 * b2; C63 += a6 * b3; C64 += a6 * b4; C65 += a6 * b5; C66 += a6 * b6; C67 += a6 * b7;
-        C70 += a7 * b0; C71 += a7 * b1; C72 += a7 * b2; C73 += a7 * b3; C74 += a7 * b4; C75 += a7 * b5; C76 += a7 * b6; C77 += a7 * b7;
+        C00 += a0 * b0;
+        C01 += a0 * b1;
+        C02 += a0 * b2;
+        C03 += a0 * b3;
+        C04 += a0 * b4;
+        C05 += a0 * b5;
+        C06 += a0 * b6;
+        C07 += a0 * b7;
+
+        C10 += a1 * b0;
+        C11 += a1 * b1;
+        C12 += a1 * b2;
+        C13 += a1 * b3;
+        C14 += a1 * b4;
+        C15 += a1 * b5;
+        C16 += a1 * b6;
+        C17 += a1 * b7;
+
+        C20 += a2 * b0;
+        C21 += a2 * b1;
+        C22 += a2 * b2;
+        C23 += a2 * b3;
+        C24 += a2 * b4;
+        C25 += a2 * b5;
+        C26 += a2 * b6;
+        C27 += a2 * b7;
+
+        C30 += a3 * b0;
+        C31 += a3 * b1;
+        C32 += a3 * b2;
+        C33 += a3 * b3;
+        C34 += a3 * b4;
+        C35 += a3 * b5;
+        C36 += a3 * b6;
+        C37 += a3 * b7;
+
+        C40 += a4 * b0;
+        C41 += a4 * b1;
+        C42 += a4 * b2;
+        C43 += a4 * b3;
+        C44 += a4 * b4;
+        C45 += a4 * b5;
+        C46 += a4 * b6;
+        C47 += a4 * b7;
+
+        C50 += a5 * b0;
+        C51 += a5 * b1;
+        C52 += a5 * b2;
+        C53 += a5 * b3;
+        C54 += a5 * b4;
+        C55 += a5 * b5;
+        C56 += a5 * b6;
+        C57 += a5 * b7;
+
+        C60 += a6 * b0;
+        C61 += a6 * b1;
+        C62 += a6 * b2;
+        C63 += a6 * b3;
+        C64 += a6 * b4;
+        C65 += a6 * b5;
+        C66 += a6 * b6;
+        C67 += a6 * b7;
+
+        C70 += a7 * b0;
+        C71 += a7 * b1;
+        C72 += a7 * b2;
+        C73 += a7 * b3;
+        C74 += a7 * b4;
+        C75 += a7 * b5;
+        C76 += a7 * b6;
+        C77 += a7 * b7;
     }
 }
 
@@ -75,7 +139,7 @@ public static class TiledGemm
         var sb4 = SharedMemory.Allocate<Float4>(2 * StageFloats / 4);
         var sa = sa4.Cast<float>();
         var sb = sb4.Cast<float>();
-        // B's taps of two slices: the one being staged and the next (TileOperands.cs).
+        // B's taps of two slices: the one being staged and the next (TileStaging.WriteTaps).
         var taps = SharedMemory.Allocate<Int4>(2 * Slice);
         int tid = Group.IdxX;
         int batch = Grid.IdxZ;
@@ -119,10 +183,14 @@ public static class TiledGemm
         aStaged[saStep] = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
         aStaged[2 * saStep] = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
         aStaged[3 * saStep] = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
-        bStaged[0] = TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsFirst, 0, slice0, bk));
-        bStaged[sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsFirst, bkStep, slice0, bk + bkStep));
-        bStaged[2 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsFirst, 2 * bkStep, slice0, bk + 2 * bkStep));
-        bStaged[3 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsFirst, 3 * bkStep, slice0, bk + 3 * bkStep));
+        bStaged[0] = TileStaging.FetchFinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+            TileStaging.RowTap(b, tapsFirst, 0, slice0, bk));
+        bStaged[sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K,
+            TileStaging.RowTap(b, tapsFirst, bkStep, slice0, bk + bkStep));
+        bStaged[2 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K,
+            TileStaging.RowTap(b, tapsFirst, 2 * bkStep, slice0, bk + 2 * bkStep));
+        bStaged[3 * sbStep] = TileStaging.FetchFinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K,
+            TileStaging.RowTap(b, tapsFirst, 3 * bkStep, slice0, bk + 3 * bkStep));
         Group.Barrier();
 
         var acc = default(Accumulator8x8);
@@ -140,10 +208,14 @@ public static class TiledGemm
             float pa1 = TileStaging.FetchA<TA, TE>(a, ra1, TileStaging.Bit(aInside, 1), ka + akStep, s.K);
             float pa2 = TileStaging.FetchA<TA, TE>(a, ra2, TileStaging.Bit(aInside, 2), ka + 2 * akStep, s.K);
             float pa3 = TileStaging.FetchA<TA, TE>(a, ra3, TileStaging.Bit(aInside, 3), ka + 3 * akStep, s.K);
-            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk));
-            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep));
-            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep));
-            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep));
+            float pb0 = TileStaging.FetchB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+                TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk));
+            float pb1 = TileStaging.FetchB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep));
+            float pb2 = TileStaging.FetchB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep));
+            float pb3 = TileStaging.FetchB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep));
             // Two k-steps per iteration from one base per operand: their float4 reads are the base plus constants, which
             // ptxas folds into the loads. (All eight written out let ptxas hoist every read, at 240-255 registers.)
             for (int k = 0; k < Slice; k += 2)
@@ -161,10 +233,14 @@ public static class TiledGemm
             aStaged[saStep] = pa1;
             aStaged[2 * saStep] = pa2;
             aStaged[3 * saStep] = pa3;
-            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K, TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk), pb0);
-            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K, TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep), pb1);
-            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep), pb2);
-            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K, TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep), pb3);
+            bStaged[0] = TileStaging.FinishB<TB, TE>(b, cb0, TileStaging.Bit(bInside, 0), kb, s.K,
+                TileStaging.RowTap(b, tapsNext, 0, sliceNext, bk), pb0);
+            bStaged[sbStep] = TileStaging.FinishB<TB, TE>(b, cb1, TileStaging.Bit(bInside, 1), kb + bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, bkStep, sliceNext, bk + bkStep), pb1);
+            bStaged[2 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb2, TileStaging.Bit(bInside, 2), kb + 2 * bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 2 * bkStep, sliceNext, bk + 2 * bkStep), pb2);
+            bStaged[3 * sbStep] = TileStaging.FinishB<TB, TE>(b, cb3, TileStaging.Bit(bInside, 3), kb + 3 * bkStep, s.K,
+                TileStaging.RowTap(b, tapsNext, 3 * bkStep, sliceNext, bk + 3 * bkStep), pb3);
             // The taps of the slice after next replace those of this slice, which nobody reads any more.
             tapNext = Slice - tapNext;
             TileStaging.WriteTaps(taps, tapNext, b, k0 + 2 * Slice, s.K, tid, Slice);
@@ -198,8 +274,8 @@ public static class TiledGemm
         Store(s, c, batch, bias, residual, y, i, j1 + 3, v7);
     }
 
-    internal static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y, int i, int j,
-        float acc) where TC : struct, ITileOutput
+    internal static void Store<TC>(TileShape s, TC c, int batch, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y,
+        int i, int j, float acc) where TC : struct, ITileOutput
     {
         if (j >= s.N)
         {
@@ -239,8 +315,8 @@ public static class TiledGemm
     /// </summary>
     internal static void Launch<TA, TB, TC>(ComputeDevice dev,
         Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> exact,
-        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> edgeChecked, int slice, TileShape s, int batches,
-        TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
+        Action<TileShape, TA, TB, TC, ArrayView<float>, ArrayView<float>, ArrayView<float>> edgeChecked, int slice, TileShape s,
+        int batches, TA a, TB b, TC c, ArrayView<float> bias, ArrayView<float> residual, ArrayView<float> y)
         where TA : struct, IRowCursors
         where TB : struct, IColumnOperand
         where TC : struct, ITileOutput

@@ -12,7 +12,8 @@ namespace IlgpuDiffSeg.Kernels;
 
 public static unsafe class HostBackend
 {
-    /// <summary>Runs a kernel's per-item body for items [0, <paramref name="items"/>) over the cores: the kernel's code, so its bits.</summary>
+    /// <summary>Runs a kernel's per-item body for items [0, <paramref name="items"/>) over the cores: the kernel's code, so its
+    /// bits.</summary>
     public static void ForEach(ComputeDevice dev, int items, Action<int> body)
     {
         dev.Synchronize();
@@ -24,7 +25,8 @@ public static unsafe class HostBackend
 
     public static T* Pointer<T>(ArrayView<T> view) where T : unmanaged => (T*)view.LoadEffectiveAddressAsPtr();
 
-    /// <summary>C = act(α·A·B + bias + R) on the host; <paramref name="roundToHalf"/>: A and B rounded to fp16 first (v4's operands).</summary>
+    /// <summary>C = act(α·A·B + bias + R) on the host; <paramref name="roundToHalf"/>: A and B rounded to fp16 first (v4's
+    /// operands).</summary>
     public static void Gemm(ComputeDevice dev, GemmShape s, ArrayView<float> a, ArrayView<float> b, ArrayView<float> c,
         ArrayView<float>? bias, ArrayView<float>? residual, bool roundToHalf)
     {

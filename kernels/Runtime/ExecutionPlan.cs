@@ -94,7 +94,8 @@ public sealed record ExecutionPlan
     {
         if (unetMatmul.IsHost() && !device.IsCpu)
         {
-            throw new ArgumentException($"the {unetMatmul.Label()} kernel runs on the CPU accelerator's memory, not on {device.Describe()}");
+            throw new ArgumentException($"the {unetMatmul.Label()} kernel runs on the CPU accelerator's memory, not on " +
+                                        device.Describe());
         }
         Device = device;
         UNetMatmul = unetMatmul;
@@ -142,8 +143,8 @@ public sealed record ExecutionPlan
         {
             return precision == Precision.Fp32
                 ? new(device, MatmulKernel.Registers, fuseNorms: true)
-                : throw new ArgumentException("fp16 precision needs tensor cores (CUDA) or, on the CPU, the SIMD backend, which rounds the " +
-                                              "same operands to fp16");
+                : throw new ArgumentException("fp16 precision needs tensor cores (CUDA) or, on the CPU, the SIMD backend, which " +
+                                              "rounds the same operands to fp16");
         }
         return new(device, precision == Precision.Fp16 ? MatmulKernel.HostSimdFp16 : MatmulKernel.HostSimd, fuseNorms: true);
     }

@@ -8,7 +8,10 @@ public static class ExportCommand
 {
     public static Command Create()
     {
-        var input = new Argument<string>("model") { Description = "Converted or trained model (.safetensors with the flags in its metadata)" };
+        var input = new Argument<string>("model")
+        {
+            Description = "Converted or trained model (.safetensors with the flags in its metadata)",
+        };
         var output = CommonOptions.Required("--output", "PyTorch checkpoint to write (.pt, what torch.save(model.state_dict()) writes)");
         output.Aliases.Add("-o");
         var flagsOut = new Option<string>("--flags-out")

@@ -3,7 +3,7 @@ using System.Text;
 namespace IlgpuDiffSeg.Tests;
 
 /// <summary>
-/// The tolerance policy (STYLE §4). Element-wise ops: |actual − expected| ≤ atol + rtol·|expected|.
+/// The tolerance policy of the tests. Element-wise ops: |actual − expected| ≤ atol + rtol·|expected|.
 /// Reductions and convolutions: normalised mean squared error. Model parity: max |diff| / max |expected|.
 /// Failures print the first offending pairs, the max difference and that difference as a fraction of the tolerance.
 /// </summary>

@@ -1,4 +1,4 @@
-"""An independent PyTorch model of the ADM UNet, written from the ADM description in docs/method.md, used only to
+"""An independent PyTorch model of the ADM UNet, written from its description (docs/method.md, The ADM UNet), used only to
 generate golden tensors for flag combinations the official fixture does not cover.
 
 It keeps guided-diffusion's module structure and state_dict names so official checkpoints load into it, and it is

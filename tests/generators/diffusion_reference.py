@@ -1,9 +1,10 @@
 """An independent PyTorch/numpy model of guided-diffusion's Gaussian diffusion (training losses and samplers), written
-from ../shared/REFERENCE.md part D and B16, used only to generate golden data for the C# training and sampling code.
+from its description (docs/method.md, training and sampling), used only to generate golden data for the C# training and
+sampling code.
 
 Numerics follow the original where they decide the last bits: every schedule and coefficient table is float64 numpy,
 a table entry is taken per sample and cast to float32 only then, and all tensor arithmetic is float32 in the order
-the formulas in REFERENCE.md D1/D2/D6 are written. The diffusion is always the "spaced" one, as
+the original writes its formulas. The diffusion is always the "spaced" one, as
 create_gaussian_diffusion builds it: even without respacing the betas are rebuilt from the cumulative products and
 the model is called through the timestep map.
 

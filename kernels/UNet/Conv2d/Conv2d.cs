@@ -90,7 +90,8 @@ public static partial class Conv2d
             new TapMajorNormalizedIm2ColOperand(x.View, norm, s, act));
     }
 
-    /// <summary>y = conv(x, w) + b (+ residual) with <paramref name="kernel"/>. Shapes are checked; padding is k/2 ("same" at stride 1).</summary>
+    /// <summary>y = conv(x, w) + b (+ residual) with <paramref name="kernel"/>. Shapes are checked; padding is k/2 ("same" at
+    /// stride 1).</summary>
     public static void Forward(Tensor x, ConvWeights weight, Tensor? bias, Tensor y, int stride = 1, Tensor? residual = null,
         MatmulKernel kernel = MatmulKernel.Registers)
     {
@@ -130,8 +131,8 @@ public static partial class Conv2d
     /// weights' fp16 rows where they are held (tap-major rows with the tap-major im2col, whose K slices share one tap);
     /// otherwise it rounds fp32 weights as it stages them.
     /// </summary>
-    static void RunTiled<TB, TTapMajor>(MatmulKernel kernel, ConvShape s, ConvWeights w, Tensor? bias, Tensor? residual, Tensor y, TB im2col,
-        TTapMajor tapMajorIm2col)
+    static void RunTiled<TB, TTapMajor>(MatmulKernel kernel, ConvShape s, ConvWeights w, Tensor? bias, Tensor? residual, Tensor y,
+        TB im2col, TTapMajor tapMajorIm2col)
         where TB : struct, IColumnOperand
         where TTapMajor : struct, IColumnOperand
     {
@@ -140,7 +141,10 @@ public static partial class Conv2d
         var biasView = bias?.View ?? empty;
         var residualView = residual?.View ?? empty;
         int kk = s.Cin * s.K * s.K;
-        var tile = new TileShape { M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f };
+        var tile = new TileShape
+        {
+            M = s.Cout, N = s.N * s.Ho * s.Wo, K = kk, HasBias = s.HasBias, HasResidual = s.HasResidual, Alpha = 1f,
+        };
         var output = new ConvOutput(s);
         if (kernel == MatmulKernel.TensorCoreFp16 && w.Half is { } half)
         {

@@ -5,7 +5,7 @@ using SixLabors.ImageSharp.Processing;
 
 namespace IlgpuDiffSeg.Data;
 
-/// <summary>Images and label masks as ddpm-segmentation reads them (REFERENCE §A2).</summary>
+/// <summary>Images and label masks as ddpm-segmentation reads them (docs/method.md, Data).</summary>
 public static class ImageData
 {
     static readonly string[] ImageExtensions = ["jpg", "jpeg", "png", "gif"];

@@ -6,7 +6,7 @@ using IlgpuDiffSeg.Model;
 namespace IlgpuDiffSeg.Diffusion;
 
 /// <summary>
-/// ddpm-segmentation's pixel features (REFERENCE §A1–A6): for each step t, x_t = q_sample(x0, t, ε) with one shared
+/// ddpm-segmentation's pixel features (docs/method.md, Feature extraction): for each step t, x_t = q_sample(x0, t, ε) with one shared
 /// ε; one UNet call captures the chosen decoder blocks; each is upsampled bilinearly to the image size and the
 /// results are concatenated step-major, then block-ascending. Steps of a small image run as one batch; a large image
 /// runs one step at a time (one 256² image already fills a GPU, and batching three would triple the activations).

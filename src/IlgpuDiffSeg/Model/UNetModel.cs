@@ -185,8 +185,8 @@ public sealed class UNetModel : Module, IDisposable
     }
 
     /// <summary>The forward of unet.py's UNetModel in <paramref name="p"/> (a training pass saves what the backward needs).</summary>
-    public UNetOutputs Forward(Pass p, Tensor x, Tensor t, IReadOnlyList<long>? classLabels = null, IReadOnlyCollection<int>? capture = null,
-        bool computeOutput = true)
+    public UNetOutputs Forward(Pass p, Tensor x, Tensor t, IReadOnlyList<long>? classLabels = null,
+        IReadOnlyCollection<int>? capture = null, bool computeOutput = true)
     {
         int lastBlock = CheckInputs(x, t, classLabels, capture, computeOutput);
         var result = new UNetOutputs();

@@ -4,7 +4,7 @@ using System.Text;
 namespace IlgpuDiffSeg.Pipeline;
 
 /// <summary>
-/// ddpm-segmentation's compute_iou (REFERENCE §A11): intersections and unions summed over the whole test set per class;
+/// ddpm-segmentation's compute_iou (docs/method.md, mIoU): intersections and unions summed over the whole test set per class;
 /// the ignore label's class is skipped; pixels whose ground truth is the ignore label still count on the prediction side;
 /// a class absent from both counts as IoU 0; mIoU is the mean over every class but the ignored one.
 /// </summary>

@@ -13,7 +13,7 @@ public sealed record Segmentation(int[] Labels, float[] Js, double Uncertainty);
 
 /// <summary>
 /// A trained experiment ready to label images: the UNet, the feature recipe, the ensemble and the noise.
-/// Prediction follows the original's predict_labels (REFERENCE §A10).
+/// Prediction follows the original's predict_labels (docs/method.md, Prediction: vote and uncertainty).
 /// </summary>
 public sealed class Segmenter : IDisposable
 {

@@ -17,7 +17,7 @@ public sealed record TrainingSummary(string EnsemblePath, int Images, long Label
     float[] FinalLoss, long PeakDeviceBytes);
 
 /// <summary>
-/// `diffseg train`: ddpm-segmentation's prepare_data + train (REFERENCE §A7–A9) on the device. Features of every training
+/// `diffseg train`: ddpm-segmentation's prepare_data + train (docs/method.md, Training rule) on the device. Features of every training
 /// image are extracted once; each epoch, each ensemble member gets its own shuffle of the labelled pixels of all images,
 /// cut into batches (drop_last) — as each member of the original has its own DataLoader — and all members step together,
 /// their batches gathered in one launch. The state is saved at each epoch's end and every few minutes, so an interrupted

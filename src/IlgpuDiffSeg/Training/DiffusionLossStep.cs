@@ -28,7 +28,8 @@ public static class DiffusionLossStep
         int n = x0[0];
         if (t.Count != n || weights.Count != n || noise.Length != x0.Length)
         {
-            throw new ArgumentException($"loss step: batch {x0.ShapeString}, noise {noise.ShapeString}, {t.Count} timesteps, {weights.Count} weights");
+            throw new ArgumentException($"loss step: batch {x0.ShapeString}, noise {noise.ShapeString}, {t.Count} timesteps, " +
+                                        $"{weights.Count} weights");
         }
         var qCoefficients = new float[2 * n];
         for (int i = 0; i < n; i++)

@@ -59,7 +59,8 @@ public sealed class ExportCommandTests : IDisposable
     public void MissingModel()
     {
         string pt = tmp.File("m.pt");
-        CliRunner.AssertOneLineError(CliRunner.Run("export", tmp.File("absent.safetensors"), "-o", pt), "absent.safetensors", "file not found");
+        CliRunner.AssertOneLineError(CliRunner.Run("export", tmp.File("absent.safetensors"), "-o", pt), "absent.safetensors",
+            "file not found");
         AssertNothingWritten(pt);
     }
 
@@ -78,7 +79,8 @@ public sealed class ExportCommandTests : IDisposable
         string model = Converted(), cut = tmp.File("cut.safetensors"), pt = tmp.File("m.pt");
         using (var file = SafetensorsFile.Open(model))
         {
-            var sources = file.Entries.Skip(1).Select(e => new SafetensorSource(e.Name, e.Shape, s => file.ReadFloat32(e).CopyTo(s))).ToList();
+            var sources = file.Entries.Skip(1)
+                .Select(e => new SafetensorSource(e.Name, e.Shape, s => file.ReadFloat32(e).CopyTo(s))).ToList();
             SafetensorsFile.Write(cut, sources, file.Metadata);
         }
         CliRunner.AssertOneLineError(CliRunner.Run("export", cut, "-o", pt), "cut.safetensors", "missing key 'time_embed.0.weight'");

@@ -51,7 +51,7 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     public void CompilesForSm90(string name)
     {
         var method = KernelMethods().Single(m => Name(m) == name);
-        // A fresh context per kernel: a failed compile can leave a backend unusable (ILGPU.md §6-E).
+        // A fresh context per kernel: a failed compile can leave a backend unusable (docs/ilgpu.md, Offline PTX).
         using var context = Context.Create(b => b.Optimize(OptimizationLevel.O2).EnableAlgorithms());
         using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
             CudaInstructionSet.ISA_85, null);

@@ -31,7 +31,7 @@ public sealed class PublishedConfigTests
     [Fact]
     public void LsunBedroomHasTheDocumentedSize()
     {
-        // REFERENCE §B13: 566 tensors, 552,814,086 parameters; decoder blocks 5,6,7,8,12 give 2816 channels per step.
+        // docs/method.md, The ADM UNet: 566 tensors, 552,814,086 parameters; decoder blocks 5,6,7,8,12 give 2816 channels per step.
         var model = new UNetModel(AdmFlags.Parse("""
             {"attention_resolutions": "32,16,8", "class_cond": false, "diffusion_steps": 1000, "dropout": 0.1,
              "image_size": 256, "learn_sigma": true, "noise_schedule": "linear", "num_channels": 256,

@@ -10,7 +10,7 @@ public abstract class FeatureParityTests(ExecutionPlan? plan, ITestOutputHelper 
     readonly ComputeDevice? device = plan?.Device;
 
     /// <summary>
-    /// ../shared/fixtures/adm-tiny/features.npy: ddpm-segmentation's pixel features of x0[0] with the shared noise at
+    /// tests/fixtures/adm-tiny/features.npy: ddpm-segmentation's pixel features of x0[0] with the shared noise at
     /// steps 50,150,250, blocks 2,3,4,5,7. Tolerance: max |diff| ≤ 1e-4 · max |official| (the bound).
     /// </summary>
     [Fact]
@@ -80,7 +80,7 @@ public sealed class NoiseScheduleTests
     [Fact]
     public void LinearScheduleMatchesGuidedDiffusion()
     {
-        // REFERENCE §A3 table (float64 values from guided-diffusion).
+        // Float64 values from guided-diffusion (docs/method.md, Noise schedules and q_sample).
         var s = NoiseSchedule.Linear(1000);
         Assert.Equal(0.0001, s.Betas[0], 15);
         Assert.Equal(0.02, s.Betas[999], 15);

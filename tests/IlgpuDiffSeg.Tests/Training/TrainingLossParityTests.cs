@@ -11,7 +11,7 @@ namespace IlgpuDiffSeg.Tests.Training;
 /// guided-diffusion's training_losses and its gradients (the official tests/fixtures/adm-tiny/train, and the flag
 /// combinations of tests/fixtures/train-configs): .pt → convert → one loss step with dropout off → every loss term and the
 /// gradient of every parameter under its state_dict name.
-/// Tolerances (train-configs/README.md: a correct fp32 port measured ≤ 8.4e-7 and ≤ 1.8e-5 of them): loss terms within
+/// Tolerances (tests/fixtures/train-configs/README.md: a correct fp32 port measured ≤ 8.4e-7 and ≤ 1.8e-5 of them): loss terms within
 /// 1e-5 relative; each gradient tensor within 1e-4·max(max|ref|, 1e-2·G), G the largest |ref| of the folder — the floor
 /// for tensors whose true gradient is 0 and whose file holds only PyTorch's rounding (biases before a GroupNorm of one
 /// channel per group).
@@ -35,7 +35,8 @@ public abstract class TrainingLossParityTests(ExecutionPlan? plan, ITestOutputHe
 
     public sealed record Outcome(double WorstLoss, double WorstGradient, string WorstTensor);
 
-    /// <summary>Runs the folder's step under <paramref name="plan"/>; returns the worst errors (gradients as a fraction of 1e-4's scale).</summary>
+    /// <summary>Runs the folder's step under <paramref name="plan"/>; returns the worst errors (gradients as a fraction of their
+    /// bound).</summary>
     public static Outcome Check(ExecutionPlan plan, string dir, ITestOutputHelper log)
     {
         // adm-tiny keeps its model and flags one level up from train/.
