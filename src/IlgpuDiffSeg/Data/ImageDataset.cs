@@ -65,7 +65,8 @@ public sealed class ImageBatch
 /// come from one seed, so a run is reproducible and can resume its data stream (<see cref="ImageDatasetOptions.FirstBatch"/>).
 ///
 /// Batches are assembled ahead of the consumer on a background thread, their images decoded in parallel on the thread
-/// pool, into a bounded queue: host memory holds PrefetchBatches + 1 batches and the file list, whatever the folder size.
+/// pool, into a bounded queue: beyond the batches the consumer holds, host memory keeps PrefetchBatches + 1 batches and
+/// the file list, whatever the folder size.
 /// A file that cannot be read or decoded ends the stream: <see cref="NextBatch"/> throws a
 /// <see cref="DiffSegException"/> naming it, after the batches decoded before it.
 /// </summary>
@@ -78,6 +79,7 @@ public sealed class ImageDataset : IDisposable
     readonly CancellationTokenSource cancel = new();
     readonly Thread producer;
     ExceptionDispatchInfo? failure;
+    long assembled;
     bool disposed;
 
     /// <summary>This shard's files, in listing order.</summary>
@@ -90,6 +92,9 @@ public sealed class ImageDataset : IDisposable
     public IReadOnlyList<string> ClassNames { get; }
 
     public int BatchesPerEpoch => Files.Count / options.BatchSize;
+
+    /// <summary>Batches decoded so far, handed out or waiting: at most PrefetchBatches + 1 ahead of the consumer.</summary>
+    public long BatchesAssembled => Interlocked.Read(ref assembled);
 
     public ImageDataset(string folder, ImageDatasetOptions options)
     {
@@ -184,6 +189,7 @@ public sealed class ImageDataset : IDisposable
                 }
                 int first = (int)(number % BatchesPerEpoch) * options.BatchSize;
                 var batch = Assemble(number, epoch, order.AsSpan(first, options.BatchSize), flips.AsSpan(first, options.BatchSize));
+                Interlocked.Increment(ref assembled);
                 queue.Add(batch, cancel.Token);
             }
         }
@@ -342,6 +348,11 @@ public sealed class ImageDataset : IDisposable
         }
         try
         {
+            if (bytes.Length > 2 && bytes[0] == 0xFF && bytes[1] == 0xD8 && !JpegIsComplete(bytes))
+            {
+                // ImageSharp decodes what there is and leaves the rest grey; PIL refuses ("image file is truncated").
+                throw DiffSegException.For(path, "truncated JPEG (the data ends before its end-of-image marker)");
+            }
             return PngDepth(bytes) == 16 ? DecodePng16(bytes, out width, out height)
                 : IsGif(bytes) ? DecodeGif(bytes, out width, out height)
                 : Decode8(bytes, out width, out height);
@@ -349,10 +360,50 @@ public sealed class ImageDataset : IDisposable
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             // ImageSharp reports unknown formats and bad content with its own exceptions, but a damaged file can make a
-            // decoder (or the header reading below) fail in other ways too; all of them are the file's problem.
-            string problem = e is UnknownImageFormatException ? "not a PNG, JPEG or GIF image" : $"corrupt image ({e.Message.TrimEnd('.')})";
-            throw DiffSegException.For(path, problem);
+            // decoder (or GifFirstFrame) fail in other ways too; all of them are the file's problem.
+            throw DiffSegException.For(path, e is UnknownImageFormatException
+                ? "not a PNG, JPEG or GIF image"
+                : $"corrupt image ({e.Message.TrimEnd('.')})");
         }
+    }
+
+    /// <summary>
+    /// Whether the JPEG's markers run to its end-of-image marker: segments after SOI carry their length, each scan's
+    /// entropy-coded data ends at the first 0xFF not followed by 0x00 (a stuffed byte) or a restart marker.
+    /// </summary>
+    static bool JpegIsComplete(byte[] b)
+    {
+        int at = 2;
+        while (at + 1 < b.Length)
+        {
+            if (b[at] != 0xFF)
+            {
+                return false;
+            }
+            int marker = b[at + 1];
+            if (marker == 0xFF)
+            {
+                at++; // fill byte
+                continue;
+            }
+            if (marker == 0xD9)
+            {
+                return true;
+            }
+            if (at + 3 >= b.Length)
+            {
+                return false;
+            }
+            at += 2 + (b[at + 2] << 8 | b[at + 3]);
+            if (marker == 0xDA)
+            {
+                while (at + 1 < b.Length && !(b[at] == 0xFF && b[at + 1] != 0 && (b[at + 1] < 0xD0 || b[at + 1] > 0xD7)))
+                {
+                    at++;
+                }
+            }
+        }
+        return false;
     }
 
     static byte[] Decode8(byte[] bytes, out int width, out int height)
