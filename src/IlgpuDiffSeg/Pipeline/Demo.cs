@@ -10,7 +10,7 @@ using SixLabors.ImageSharp.Processing;
 namespace IlgpuDiffSeg.Pipeline;
 
 /// <summary>
-/// `diffseg demo`: the whole method on a data set it builds itself (procedural textured-shape scenes), with the small
+/// `diffseg demo`: the whole method on a data set it builds itself (procedural scenes, classes told by shape alone), with the small
 /// ADM shipped in weights/, through the same code as train and evaluate. The demo UNet has random weights — see
 /// <see cref="WeightsStatement"/> — so it shows the pipeline, its outputs and its speed, not what a pretrained DDPM gives.
 /// </summary>
