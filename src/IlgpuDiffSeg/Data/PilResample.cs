@@ -1,6 +1,6 @@
 namespace IlgpuDiffSeg.Data;
 
-/// <summary>The two PIL resampling filters image_datasets.py uses (REFERENCE §D5).</summary>
+/// <summary>The two PIL resampling filters image_datasets.py uses (docs/method.md, Data).</summary>
 public enum PilFilter
 {
     /// <summary>Mean of the source pixels under each destination pixel (support ½, scaled by the downscale factor).</summary>
