@@ -177,9 +177,26 @@ public static partial class Silu
 
 public static class Dropout
 {
-    public static void Forward(Tensor x, Tensor y, float p, ulong seed) => throw new NotImplementedException("dropout stub");
+    static float Mask(ulong seed, int i, float p)
+    {
+        ulong z = seed + (ulong)i * 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        z ^= z >> 31;
+        return (z >> 40) / (float)(1 << 24) < p ? 0f : 1f / (1f - p);
+    }
 
-    public static void Backward(Tensor dy, Tensor dx, float p, ulong seed) => throw new NotImplementedException("dropout stub");
+    public static void Forward(Tensor x, Tensor y, float p, ulong seed)
+    {
+        var v = x.ToArray();
+        for (int i = 0; i < v.Length; i++)
+        {
+            v[i] *= Mask(seed, i, p);
+        }
+        y.CopyFrom(v);
+    }
+
+    public static void Backward(Tensor dy, Tensor dx, float p, ulong seed) => Forward(dy, dx, p, seed);
 }
 
 public static class Embedding
@@ -378,5 +395,60 @@ public static partial class Attention
             }
         }
         StubIo.Set(dqkv, r.Select(v => (float)v).ToArray());
+    }
+}
+
+public static class AdamW
+{
+    public static void Step(ExecutionPlan plan, Tensor p, Tensor g, Tensor m, Tensor v, long step, double lr, double weightDecay,
+        double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, float gradScale = 1f)
+    {
+        var pv = p.ToArray();
+        var gv = g.ToArray();
+        var mv = m.ToArray();
+        var vv = v.ToArray();
+        double bc1 = 1 - Math.Pow(beta1, step), bc2 = 1 - Math.Pow(beta2, step);
+        for (int i = 0; i < pv.Length; i++)
+        {
+            float grad = gv[i] * gradScale;
+            pv[i] *= (float)(1 - lr * weightDecay);
+            mv[i] = (float)(beta1 * mv[i] + (1 - beta1) * grad);
+            vv[i] = (float)(beta2 * vv[i] + (1 - beta2) * grad * grad);
+            double denom = Math.Sqrt(vv[i]) / Math.Sqrt(bc2) + eps;
+            pv[i] = (float)(pv[i] - lr / bc1 * mv[i] / denom);
+        }
+        p.CopyFrom(pv);
+        m.CopyFrom(mv);
+        v.CopyFrom(vv);
+    }
+}
+
+public static class Ema
+{
+    public static void Update(Tensor ema, Tensor p, float rate)
+    {
+        var e = ema.ToArray();
+        var pv = p.ToArray();
+        for (int i = 0; i < e.Length; i++)
+        {
+            e[i] = e[i] * rate + pv[i] * (1 - rate);
+        }
+        ema.CopyFrom(e);
+    }
+}
+
+public static class Norms
+{
+    public static void SumOfSquares(Tensor x, Tensor into, int slot)
+    {
+        var xv = x.ToArray();
+        double acc = 0;
+        foreach (var v in xv)
+        {
+            acc += (double)v * v;
+        }
+        var all = into.ToArray();
+        all[slot] = (float)acc;
+        into.CopyFrom(all);
     }
 }

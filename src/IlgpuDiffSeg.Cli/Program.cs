@@ -15,6 +15,8 @@ public static class Program
         root.Subcommands.Add(ConvertCommand.Create());
         root.Subcommands.Add(ExportCommand.Create());
         root.Subcommands.Add(UNetCommand.Create());
+        root.Subcommands.Add(LossCommand.Create());
+        root.Subcommands.Add(TrainDdpmCommand.Create());
         root.Subcommands.Add(PipelineCommands.Features());
         root.Subcommands.Add(PipelineCommands.Train());
         root.Subcommands.Add(PipelineCommands.Evaluate());
@@ -52,6 +54,11 @@ public static class Program
             Console.Error.WriteLine($"error: {e.Message}");
         }
         catch (IlgpuDiffSeg.Pipeline.TrainingInterruptedException e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 130;
+        }
+        catch (IlgpuDiffSeg.Training.TrainingStoppedException e)
         {
             Console.Error.WriteLine(e.Message);
             return 130;

@@ -246,8 +246,12 @@ public static class ModelWeights
         }
     }
 
-    /// <summary>Writes a model's current weights as a converted checkpoint (flags in the metadata, as Convert writes).</summary>
-    public static void Save(UNetModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null)
+    /// <summary>
+    /// Writes a model's current weights — or <paramref name="values"/>, one tensor per parameter in order (an EMA of them) —
+    /// as a converted checkpoint (flags in the metadata, as Convert writes).
+    /// </summary>
+    public static void Save(UNetModel model, string path, IReadOnlyDictionary<string, string>? extraMetadata = null,
+        IReadOnlyList<Tensor>? values = null)
     {
         var metadata = new Dictionary<string, string>
         {
@@ -259,13 +263,49 @@ public static class ModelWeights
         {
             metadata[k] = v;
         }
-        if (model.Parameters().FirstOrDefault(p => p.Value is null) is { } missing)
+        var parameters = model.Parameters().ToList();
+        if (values is null && parameters.FirstOrDefault(p => p.Value is null) is { } missing)
         {
-            throw DiffSegException.For(path, $"cannot be written: '{missing.Name}' is " +
-                                             (missing.Half is null ? "not loaded" : "held in fp16 only (precision fp16); saving needs the fp32 weights"));
+            throw DiffSegException.For(path, $"cannot be written: '{missing.Name}' is " + (missing.Half is null
+                ? "not loaded"
+                : "held in fp16 only (precision fp16); saving needs the fp32 weights"));
         }
-        var sources = model.Parameters().Select(p => new SafetensorSource(p.Name, p.Shape, span => p.T.CopyTo(span))).ToList();
+        var sources = parameters.Select((p, i) => new SafetensorSource(p.Name, p.Shape, span => (values?[i] ?? p.T).CopyTo(span))).ToList();
         SafetensorsFile.Write(path, sources, metadata);
+    }
+
+    /// <summary>The flags that decide a network's parameters and forward (dropout, checkpointing, fp16 and the diffusion do not).</summary>
+    static readonly string[] ArchitectureFlags =
+    [
+        "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample", "num_head_channels", "attention_resolutions",
+        "channel_mult", "class_cond", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "learn_sigma",
+    ];
+
+    /// <summary>
+    /// Loads a converted checkpoint's weights, as fp32 (a trainer's master weights), into <paramref name="model"/>, built
+    /// from <paramref name="flags"/>: fine-tuning with --init. The checkpoint's flags must describe the same network.
+    /// </summary>
+    public static void LoadInto(UNetModel model, string path, ExecutionPlan plan, AdmFlags flags)
+    {
+        using var file = SafetensorsFile.Open(path);
+        var theirs = System.Text.Json.Nodes.JsonNode.Parse(FlagsOf(file).ToJson())!.AsObject();
+        var ours = System.Text.Json.Nodes.JsonNode.Parse(flags.ToJson())!.AsObject();
+        foreach (var name in ArchitectureFlags)
+        {
+            string a = theirs[name]?.ToJsonString() ?? "", b = ours[name]?.ToJsonString() ?? "";
+            if (a != b)
+            {
+                throw DiffSegException.For(path, $"was made with {name} {a}, the flags give {b}: it is another network");
+            }
+        }
+        CheckAgainst(model, file.Entries.ToDictionary(e => e.Name, e => e.Shape), path);
+        model.Plan = plan;
+        foreach (var p in model.Parameters())
+        {
+            file.TryGet(p.Name, out var entry);
+            using var mapped = file.Map(entry);
+            Place(p, plan, mapped.Span, keepFp32: true);
+        }
     }
 
     /// <summary>
