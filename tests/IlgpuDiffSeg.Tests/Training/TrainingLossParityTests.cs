@@ -33,6 +33,45 @@ public abstract class TrainingLossParityTests(ExecutionPlan? plan, ITestOutputHe
         Assert.True(result.WorstGradient <= 1, $"gradient '{result.WorstTensor}' at {result.WorstGradient:E2} of its bound");
     }
 
+    /// <summary>
+    /// use_checkpoint reruns each block's forward inside its backward instead of keeping its activations: the same
+    /// arithmetic, so the same gradients to the bit.
+    /// </summary>
+    [Fact]
+    public void GradientCheckpointingGivesTheSameGradients()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        string dir = Path.Combine(Fixtures.Root, "adm-tiny", "train");
+        var plain = Gradients(plan!, dir, useCheckpoint: false);
+        var checkpointed = Gradients(plan!, dir, useCheckpoint: true);
+        Assert.Equal(plain.Keys, checkpointed.Keys);
+        foreach (var (name, g) in plain)
+        {
+            Assert.True(g.AsSpan().SequenceEqual(checkpointed[name]), $"'{name}' differs with use_checkpoint");
+        }
+    }
+
+    static Dictionary<string, float[]> Gradients(ExecutionPlan plan, string dir, bool useCheckpoint)
+    {
+        string modelDir = Path.GetDirectoryName(dir)!;
+        using var tmp = new TempDir();
+        var flags = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(modelDir, "flags.json")))!.AsObject();
+        flags["use_checkpoint"] = useCheckpoint;
+        File.WriteAllText(tmp.File("flags.json"), flags.ToJsonString());
+        ModelWeights.Convert(Path.Combine(modelDir, "model.pt"), tmp.File("flags.json"), tmp.File("m.safetensors"));
+        using var model = ModelWeights.Load(tmp.File("m.safetensors"), plan);
+        model.AllocateGradients(plan.Device);
+        var x0 = Npy.ReadFloat32(Path.Combine(dir, "x_start.npy"), out var shape);
+        var noise = Npy.ReadFloat32(Path.Combine(dir, "noise.npy"), out _);
+        var t = Npy.Read(Path.Combine(dir, "t.npy")).ToInt64("t.npy").Select(v => (int)v).ToArray();
+        using var dx0 = plan.Device.Upload(x0, shape);
+        using var dNoise = plan.Device.Upload(noise, shape);
+        using var pass = new Pass(plan, training: false, saves: true);
+        DiffusionLossStep.Run(model, GaussianDiffusion.FromFlags(model.Flags), pass, dx0, dNoise, t, null,
+            Enumerable.Repeat(1f / t.Length, t.Length).ToArray());
+        return model.Parameters().ToDictionary(p => p.Name, p => p.G.ToArray());
+    }
+
     public sealed record Outcome(double WorstLoss, double WorstGradient, string WorstTensor);
 
     /// <summary>Runs the folder's step under <paramref name="plan"/>; returns the worst errors (gradients as a fraction of their
