@@ -15,9 +15,15 @@ import time
 
 import torch
 
-FLAGS = dict(image_size=64, num_channels=32, channel_mult="1,2,2,2", num_res_blocks=1, attention_resolutions="8",
-             num_head_channels=32, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, dropout=0.0,
-             noise_schedule="linear", diffusion_steps=1000)
+CONFIGS = {
+    "demo": dict(image_size=64, num_channels=32, channel_mult="1,2,2,2", num_res_blocks=1, attention_resolutions="8",
+                 num_head_channels=32, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, dropout=0.0,
+                 noise_schedule="linear", diffusion_steps=1000),
+    "lsun256": dict(image_size=256, num_channels=256, channel_mult="", num_res_blocks=2, attention_resolutions="32,16,8",
+                    num_head_channels=64, resblock_updown=True, use_scale_shift_norm=True, learn_sigma=True, dropout=0.1,
+                    noise_schedule="linear", diffusion_steps=1000),
+}
+FLAGS = dict(CONFIGS["demo"])
 
 
 def official(path):
@@ -51,30 +57,46 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="demo")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fp16", action="store_true", help="autocast the model to fp16 (CUDA)")
     a = ap.parse_args()
+    FLAGS.clear()
+    FLAGS.update(CONFIGS[a.config])
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model, steps, loss_of, what = official(a.guided_diffusion) if a.guided_diffusion else reference()
-    model.train()
+    dev = torch.device(a.device)
+    model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ema = [p.detach().clone() for p in model.parameters()]
-    x = torch.rand(a.batch, 3, 64, 64) * 2 - 1
+    size = FLAGS["image_size"]
+    x = torch.rand(a.batch, 3, size, size, device=dev) * 2 - 1
+    scaler = torch.cuda.amp.GradScaler(enabled=a.fp16)
 
     def step():
         opt.zero_grad()
-        t = torch.randint(0, steps, (a.batch,))
-        loss_of(x, t, torch.randn_like(x)).backward()
-        opt.step()
+        t = torch.randint(0, steps, (a.batch,), device=dev)
+        with torch.autocast(a.device, dtype=torch.float16, enabled=a.fp16):
+            loss = loss_of(x, t, torch.randn_like(x))
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         with torch.no_grad():
             for e, p in zip(ema, model.parameters()):
                 e.mul_(0.9999).add_(p, alpha=1 - 0.9999)
 
     step()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(a.reps):
         step()
+    sync()
     each = (time.perf_counter() - start) / a.reps
-    print(f"peer train step batch {a.batch}: {each:.3f} s per step (PyTorch {torch.__version__}, {a.threads} threads, {what})")
+    peak = f", peak {torch.cuda.max_memory_allocated() / 1e9:.2f} GB" if dev.type == "cuda" else ""
+    print(f"peer train step batch {a.batch}: {each:.3f} s per step (PyTorch {torch.__version__}, {a.config}, "
+          f"{'fp16 autocast' if a.fp16 else 'fp32'}, {a.device}, {a.threads} threads{peak}, {what})")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 ///   weights [auto|cpu|cuda] [--out FILE.md]                                 device memory of the LSUN-256 weights, fp32 and fp16
 ///   export-features EXP.json DIR                                            features + masks for original_mlp.py
 ///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
-///   train-step [batch] [reps] [fp32|fp16]                                   one training step of the demo ADM at 64², timed
+///   train-step [batch] [reps] [fp32|fp16] [demo|lsun256]                    one training step of the demo or LSUN-256 ADM, timed
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
 /// </summary>
 public static class Program
@@ -61,7 +61,8 @@ public static class Program
                 return TrainTrace.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), int.Parse(args[3], CultureInfo.InvariantCulture), args[4]);
             case "train-step":
                 return TrainStepBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "16", CultureInfo.InvariantCulture),
-                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "fp32");
+                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "fp32",
+                    args.ElementAtOrDefault(4) ?? "demo");
             case "host":
                 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
                 return 0;
