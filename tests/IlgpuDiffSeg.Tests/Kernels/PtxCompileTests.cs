@@ -149,7 +149,10 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
     }
 
-    /// <summary>The explicitly grouped reductions: GroupNorm's chunk moments (shared-memory tree) and Softmax v2 (warp shuffles).</summary>
+    /// <summary>
+    /// The explicitly grouped reductions: GroupNorm's chunk moments (shared-memory tree), Softmax v2 and its backward (warp
+    /// shuffles).
+    /// </summary>
     [Fact]
     public void ReductionKernelsCompileForSm90()
     {
@@ -159,7 +162,10 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         string softmax = CompileExplicitlyGrouped(typeof(Softmax), "WarpRowsKernel", "softmax-v2");
         Assert.Contains("shfl.sync.bfly", softmax);
         Assert.DoesNotContain(".local", softmax);
-        Assert.DoesNotContain(".extern .func", moments + softmax);
+        string softmaxBackward = CompileExplicitlyGrouped(typeof(Softmax), "BackwardWarpRowsKernel", "softmax-backward-v2");
+        Assert.Contains("shfl.sync.bfly", softmaxBackward);
+        Assert.DoesNotContain(".local", softmaxBackward);
+        Assert.DoesNotContain(".extern .func", moments + softmax + softmaxBackward);
     }
 
     /// <summary>
