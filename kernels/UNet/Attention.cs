@@ -4,13 +4,20 @@
 //   new order (QKVAttention, ImageNet-64): q = rows [0,C), k = [C,2C), v = [2C,3C), each (head, ch).
 // w[t,s] = softmax_s(Σ_c (q[c,t]·σ)(k[c,s]·σ)) with σ = ch^(−1/4); out[c,t] = Σ_s w[t,s]·v[c,s];
 // output channels head-major in both orders.
+// Forward:
 //   v1  two batched Gemms through a (N·H, T, T) score buffer and a row Softmax between them (any Gemm version).
 //   v2  flash: one kernel, tile by tile with an online softmax, never writing the T×T scores. A group of 256 threads
 //       owns 64 queries of one head: Q (64 × ch, pre-scaled by σ²) stays in shared memory; per tile of 32 keys it
 //       computes S (4×2 per thread), updates each row's running max and sum (4 lanes per row, shuffles), rescales its
 //       4 queries × 4 channels of O and adds P·Vᵀ. fp32 throughout; for ch ≤ 64 and 32-lane warps (the UNet's
-//       num_head_channels 64), chosen with the tiled kernels (Forward's version 3).
-// FLOPs = 4·N·H·T²·ch; score buffer N·H·T² floats (32 MB for the 256-model's 32×32 level at batch 1).
+//       num_head_channels 64), chosen with the tiled kernels (MatmulKernel.Tiled).
+// Backward (dy = dL/dout (N, C, T) → dqkv (N, 3C, T) in qkv's layout, every element written once):
+//   P = softmax(σ²·qᵀk), dV = dY·P, dP = dYᵀ·V, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = σ²·K·dSᵀ, dK = σ²·Q·dS.
+//   v1  P recomputed as forward v1 into one (N·H, T, T) buffer, dP into a second; four strided batched Gemms write
+//       dV, dP, dQ, dK (the last three straight into dqkv's rows) and Softmax.Backward turns dP into dS in place. With
+//       the fp16 kernels every product's operands are rounded to fp16 as in the forward; P, dP and dS are stored fp32.
+// FLOPs: forward 4·N·H·T²·ch; backward v1 8·N·H·T²·ch (+ the recomputed P: 2·N·H·T²·ch).
+// Score buffer N·H·T² floats (32 MB for the 256-model's 32×32 level at batch 1); backward v1 needs two.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -21,11 +28,12 @@ public static class Attention
 {
     // ---- CPU reference
 
-    public static float[] Reference(float[] qkv, int n, int channels, int t, int heads, bool legacyOrder)
+    /// <summary>The forward in double: qkv (N, 3C, T) → y (N, C, T).</summary>
+    public static double[] Reference(double[] qkv, int n, int channels, int t, int heads, bool legacyOrder)
     {
         int ch = channels / heads;
-        float scale = (float)(1 / Math.Sqrt(Math.Sqrt(ch)));
-        var y = new float[n * channels * t];
+        double scale2 = 1 / Math.Sqrt(ch);
+        var y = new double[n * channels * t];
         var w = new double[t];
         for (int b = 0; b < n; b++)
         for (int h = 0; h < heads; h++)
@@ -39,10 +47,10 @@ public static class Attention
                     double acc = 0;
                     for (int c = 0; c < ch; c++)
                     {
-                        acc += (double)(qkv[q0 + c * t + i] * scale) * (qkv[k0 + c * t + j] * scale);
+                        acc += qkv[q0 + c * t + i] * qkv[k0 + c * t + j];
                     }
-                    w[j] = acc;
-                    max = Math.Max(max, acc);
+                    w[j] = scale2 * acc;
+                    max = Math.Max(max, w[j]);
                 }
                 double sum = 0;
                 for (int j = 0; j < t; j++)
@@ -57,12 +65,113 @@ public static class Attention
                     {
                         acc += w[j] / sum * qkv[v0 + c * t + j];
                     }
-                    y[(b * channels + h * ch + c) * t + i] = (float)acc;
+                    y[(b * channels + h * ch + c) * t + i] = acc;
                 }
             }
         }
         return y;
     }
+
+    public static float[] Reference(float[] qkv, int n, int channels, int t, int heads, bool legacyOrder) =>
+        ToSingle(Reference(ToDouble(qkv), n, channels, t, heads, legacyOrder));
+
+    /// <summary>
+    /// The backward in double: dqkv (N, 3C, T), in qkv's layout, of the loss whose gradient at the output is dy (N, C, T).
+    /// <paramref name="roundOperandsToHalf"/>: both operands of each of the five products (qᵀk, dY·P, dYᵀ·V, K·dSᵀ, Q·dS)
+    /// rounded to fp16 first, P and dS through fp32, as the fp16 kernels run backward v1; the softmax and dS stay unrounded.
+    /// </summary>
+    public static double[] BackwardReference(double[] qkv, double[] dy, int n, int channels, int t, int heads, bool legacyOrder,
+        bool roundOperandsToHalf = false)
+    {
+        int ch = channels / heads;
+        double scale2 = 1 / Math.Sqrt(ch);
+        Func<double, double> r = roundOperandsToHalf ? x => (double)(System.Half)(float)x : x => x;
+        var dqkv = new double[qkv.Length];
+        var p = new double[t * t];
+        var ds = new double[t * t];
+        for (int b = 0; b < n; b++)
+        for (int h = 0; h < heads; h++)
+        {
+            QkvOffsets(b, h, channels, t, heads, legacyOrder, out int q0, out int k0, out int v0);
+            int y0 = (b * channels + h * ch) * t;
+            // P = softmax(σ²·qᵀk) by rows
+            for (int i = 0; i < t; i++)
+            {
+                double max = double.NegativeInfinity, sum = 0;
+                for (int j = 0; j < t; j++)
+                {
+                    double acc = 0;
+                    for (int c = 0; c < ch; c++)
+                    {
+                        acc += r(qkv[q0 + c * t + i]) * r(qkv[k0 + c * t + j]);
+                    }
+                    p[i * t + j] = scale2 * acc;
+                    max = Math.Max(max, p[i * t + j]);
+                }
+                for (int j = 0; j < t; j++)
+                {
+                    p[i * t + j] = Math.Exp(p[i * t + j] - max);
+                    sum += p[i * t + j];
+                }
+                for (int j = 0; j < t; j++)
+                {
+                    p[i * t + j] /= sum;
+                }
+            }
+            // dP = dYᵀ·V, then dS = P ⊙ (dP − rowsum(dP ⊙ P))
+            for (int i = 0; i < t; i++)
+            {
+                double dot = 0;
+                for (int j = 0; j < t; j++)
+                {
+                    double acc = 0;
+                    for (int c = 0; c < ch; c++)
+                    {
+                        acc += r(dy[y0 + c * t + i]) * r(qkv[v0 + c * t + j]);
+                    }
+                    ds[i * t + j] = acc;
+                    dot += acc * p[i * t + j];
+                }
+                for (int j = 0; j < t; j++)
+                {
+                    ds[i * t + j] = p[i * t + j] * (ds[i * t + j] - dot);
+                }
+            }
+            // dV = dY·P, dK = σ²·Q·dS, dQ = σ²·K·dSᵀ
+            for (int c = 0; c < ch; c++)
+            {
+                for (int j = 0; j < t; j++)
+                {
+                    double dv = 0, dk = 0;
+                    for (int i = 0; i < t; i++)
+                    {
+                        dv += r(dy[y0 + c * t + i]) * r(p[i * t + j]);
+                        dk += r(qkv[q0 + c * t + i]) * r(ds[i * t + j]);
+                    }
+                    dqkv[v0 + c * t + j] = dv;
+                    dqkv[k0 + c * t + j] = scale2 * dk;
+                }
+                for (int i = 0; i < t; i++)
+                {
+                    double dq = 0;
+                    for (int j = 0; j < t; j++)
+                    {
+                        dq += r(qkv[k0 + c * t + j]) * r(ds[i * t + j]);
+                    }
+                    dqkv[q0 + c * t + i] = scale2 * dq;
+                }
+            }
+        }
+        return dqkv;
+    }
+
+    public static float[] BackwardReference(float[] qkv, float[] dy, int n, int channels, int t, int heads, bool legacyOrder,
+        bool roundOperandsToHalf = false) =>
+        ToSingle(BackwardReference(ToDouble(qkv), ToDouble(dy), n, channels, t, heads, legacyOrder, roundOperandsToHalf));
+
+    static double[] ToDouble(float[] x) => Array.ConvertAll(x, v => (double)v);
+
+    static float[] ToSingle(double[] x) => Array.ConvertAll(x, v => (float)v);
 
     /// <summary>Where q, k, v of one head start, relative to the batch item; and the stride between heads.</summary>
     static (int k, int v, int head) Layout(int channels, int t, int heads, bool legacy)
@@ -79,7 +188,7 @@ public static class Attention
         v = q + vOff;
     }
 
-    // ---- flash kernel
+    // ---- GPU kernels (forward v2, flash; v1 are Gemm and Softmax launches)
 
     public struct FlashShape
     {
@@ -133,8 +242,10 @@ public static class Attention
             int pa = ty * 4 * FlashKeys + tx * 2;
             ps[pa] = valid0 ? s00 : float.NegativeInfinity; ps[pa + 1] = valid1 ? s01 : float.NegativeInfinity;
             ps[pa + FlashKeys] = valid0 ? s10 : float.NegativeInfinity; ps[pa + FlashKeys + 1] = valid1 ? s11 : float.NegativeInfinity;
-            ps[pa + 2 * FlashKeys] = valid0 ? s20 : float.NegativeInfinity; ps[pa + 2 * FlashKeys + 1] = valid1 ? s21 : float.NegativeInfinity;
-            ps[pa + 3 * FlashKeys] = valid0 ? s30 : float.NegativeInfinity; ps[pa + 3 * FlashKeys + 1] = valid1 ? s31 : float.NegativeInfinity;
+            ps[pa + 2 * FlashKeys] = valid0 ? s20 : float.NegativeInfinity;
+            ps[pa + 2 * FlashKeys + 1] = valid1 ? s21 : float.NegativeInfinity;
+            ps[pa + 3 * FlashKeys] = valid0 ? s30 : float.NegativeInfinity;
+            ps[pa + 3 * FlashKeys + 1] = valid1 ? s31 : float.NegativeInfinity;
             Group.Barrier();
             LoadKeyTile(s, qkv, v0, j0, kv, tid);
             OnlineSoftmaxStep(ps, rowMax, rowSum, rowScale, tid);
@@ -231,41 +342,12 @@ public static class Attention
         }
     }
 
+    // ---- launcher (v1: Gemm and Softmax; v2: the flash kernel)
+
     /// <summary>Whether the flash kernel can run this attention on this device.</summary>
     public static bool FlashSupported(ComputeDevice dev, int headChannels) =>
         headChannels <= FlashMaxHeadChannels && dev.Accelerator.WarpSize == 32 &&
         dev.Accelerator.MaxNumThreadsPerGroup >= FlashThreads;
-
-    /// <summary>The flash kernel: qkv (N, 3C, T) → y (N, C, T); see FlashSupported.</summary>
-    public static void ForwardFlash(Tensor qkv, Tensor y, int heads, bool legacyOrder)
-    {
-        var dev = qkv.Device;
-        int n = qkv[0], channels = qkv[1] / 3, t = qkv.Length / (n * qkv[1]);
-        Check(qkv, y, heads, n, channels, t);
-        int ch = channels / heads;
-        if (!FlashSupported(dev, ch))
-        {
-            throw new NotSupportedException($"flash attention needs ch ≤ {FlashMaxHeadChannels} and 32-lane warps; got ch {ch}, " +
-                                            $"warp {dev.Accelerator.WarpSize}");
-        }
-        double sigma = 1 / Math.Sqrt(Math.Sqrt(ch));
-        var s = new FlashShape
-        {
-            Channels = channels, Heads = heads, HeadChannels = ch, T = t, Legacy = legacyOrder ? 1 : 0, ScaleSquared = (float)(sigma * sigma),
-        };
-        var k = dev.Kernel(FlashKernel, a => a.LoadStreamKernel<FlashShape, ArrayView<float>, ArrayView<float>>(FlashKernel));
-        k(new KernelConfig(new Index2D((t + FlashQueries - 1) / FlashQueries, n * heads), new Index2D(FlashThreads, 1)), s, qkv.View, y.View);
-    }
-
-    static void Check(Tensor qkv, Tensor y, int heads, int n, int channels, int t)
-    {
-        if (qkv[1] != 3 * channels || channels % heads != 0 || y.Length != n * channels * t)
-        {
-            throw new ArgumentException($"attention: qkv {qkv.ShapeString} with {heads} heads → {y.ShapeString}");
-        }
-    }
-
-    // ---- launcher (kernels: Gemm, Softmax; or the flash kernel)
 
     /// <summary>
     /// qkv: (N, 3C, T) → y: (N, C, T). kernel: the UNet's matmul kernel — the tiled v3 runs the flash kernel where it
@@ -274,37 +356,141 @@ public static class Attention
     public static void Forward(Tensor qkv, Tensor y, int heads, bool legacyOrder, MatmulKernel kernel = MatmulKernel.Registers)
     {
         var dev = qkv.Device;
-        int n = qkv[0], channels = qkv[1] / 3, t = qkv.Length / (n * qkv[1]);
-        Check(qkv, y, heads, n, channels, t);
+        var (n, channels, t) = Check(qkv, y, heads);
         int ch = channels / heads;
         if (kernel == MatmulKernel.Tiled && FlashSupported(dev, ch))
         {
             ForwardFlash(qkv, y, heads, legacyOrder);
             return;
         }
-        float scale = (float)(1 / Math.Sqrt(Math.Sqrt(ch)));
-        using (var scores = dev.Allocate(n * heads, t, t))
+        using var probs = dev.Allocate(n * heads, t, t);
+        Probabilities(qkv, probs, n, channels, t, heads, legacyOrder, kernel);
+        var (_, v0, headStride) = Layout(channels, t, heads, legacyOrder);
+        // y[b, h·ch + c, i] = Σ_j v[c,j]·w[i,j]
+        var av = new GemmShape
         {
-            var (k0, v0, headStride) = Layout(channels, t, heads, legacyOrder);
-            // scores[b,h](i,j) = Σ_c q[c,i]·k[c,j]
-            var qk = new GemmShape
-            {
-                M = t, N = t, K = ch, Batch0 = n, Batch1 = heads, Alpha = scale * scale,
-                AOffset = 0, ABatch0 = 3 * channels * t, ABatch1 = headStride, ARow = 1, ACol = t,
-                BOffset = k0, BBatch0 = 3 * channels * t, BBatch1 = headStride, BRow = t, BCol = 1,
-                COffset = 0, CBatch0 = heads * t * t, CBatch1 = t * t, CRow = t, CCol = 1,
-            };
-            Gemm.Run(dev, qk, qkv.View, qkv.View, scores.View, kernel: kernel);
-            Softmax.Forward(dev, scores.View, scores.View, n * heads * t, t);
-            // y[b, h·ch + c, i] = Σ_j v[c,j]·w[i,j]
-            var av = new GemmShape
-            {
-                M = ch, N = t, K = t, Batch0 = n, Batch1 = heads, Alpha = 1f,
-                AOffset = v0, ABatch0 = 3 * channels * t, ABatch1 = headStride, ARow = t, ACol = 1,
-                BOffset = 0, BBatch0 = heads * t * t, BBatch1 = t * t, BRow = 1, BCol = t,
-                COffset = 0, CBatch0 = channels * t, CBatch1 = ch * t, CRow = t, CCol = 1,
-            };
-            Gemm.Run(dev, av, qkv.View, scores.View, y.View, kernel: kernel);
+            M = ch, N = t, K = t, Batch0 = n, Batch1 = heads, Alpha = 1f,
+            AOffset = v0, ABatch0 = 3 * channels * t, ABatch1 = headStride, ARow = t, ACol = 1,
+            BOffset = 0, BBatch0 = heads * t * t, BBatch1 = t * t, BRow = 1, BCol = t,
+            COffset = 0, CBatch0 = channels * t, CBatch1 = ch * t, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, av, qkv.View, probs.View, y.View, kernel: kernel);
+    }
+
+    /// <summary>Forward v2: qkv (N, 3C, T) → y (N, C, T); see FlashSupported.</summary>
+    public static void ForwardFlash(Tensor qkv, Tensor y, int heads, bool legacyOrder)
+    {
+        var dev = qkv.Device;
+        var (n, channels, t) = Check(qkv, y, heads);
+        var s = FlashShapeFor(dev, channels, heads, t, legacyOrder);
+        var k = dev.Kernel(FlashKernel, a => a.LoadStreamKernel<FlashShape, ArrayView<float>, ArrayView<float>>(FlashKernel));
+        var config = new KernelConfig(new Index2D((t + FlashQueries - 1) / FlashQueries, n * heads), new Index2D(FlashThreads, 1));
+        k(config, s, qkv.View, y.View);
+    }
+
+    /// <summary>
+    /// The backward of Forward: dy = dL/dy (N, C, T) → dqkv = dL/dqkv (N, 3C, T), overwritten, in qkv's layout (either
+    /// order): backward v1 on <paramref name="kernel"/>'s Gemm — the fp16 kernels round each product's operands as the
+    /// forward does. dqkv must not overlap qkv or dy.
+    /// </summary>
+    public static void Backward(Tensor qkv, Tensor dy, Tensor dqkv, int heads, bool legacyOrder,
+        MatmulKernel kernel = MatmulKernel.Registers)
+    {
+        var dev = qkv.Device;
+        var (n, channels, t) = Check(qkv, dy, heads);
+        if (dqkv.Length != qkv.Length)
+        {
+            throw new ArgumentException($"attention backward: dqkv {dqkv.ShapeString} for qkv {qkv.ShapeString}");
         }
+        int ch = channels / heads;
+        using var probs = dev.Allocate(n * heads, t, t);
+        using var grads = dev.Allocate(n * heads, t, t);
+        Probabilities(qkv, probs, n, channels, t, heads, legacyOrder, kernel);
+        var (k0, v0, headStride) = Layout(channels, t, heads, legacyOrder);
+        float scale2 = (float)(1 / Math.Sqrt(ch));
+        int image = 3 * channels * t, tt = t * t;
+        // dV[c,j] = Σ_i dy[c,i]·P[i,j], into v's rows
+        var dv = new GemmShape
+        {
+            M = ch, N = t, K = t, Batch0 = n, Batch1 = heads, Alpha = 1f,
+            AOffset = 0, ABatch0 = channels * t, ABatch1 = ch * t, ARow = t, ACol = 1,
+            BOffset = 0, BBatch0 = heads * tt, BBatch1 = tt, BRow = t, BCol = 1,
+            COffset = v0, CBatch0 = image, CBatch1 = headStride, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, dv, dy.View, probs.View, dqkv.View, kernel: kernel);
+        // dP[i,j] = Σ_c dy[c,i]·v[c,j], then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place
+        var dp = new GemmShape
+        {
+            M = t, N = t, K = ch, Batch0 = n, Batch1 = heads, Alpha = 1f,
+            AOffset = 0, ABatch0 = channels * t, ABatch1 = ch * t, ARow = 1, ACol = t,
+            BOffset = v0, BBatch0 = image, BBatch1 = headStride, BRow = t, BCol = 1,
+            COffset = 0, CBatch0 = heads * tt, CBatch1 = tt, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, dp, dy.View, qkv.View, grads.View, kernel: kernel);
+        Softmax.Backward(dev, probs.View, grads.View, grads.View, n * heads * t, t);
+        // dQ[c,i] = σ² Σ_j k[c,j]·dS[i,j], into q's rows
+        var dq = new GemmShape
+        {
+            M = ch, N = t, K = t, Batch0 = n, Batch1 = heads, Alpha = scale2,
+            AOffset = k0, ABatch0 = image, ABatch1 = headStride, ARow = t, ACol = 1,
+            BOffset = 0, BBatch0 = heads * tt, BBatch1 = tt, BRow = 1, BCol = t,
+            COffset = 0, CBatch0 = image, CBatch1 = headStride, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, dq, qkv.View, grads.View, dqkv.View, kernel: kernel);
+        // dK[c,j] = σ² Σ_i q[c,i]·dS[i,j], into k's rows
+        var dk = new GemmShape
+        {
+            M = ch, N = t, K = t, Batch0 = n, Batch1 = heads, Alpha = scale2,
+            AOffset = 0, ABatch0 = image, ABatch1 = headStride, ARow = t, ACol = 1,
+            BOffset = 0, BBatch0 = heads * tt, BBatch1 = tt, BRow = t, BCol = 1,
+            COffset = k0, CBatch0 = image, CBatch1 = headStride, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, dk, qkv.View, grads.View, dqkv.View, kernel: kernel);
+    }
+
+    /// <summary>probs (N·H, T, T) = softmax(σ²·qᵀk) per (image, head): the score product on kernel, then fp32 Softmax.</summary>
+    static void Probabilities(Tensor qkv, Tensor probs, int n, int channels, int t, int heads, bool legacyOrder, MatmulKernel kernel)
+    {
+        var dev = qkv.Device;
+        int ch = channels / heads;
+        float scale = (float)(1 / Math.Sqrt(Math.Sqrt(ch)));
+        var (k0, _, headStride) = Layout(channels, t, heads, legacyOrder);
+        // scores[b,h](i,j) = Σ_c q[c,i]·k[c,j]
+        var qk = new GemmShape
+        {
+            M = t, N = t, K = ch, Batch0 = n, Batch1 = heads, Alpha = scale * scale,
+            AOffset = 0, ABatch0 = 3 * channels * t, ABatch1 = headStride, ARow = 1, ACol = t,
+            BOffset = k0, BBatch0 = 3 * channels * t, BBatch1 = headStride, BRow = t, BCol = 1,
+            COffset = 0, CBatch0 = heads * t * t, CBatch1 = t * t, CRow = t, CCol = 1,
+        };
+        Gemm.Run(dev, qk, qkv.View, qkv.View, probs.View, kernel: kernel);
+        Softmax.Forward(dev, probs.View, probs.View, n * heads * t, t);
+    }
+
+    static FlashShape FlashShapeFor(ComputeDevice dev, int channels, int heads, int t, bool legacyOrder)
+    {
+        int ch = channels / heads;
+        if (!FlashSupported(dev, ch))
+        {
+            throw new NotSupportedException($"flash attention needs ch ≤ {FlashMaxHeadChannels} and 32-lane warps; got ch {ch}, " +
+                                            $"warp {dev.Accelerator.WarpSize}");
+        }
+        double sigma = 1 / Math.Sqrt(Math.Sqrt(ch));
+        return new FlashShape
+        {
+            Channels = channels, Heads = heads, HeadChannels = ch, T = t, Legacy = legacyOrder ? 1 : 0,
+            ScaleSquared = (float)(sigma * sigma),
+        };
+    }
+
+    /// <summary>(N, C, T) of qkv (N, 3C, ...) with y (or dy) of N·C·T values; throws on a mismatch.</summary>
+    static (int n, int channels, int t) Check(Tensor qkv, Tensor y, int heads)
+    {
+        int n = qkv[0], channels = qkv[1] / 3, t = qkv.Length / (n * qkv[1]);
+        if (qkv[1] != 3 * channels || channels % heads != 0 || y.Length != n * channels * t)
+        {
+            throw new ArgumentException($"attention: qkv {qkv.ShapeString} with {heads} heads → {y.ShapeString}");
+        }
+        return (n, channels, t);
     }
 }
