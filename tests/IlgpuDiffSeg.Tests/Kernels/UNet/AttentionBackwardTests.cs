@@ -199,3 +199,98 @@ public sealed class AttentionBackwardFp16TestsCpuWarp32(CpuWarp32DeviceFixture f
 
 [Collection("cuda")]
 public sealed class AttentionBackwardFp16TestsCuda(CudaDeviceFixture f) : AttentionBackwardFp16Tests(f.Plan);
+
+/// <summary>
+/// Backward v2 (flash: the D pre-pass, the keys kernel for dK and dV, the queries kernel for dQ, after forward v2 with
+/// its row log-sum-exp) on the warp-32 simulator and CUDA: sequences that cross the 32-position tiles (33, 40, 70) or fill
+/// them exactly (32), head widths of 64 (the UNet's), 20 and 16 (channel masking), both orders, 1–3 images.
+/// Tolerance: NMSE ≤ 1e-10 (fp32 against double, as forward v2).
+/// </summary>
+public abstract class FlashAttentionBackwardTests(ExecutionPlan? plan)
+{
+    readonly ComputeDevice? device = plan?.Device;
+
+    [Theory]
+    [InlineData(2, 128, 40, 2, true)]
+    [InlineData(1, 128, 70, 2, false)]
+    [InlineData(3, 60, 33, 3, true)]
+    [InlineData(2, 32, 32, 2, false)]
+    [InlineData(1, 64, 5, 1, true)]
+    public void MatchesReference(int n, int channels, int t, int heads, bool legacy)
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        Assert.True(Attention.FlashSupported(device!, channels / heads));
+        var (qkv, dy, dqkv) = AttentionBackwardCases.Run(device!, MatmulKernel.Tiled, n, channels, t, heads, legacy);
+        AttentionBackwardCases.NmseBelow(Attention.BackwardReference(qkv, dy, n, channels, t, heads, legacy), dqkv, 1e-10,
+            "flash attention backward");
+    }
+
+    [Fact]
+    public void IsDeterministic()
+    {
+        // Each output has one writer that sums in a fixed order: two runs agree bit for bit.
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var first = AttentionBackwardCases.Run(device!, MatmulKernel.Tiled, 1, 64, 70, 1, true).Dqkv;
+        var second = AttentionBackwardCases.Run(device!, MatmulKernel.Tiled, 1, 64, 70, 1, true).Dqkv;
+        Assert.Equal(first, second);
+    }
+
+    [Fact]
+    public void WideHeadsRunV1OnTheTiledGemm()
+    {
+        // ch 72 > 64: Backward with the tiled kernel falls back to v1 on TiledGemm. Tolerance as v1: NMSE ≤ 1e-10.
+        Assert.SkipWhen(device is null, "no CUDA device");
+        Assert.False(Attention.FlashSupported(device!, 72));
+        var (qkv, dy, dqkv) = AttentionBackwardCases.Run(device!, MatmulKernel.Tiled, 1, 72, 9, 1, false);
+        AttentionBackwardCases.NmseBelow(Attention.BackwardReference(qkv, dy, 1, 72, 9, 1, false), dqkv, 1e-10, "attention backward v3");
+    }
+
+    [Theory]
+    [InlineData(2, 128, 40, 2, true)]
+    [InlineData(3, 60, 33, 3, false)]
+    public void ForwardWritesRowLogSumExp(int n, int channels, int t, int heads, bool legacy)
+    {
+        // Tolerance: atol 1e-5 + rtol 1e-6 — max + log(sum) in fp32 (lg2.approx on the GPU) of values of a few units.
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var qkv = TestData.Uniform(n * 3 * channels * t, 33, 2f);
+        using var dq = device!.Upload(qkv, n, 3 * channels, t);
+        using var dy = device.Allocate(n, channels, t);
+        using var lse = device.Allocate(n * heads, t);
+        Attention.ForwardFlash(dq, dy, heads, legacy, lse);
+        TensorAssert.Close(LogSumExp(qkv, n, channels, t, heads, legacy), lse.ToArray(), 1e-5, 1e-6, "row log-sum-exp");
+        TensorAssert.NmseBelow(Attention.Reference(qkv, n, channels, t, heads, legacy), dy.ToArray(), 1e-10, "flash attention with lse");
+    }
+
+    /// <summary>log Σ_j exp(σ²·q_i·k_j) per (image, head, query), in double.</summary>
+    static float[] LogSumExp(float[] qkv, int n, int channels, int t, int heads, bool legacy)
+    {
+        int ch = channels / heads;
+        var result = new float[n * heads * t];
+        for (int b = 0; b < n; b++)
+        for (int h = 0; h < heads; h++)
+        {
+            int q0 = b * 3 * channels * t + h * (legacy ? 3 * ch * t : ch * t);
+            int k0 = q0 + (legacy ? ch * t : channels * t);
+            for (int i = 0; i < t; i++)
+            {
+                var scores = new double[t];
+                for (int j = 0; j < t; j++)
+                {
+                    for (int c = 0; c < ch; c++)
+                    {
+                        scores[j] += (double)qkv[q0 + c * t + i] * qkv[k0 + c * t + j] / Math.Sqrt(ch);
+                    }
+                }
+                double max = scores.Max();
+                result[(b * heads + h) * t + i] = (float)(max + Math.Log(scores.Sum(s => Math.Exp(s - max))));
+            }
+        }
+        return result;
+    }
+}
+
+[Collection("cpu")]
+public sealed class FlashAttentionBackwardTestsCpuWarp32(CpuWarp32DeviceFixture f) : FlashAttentionBackwardTests(f.Plan);
+
+[Collection("cuda")]
+public sealed class FlashAttentionBackwardTestsCuda(CudaDeviceFixture f) : FlashAttentionBackwardTests(f.Plan);
