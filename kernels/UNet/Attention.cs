@@ -24,7 +24,9 @@
 //       summing dK and dV (8 channels of one key per thread, each in registers), the other owns 32 queries and loops
 //       over the key tiles, summing dQ. No atomics: each output has one writer and a fixed summation order, so the
 //       result is deterministic. 7 products of T²·ch each (S and dP computed twice) against forward v2's 2.
-//       Shared memory: 4 tiles of 64 × 32 floats, P and dS 32 × 33: 41.5 KB of the 48 KB.
+//       Shared memory: 4 tiles of 64 × 32 floats, P and dS 32 × 33: 41.5 KB of the 48 KB. Read statically
+//       (benchmarks/ptx/sass-mix.sh, ptxas 11.8 for sm_90): 48 and 40 registers, no spills; the score and sum loops are
+//       20–25% FFMA, the rest shared loads and their address arithmetic. Not yet timed on a GPU.
 // FLOPs: forward 4·N·H·T²·ch; backward v1 8·N·H·T²·ch (+ the recomputed P: 2·N·H·T²·ch), v2 14·N·H·T²·ch.
 // Score buffer N·H·T² floats (32 MB for the 256-model's 32×32 level at batch 1); backward v1 needs two.
 using ILGPU;
