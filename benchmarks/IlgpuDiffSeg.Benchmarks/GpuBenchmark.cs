@@ -117,6 +117,7 @@ public static class GpuBenchmark
         {
             using var qkv = dev.Zeros(1, 3 * channels, tokens);
             using var a = dev.Allocate(1, channels, tokens);
+            using var dqkv = dev.Allocate(1, 3 * channels, tokens);
             foreach (var kernel in Kernels(dev))
             {
                 string how = kernel == MatmulKernel.Tiled && Attention.FlashSupported(dev, channels / heads)
@@ -124,6 +125,11 @@ public static class GpuBenchmark
                 Add($"attention {channels}ch, {tokens} tokens, {heads} heads ({how})",
                     Time(dev, () => Attention.Forward(qkv, a, heads, legacyOrder: true, kernel)), 4.0 * tokens * tokens * channels, 0,
                     tensorCores: kernel == MatmulKernel.TensorCoreFp16);
+                // FLOPs counted as the backward's four products (dV, dP, dQ, dK), whatever each version recomputes; flash
+                // here includes the forward it reruns for the row log-sum-exp.
+                Add($"attention backward {channels}ch, {tokens} tokens, {heads} heads ({how})",
+                    Time(dev, () => Attention.Backward(qkv, a, dqkv, heads, legacyOrder: true, kernel)),
+                    8.0 * tokens * tokens * channels, 0, tensorCores: kernel == MatmulKernel.TensorCoreFp16);
             }
         }
 

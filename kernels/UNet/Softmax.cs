@@ -5,6 +5,10 @@
 //   v2  one row per warp (CUDA): lanes read consecutive columns, so a warp's loads coalesce, and the row max and sum are
 //       butterfly shuffles. v1's threads each walk their own row — on a GPU every load of a warp hits a different
 //       sector (T = 1,024: 4 KB apart), an eighth of each 32-byte sector used, with T·rows/threads dependent steps.
+// Backward (attention's dS from its probabilities and their gradient): dx = y ⊙ (dy − Σ_c y·dy), per row; the same two
+// variants (v1 a thread per row, v2 a warp per row). Two passes read y and dy (the second again, from cache when the row
+// fits), one writes dx: 3–5 floats moved per element for 3 flops, memory-bound. In place (dx = dy) allowed: each
+// element is read and then written by the same thread.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -35,6 +39,25 @@ public static class Softmax
             }
         }
         return y;
+    }
+
+    /// <summary>The backward of a row softmax: dx = y ⊙ (dy − rowsum(y ⊙ dy)), in double.</summary>
+    public static float[] BackwardReference(float[] y, float[] dy, int rows, int cols)
+    {
+        var dx = new float[y.Length];
+        for (int r = 0; r < rows; r++)
+        {
+            double dot = 0;
+            for (int c = 0; c < cols; c++)
+            {
+                dot += (double)y[r * cols + c] * dy[r * cols + c];
+            }
+            for (int c = 0; c < cols; c++)
+            {
+                dx[r * cols + c] = (float)(y[r * cols + c] * (dy[r * cols + c] - dot));
+            }
+        }
+        return dx;
     }
 
     // ---- GPU kernels
@@ -104,6 +127,51 @@ public static class Softmax
         }
     }
 
+    /// <summary>Backward v1: a thread per row (grid stride), dx = y ⊙ (dy − y·dy).</summary>
+    static void BackwardKernel(Index1D index, int stride, int rows, int cols, ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx)
+    {
+        for (int r = index; r < rows; r += stride)
+        {
+            int b = r * cols;
+            float dot = 0f;
+            for (int c = 0; c < cols; c++)
+            {
+                dot += y[b + c] * dy[b + c];
+            }
+            for (int c = 0; c < cols; c++)
+            {
+                float p = y[b + c];
+                dx[b + c] = p * (dy[b + c] - dot);
+            }
+        }
+    }
+
+    /// <summary>Backward v2: a warp per row as WarpRowsKernel; the dot product is a butterfly of the lanes' partial sums.</summary>
+    static void BackwardWarpRowsKernel(int rows, int cols, ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx)
+    {
+        int lane = Warp.LaneIdx, width = Warp.WarpSize;
+        int warpsPerGroup = Group.DimX / width;
+        int warps = Grid.DimX * warpsPerGroup;
+        for (int r = Grid.IdxX * warpsPerGroup + Warp.WarpIdx; r < rows; r += warps)
+        {
+            int b = r * cols;
+            float dot = 0f;
+            for (int c = lane; c < cols; c += width)
+            {
+                dot += y[b + c] * dy[b + c];
+            }
+            for (int offset = width / 2; offset > 0; offset /= 2)
+            {
+                dot += Warp.ShuffleXor(dot, offset);
+            }
+            for (int c = lane; c < cols; c += width)
+            {
+                float p = y[b + c];
+                dx[b + c] = p * (dy[b + c] - dot);
+            }
+        }
+    }
+
     // ---- launcher
 
     /// <summary>Row softmax of (rows, cols); <paramref name="reduction"/> picks v1 (thread per row) or v2 (warp per row).</summary>
@@ -123,5 +191,28 @@ public static class Softmax
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(rows);
         k(threads, threads, rows, cols, x, y);
+    }
+
+    /// <summary>
+    /// The backward of Forward: dx = y ⊙ (dy − rowsum(y ⊙ dy)) over (rows, cols), y the forward's output; dx may be dy.
+    /// <paramref name="reduction"/> picks v1 (thread per row) or v2 (warp per row).
+    /// </summary>
+    public static void Backward(ComputeDevice dev, ArrayView<float> y, ArrayView<float> dy, ArrayView<float> dx, int rows, int cols,
+        Reduction reduction = Reduction.Auto)
+    {
+        if (reduction.For(dev) == Reduction.Parallel)
+        {
+            var warpK = dev.Kernel(BackwardWarpRowsKernel, a => a.LoadStreamKernel<int, int, ArrayView<float>, ArrayView<float>,
+                ArrayView<float>>(BackwardWarpRowsKernel));
+            int rowsPerGroup = WarpRowsThreads / dev.Accelerator.WarpSize;
+            int groups = (int)Math.Min((rows + rowsPerGroup - 1) / rowsPerGroup,
+                (long)dev.Accelerator.NumMultiprocessors * dev.Accelerator.MaxNumThreadsPerMultiprocessor / WarpRowsThreads);
+            warpK(new KernelConfig(Math.Max(1, groups), WarpRowsThreads), rows, cols, y, dy, dx);
+            return;
+        }
+        var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
+            ArrayView<float>, ArrayView<float>>(BackwardKernel));
+        int threads = dev.StrideThreads(rows);
+        k(threads, threads, rows, cols, y, dy, dx);
     }
 }

@@ -149,7 +149,30 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"flash attention: {ptx.Split('\n').Length} lines of PTX");
     }
 
-    /// <summary>The explicitly grouped reductions: GroupNorm's chunk moments (shared-memory tree) and Softmax v2 (warp shuffles).</summary>
+    /// <summary>
+    /// Attention backward v2: the keys kernel (dK, dV: 16 accumulators) and the queries kernel (dQ: 8) keep their sums and
+    /// scores in registers (no local memory) and their tiles within the default 48 KB of shared memory.
+    /// </summary>
+    [Theory]
+    [InlineData("FlashBackwardKeysKernel")]
+    [InlineData("FlashBackwardQueriesKernel")]
+    public void FlashAttentionBackwardCompilesForSm90(string kernel)
+    {
+        string ptx = CompileExplicitlyGrouped(typeof(Attention), kernel, "flash-attention-" + kernel);
+        Assert.Contains("bar.sync", ptx);
+        Assert.Contains("ex2.approx", ptx);
+        Assert.DoesNotContain(".local", ptx);
+        Assert.DoesNotContain(".extern .func", ptx);
+        var shared = System.Text.RegularExpressions.Regex.Matches(ptx, @"\.shared\s[^\n]*\[(\d+)\]")
+            .Select(m => int.Parse(m.Groups[1].Value)).ToList();
+        log.WriteLine($"{kernel}: {ptx.Split('\n').Length} lines of PTX, shared {string.Join(" + ", shared)} = {shared.Sum()} bytes");
+        Assert.True(shared.Sum() <= 48 * 1024, $"{shared.Sum()} bytes of shared memory");
+    }
+
+    /// <summary>
+    /// The explicitly grouped reductions: GroupNorm's chunk moments (shared-memory tree), Softmax v2 and its backward (warp
+    /// shuffles).
+    /// </summary>
     [Fact]
     public void ReductionKernelsCompileForSm90()
     {
@@ -159,7 +182,10 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         string softmax = CompileExplicitlyGrouped(typeof(Softmax), "WarpRowsKernel", "softmax-v2");
         Assert.Contains("shfl.sync.bfly", softmax);
         Assert.DoesNotContain(".local", softmax);
-        Assert.DoesNotContain(".extern .func", moments + softmax);
+        string softmaxBackward = CompileExplicitlyGrouped(typeof(Softmax), "BackwardWarpRowsKernel", "softmax-backward-v2");
+        Assert.Contains("shfl.sync.bfly", softmaxBackward);
+        Assert.DoesNotContain(".local", softmaxBackward);
+        Assert.DoesNotContain(".extern .func", moments + softmax + softmaxBackward);
     }
 
     /// <summary>

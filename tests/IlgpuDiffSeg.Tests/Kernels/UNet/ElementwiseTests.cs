@@ -84,6 +84,23 @@ public abstract class ElementwiseTests(ExecutionPlan? plan)
         TensorAssert.Close(K.Softmax.Reference(x, 7, 33), dy.ToArray(), 1e-7, 1e-5, "softmax");
     }
 
+    [Fact]
+    public void SoftmaxBackward()
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        // Tolerance: atol 1e-6 + rtol 1e-5 — dy − Σ y·dy cancels: an fp32 row sum of 33 terms (~1e-7 absolute) against double.
+        var (y, dy) = SoftmaxBackwardInputs(7, 33);
+        using var dyy = device!.Upload(y, 7, 33);
+        using var ddy = device.Upload(dy, 7, 33);
+        using var ddx = device.Allocate(7, 33);
+        K.Softmax.Backward(device, dyy.View, ddy.View, ddx.View, 7, 33);
+        TensorAssert.Close(K.Softmax.BackwardReference(y, dy, 7, 33), ddx.ToArray(), 1e-6, 1e-5, "softmax backward");
+    }
+
+    /// <summary>Softmax probabilities of uniform(−20, 20) rows (so some are near 0 and near 1) and uniform(−1, 1) gradients.</summary>
+    public static (float[] Y, float[] Dy) SoftmaxBackwardInputs(int rows, int cols) =>
+        (K.Softmax.Reference(TestData.Uniform(rows * cols, 9, 20f), rows, cols), TestData.Uniform(rows * cols, 10));
+
     [Theory]
     [InlineData(32)]
     [InlineData(33)]
@@ -131,6 +148,20 @@ public abstract class SoftmaxWarpTests(ExecutionPlan? plan)
         K.Softmax.Forward(device, dx.View, dx.View, rows, cols, Reduction.Parallel);
         TensorAssert.Close(K.Softmax.Reference(x, rows, cols), dx.ToArray(), 1e-7, 1e-5, "softmax v2, in place");
     }
+
+    [Theory]
+    [InlineData(7, 33)]
+    [InlineData(300, 1024)]
+    public void BackwardMatchesReference(int rows, int cols)
+    {
+        // Tolerance: atol 1e-6 + rtol 1e-5, as v1 (the row sum in another order).
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var (y, dy) = ElementwiseTests.SoftmaxBackwardInputs(rows, cols);
+        using var dyy = device!.Upload(y, rows, cols);
+        using var ddy = device.Upload(dy, rows, cols);
+        K.Softmax.Backward(device, dyy.View, ddy.View, ddy.View, rows, cols, Reduction.Parallel);
+        TensorAssert.Close(K.Softmax.BackwardReference(y, dy, rows, cols), ddy.ToArray(), 1e-6, 1e-5, "softmax backward v2, in place");
+    }
 }
 
 [Collection("cpu")]
@@ -138,3 +169,52 @@ public sealed class SoftmaxWarpTestsCpuWarp32(CpuWarp32DeviceFixture f) : Softma
 
 [Collection("cuda")]
 public sealed class SoftmaxWarpTestsCuda(CudaDeviceFixture f) : SoftmaxWarpTests(f.Plan);
+
+/// <summary>
+/// Softmax.BackwardReference against central finite differences (h = 1e-4) of a double softmax, L = Σ dy ⊙ softmax(x).
+/// Tolerance: NMSE ≤ 1e-10 — the reference takes fp32 y and returns fp32 (~1e-14), truncation h²·|L'''| ≈ 1e-8 relative.
+/// </summary>
+public sealed class SoftmaxBackwardReferenceTests
+{
+    [Fact]
+    public void MatchesFiniteDifferences()
+    {
+        const int rows = 5, cols = 9;
+        var x = Array.ConvertAll(TestData.Uniform(rows * cols, 11, 4f), v => (double)v);
+        var dy = TestData.Uniform(rows * cols, 12);
+        var y = Array.ConvertAll(SoftmaxDouble(x, rows, cols), v => (float)v);
+        var numeric = new float[x.Length];
+        const double h = 1e-4;
+        for (int e = 0; e < x.Length; e++)
+        {
+            double keep = x[e];
+            x[e] = keep + h;
+            double plus = Dot(SoftmaxDouble(x, rows, cols), dy);
+            x[e] = keep - h;
+            double minus = Dot(SoftmaxDouble(x, rows, cols), dy);
+            x[e] = keep;
+            numeric[e] = (float)((plus - minus) / (2 * h));
+        }
+        TensorAssert.NmseBelow(numeric, K.Softmax.BackwardReference(y, dy, rows, cols), 1e-10, "softmax backward reference");
+    }
+
+    static double[] SoftmaxDouble(double[] x, int rows, int cols)
+    {
+        var y = new double[x.Length];
+        for (int r = 0; r < rows; r++)
+        {
+            double max = x.Skip(r * cols).Take(cols).Max(), sum = 0;
+            for (int c = 0; c < cols; c++)
+            {
+                sum += y[r * cols + c] = Math.Exp(x[r * cols + c] - max);
+            }
+            for (int c = 0; c < cols; c++)
+            {
+                y[r * cols + c] /= sum;
+            }
+        }
+        return y;
+    }
+
+    static double Dot(double[] a, float[] b) => a.Select((v, i) => v * b[i]).Sum();
+}
