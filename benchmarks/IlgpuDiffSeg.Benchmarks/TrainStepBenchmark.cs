@@ -43,7 +43,8 @@ public static class TrainStepBenchmark
         dev.Synchronize();
         double each = clock.Elapsed.TotalSeconds / reps;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"train step batch {batch}: {each:F3} s per step ({config}, {precision}, peak device memory {dev.PeakDeviceBytes / 1e9:F2} GB, " +
+            $"train step batch {batch}: {each:F3} s per step ({config}, {precision}, " +
+            $"peak device memory {dev.PeakDeviceBytes / 1e9:F2} GB, " +
             $"{plan.Describe()})"));
         return 0;
     }

@@ -25,7 +25,8 @@ public static class LossCommand
         };
         cmd.SetAction(r => Program.Run(() =>
         {
-            var run = LossRun.Prepare(r.GetValue(model)!, r.GetValue(x)!, r.GetValue(t)!, r.GetValue(noise)!, r.GetValue(y), r.GetValue(output));
+            var run = LossRun.Prepare(r.GetValue(model)!, r.GetValue(x)!, r.GetValue(t)!, r.GetValue(noise)!, r.GetValue(y),
+                r.GetValue(output));
             using var dev = CommonOptions.OpenDevice(r, out var plan);
             var result = run.Execute(plan, Console.Error.WriteLine);
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loss: {result.Terms.MeanLoss:R}"));

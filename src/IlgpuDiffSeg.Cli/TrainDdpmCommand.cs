@@ -90,7 +90,8 @@ public static class TrainDdpmCommand
             try
             {
                 var s = DiffusionTrainingRun.Run(options, plan, r.GetValue(output)!, Console.Error.WriteLine, () => stopRequested);
-                Console.WriteLine($"trained steps {s.FirstStep}..{s.LastStep} in {Progress.Format(s.Seconds)}; final loss {s.FinalLoss:F5}; " +
+                Console.WriteLine($"trained steps {s.FirstStep}..{s.LastStep} in {Progress.Format(s.Seconds)}; " +
+                                  $"final loss {s.FinalLoss:F5}; " +
                                   $"wrote {s.ModelPath}");
             }
             finally

@@ -33,7 +33,6 @@ public sealed partial class SourceStyleTests
         "kernels/Classifier/EarlyStopping.cs",
         "kernels/Features/LeanFeatures.cs",
         "kernels/Gemm/Gemm.cs",
-        "kernels/UNet/Attention.cs",
         "src/IlgpuDiffSeg.Cli/DemoCommand.cs",
         "src/IlgpuDiffSeg.Cli/PipelineCommands.cs",
         "src/IlgpuDiffSeg.Cli/Program.cs",

@@ -106,8 +106,8 @@ public sealed class DiffusionTrainer : IDisposable
         return step;
     }
 
-    public void Save(string runDir) => TrainingCheckpoint.Save(runDir, model, emas.Select(e => (e.Rate, (IReadOnlyList<Tensor>)e.Values)).ToList(),
-        moments, new TrainingCheckpoint.OptimizerState(Step, AdamSteps, LgLossScale, sampler.State()?.ToJsonString() ?? "", fingerprint));
+    public void Save(string runDir) => TrainingCheckpoint.Save(runDir, model,
+        emas.Select(e => (e.Rate, (IReadOnlyList<Tensor>)e.Values)).ToList(), moments, new TrainingCheckpoint.OptimizerState(Step, AdamSteps, LgLossScale, sampler.State()?.ToJsonString() ?? "", fingerprint));
 
     /// <summary>What one step did, for the log.</summary>
     public sealed record StepReport(long Step, int[] Timesteps, LossTerms Terms, double GradNorm, double ParamNorm, bool Taken, double Lr,
@@ -153,7 +153,8 @@ public sealed class DiffusionTrainer : IDisposable
         }
         if (!fp16 && loss.Any(v => !float.IsFinite(v)))
         {
-            throw new DiffSegException($"the loss became non-finite at step {Step} (lr {o.Lr} may be too high); the last checkpoint is intact");
+            throw new DiffSegException($"the loss became non-finite at step {Step} (lr {o.Lr} may be too high); " +
+                                       "the last checkpoint is intact");
         }
         var (gradNorm, paramNorm) = Norms2();
         double lr = o.LearningRate(Step);
@@ -169,7 +170,8 @@ public sealed class DiffusionTrainer : IDisposable
             AdamSteps++;
             for (int i = 0; i < parameters.Count; i++)
             {
-                AdamW.Step(plan, parameters[i].T, parameters[i].G, moments[i].M, moments[i].V, AdamSteps, lr, o.WeightDecay, gradScale: unscale);
+                AdamW.Step(plan, parameters[i].T, parameters[i].G, moments[i].M, moments[i].V, AdamSteps, lr, o.WeightDecay,
+                    gradScale: unscale);
             }
             foreach (var (rate, values) in emas)
             {
@@ -184,8 +186,8 @@ public sealed class DiffusionTrainer : IDisposable
                 gradNorm /= lossScale;
             }
         }
-        var report = new StepReport(Step, timesteps.ToArray(), new LossTerms(loss.ToArray(), mse.ToArray(), vb.ToArray()), gradNorm, paramNorm,
-            taken, lr, LgLossScale);
+        var terms = new LossTerms(loss.ToArray(), mse.ToArray(), vb.ToArray());
+        var report = new StepReport(Step, timesteps.ToArray(), terms, gradNorm, paramNorm, taken, lr, LgLossScale);
         Step++;
         return report;
     }

@@ -20,7 +20,8 @@ public static class DiffusionTrainingRun
 
     public sealed record Summary(long FirstStep, long LastStep, double Seconds, double FinalLoss, string ModelPath);
 
-    public static Summary Run(TrainingOptions options, ExecutionPlan plan, string runDir, Action<string> log, Func<bool>? stopRequested = null)
+    public static Summary Run(TrainingOptions options, ExecutionPlan plan, string runDir, Action<string> log,
+        Func<bool>? stopRequested = null)
     {
         options.Validate();
         if (options.Data != SyntheticImages.Name && !Directory.Exists(options.Data))
@@ -130,7 +131,8 @@ sealed class LogWindow(int diffusionSteps)
 
     public ProgressRow Flush(long step, int batchSize, double seconds)
     {
-        var values = ProgressRow.Columns.ToDictionary(k => k, k => sums.TryGetValue(k, out var v) && v.Count > 0 ? v.Sum / v.Count : double.NaN);
+        var values = ProgressRow.Columns.ToDictionary(k => k,
+            k => sums.TryGetValue(k, out var v) && v.Count > 0 ? v.Sum / v.Count : double.NaN);
         var row = new ProgressRow(step, step * batchSize, values, lr, lg, skipped, seconds);
         sums.Clear();
         skipped = 0;
@@ -139,7 +141,8 @@ sealed class LogWindow(int diffusionSteps)
 }
 
 /// <summary>One row of progress.csv.</summary>
-sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Values, double Lr, double LgLossScale, int Skipped, double Seconds)
+sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Values, double Lr, double LgLossScale, int Skipped,
+    double Seconds)
 {
     public static readonly string[] Columns =
     [
@@ -150,10 +153,12 @@ sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Va
     public static string Header => "step,samples," + string.Join(",", Columns) + ",lr,lg_loss_scale,skipped,seconds";
 
     public string ToCsv() => string.Create(CultureInfo.InvariantCulture,
-        $"{Step},{Samples},{string.Join(",", Columns.Select(c => Values[c].ToString("G6", CultureInfo.InvariantCulture)))},{Lr:G6},{LgLossScale:G6},{Skipped},{Seconds:F1}");
+        $"{Step},{Samples},{string.Join(",", Columns.Select(c => Values[c].ToString("G6", CultureInfo.InvariantCulture)))}," +
+        $"{Lr:G6},{LgLossScale:G6},{Skipped},{Seconds:F1}");
 
     public string Describe() => string.Create(CultureInfo.InvariantCulture,
-        $"loss {Values["loss"]:F4} (q0 {Values["loss_q0"]:F3} q1 {Values["loss_q1"]:F3} q2 {Values["loss_q2"]:F3} q3 {Values["loss_q3"]:F3}) · " +
+        $"loss {Values["loss"]:F4} (q0 {Values["loss_q0"]:F3} q1 {Values["loss_q1"]:F3} q2 {Values["loss_q2"]:F3} " +
+        $"q3 {Values["loss_q3"]:F3}) · " +
         $"mse {Values["mse"]:F4} · vb {Values["vb"]:F4} · grad_norm {Values["grad_norm"]:F3}");
 
     public static ProgressRow? Parse(string line)

@@ -47,7 +47,8 @@ public sealed class LossRun
         var eps = Npy.ReadFloat32(noisePath, out var noiseShape);
         if (!noiseShape.SequenceEqual(shape))
         {
-            throw DiffSegException.For(noisePath, $"has shape ({string.Join(", ", noiseShape)}), the batch {xPath} is ({string.Join(", ", shape)})");
+            throw DiffSegException.For(noisePath, $"has shape ({string.Join(", ", noiseShape)}), the batch {xPath} is " +
+                                                  $"({string.Join(", ", shape)})");
         }
         CheckFinite(noisePath, eps);
         var tArray = Npy.Read(tPath);
@@ -120,7 +121,8 @@ public sealed class LossRun
         {
             metadata["vb"] = result.Terms.MeanVb.ToString("R", CultureInfo.InvariantCulture);
         }
-        var sources = result.Gradients.Select(g => new SafetensorSource(g.Parameter.Name, g.Parameter.Shape, span => g.Gradient.CopyTo(span)))
+        var sources = result.Gradients
+            .Select(g => new SafetensorSource(g.Parameter.Name, g.Parameter.Shape, span => g.Gradient.CopyTo(span)))
             .ToList();
         SafetensorsFile.Write(path, sources, metadata);
     }

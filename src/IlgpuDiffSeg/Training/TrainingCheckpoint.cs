@@ -56,7 +56,8 @@ public static partial class TrainingCheckpoint
                                                    $"same options (saved: {(saved == "" ? "none" : saved)})");
             }
         }
-        var missing = emaRates.Select(r => EmaFile(runDir, r, step)).Append(OptimizerFile(runDir, step)).FirstOrDefault(f => !File.Exists(f));
+        var missing = emaRates.Select(r => EmaFile(runDir, r, step)).Append(OptimizerFile(runDir, step))
+            .FirstOrDefault(f => !File.Exists(f));
         if (missing is not null)
         {
             throw DiffSegException.For(missing, $"is missing: step {step} cannot be resumed (restore it, or remove {model})");

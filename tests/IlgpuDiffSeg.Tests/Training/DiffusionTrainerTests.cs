@@ -101,7 +101,9 @@ public sealed class TrainDdpmCommandTests
         return path;
     }
 
-    const string Tiny = """{"image_size": 16, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1, "attention_resolutions": ""}""";
+    const string Tiny = """
+        {"image_size": 16, "num_channels": 32, "channel_mult": "1,2", "num_res_blocks": 1, "attention_resolutions": ""}
+        """;
 
     [Fact]
     public void MissingOrEmptyDataFolderIsNamed()
