@@ -1,5 +1,6 @@
 // ConcatChannels — torch.cat([a, b], dim=1) for (N, C, ...) tensors: the UNet decoder's [h, skip] input.
 //   v1  grid-stride over outputs. 1 read + 1 write per element.
+// Backward: the split of dy into da (its first Ca channels) and db (the rest); grid-stride over dy, 1 read + 1 write each.
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -20,6 +21,18 @@ public static partial class ConcatChannels
         return y;
     }
 
+    public static (float[] Da, float[] Db) BackwardReference(float[] dy, int ca, int cb, int n, int spatial)
+    {
+        var da = new float[n * ca * spatial];
+        var db = new float[n * cb * spatial];
+        for (int i = 0; i < n; i++)
+        {
+            Array.Copy(dy, i * (ca + cb) * spatial, da, i * ca * spatial, ca * spatial);
+            Array.Copy(dy, (i * (ca + cb) + ca) * spatial, db, i * cb * spatial, cb * spatial);
+        }
+        return (da, db);
+    }
+
     // ---- GPU kernels
 
     static void Kernel(Index1D index, int stride, int n, int ca, int cb, int spatial, ArrayView<float> a, ArrayView<float> b,
@@ -33,6 +46,28 @@ public static partial class ConcatChannels
             int ch = o / spatial % c;
             int i = o / (spatial * c);
             y[o] = ch < ca ? a[(i * ca + ch) * spatial + p] : b[(i * cb + ch - ca) * spatial + p];
+        }
+    }
+
+    static void BackwardKernel(Index1D index, int stride, int n, int ca, int cb, int spatial, ArrayView<float> dy, ArrayView<float> da,
+        ArrayView<float> db)
+    {
+        int c = ca + cb;
+        int total = n * c * spatial;
+        for (int o = index; o < total; o += stride)
+        {
+            int p = o % spatial;
+            int ch = o / spatial % c;
+            int i = o / (spatial * c);
+            float g = dy[o];
+            if (ch < ca)
+            {
+                da[(i * ca + ch) * spatial + p] = g;
+            }
+            else
+            {
+                db[(i * cb + ch - ca) * spatial + p] = g;
+            }
         }
     }
 
@@ -58,5 +93,20 @@ public static partial class ConcatChannels
             ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, n, ca, cb, spatial, a.View, b.View, y.View);
+    }
+
+    /// <summary>dy (N, Ca + Cb, ...) split into da (N, Ca, ...) and db (N, Cb, ...).</summary>
+    public static void Backward(Tensor dy, Tensor da, Tensor db)
+    {
+        int n = da[0], ca = da[1], cb = db[1], spatial = da.Length / (n * ca);
+        if (db[0] != n || db.Length / (n * cb) != spatial || dy.Length != n * (ca + cb) * spatial || dy[1] != ca + cb)
+        {
+            throw new ArgumentException($"concat backward: {dy.ShapeString} → {da.ShapeString} ++ {db.ShapeString}");
+        }
+        var dev = dy.Device;
+        var k = dev.Kernel(BackwardKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
+            ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
+        int threads = dev.StrideThreads(dy.Length);
+        k(threads, threads, n, ca, cb, spatial, dy.View, da.View, db.View);
     }
 }

@@ -1,6 +1,8 @@
 // UpsampleNearest2x — F.interpolate(x, scale_factor=2, mode="nearest") on NCHW: y[.., oy, ox] = x[.., oy/2, ox/2].
 // guided-diffusion's Upsample (and the up-ResBlock's h_upd/x_upd).
 //   v1  grid-stride over outputs. 1 read (cached ×4) + 1 write per output.
+// Backward: dx[.., y, x] = the sum of dy's 2×2 block, ((dy[2y, 2x] + dy[2y, 2x+1]) + dy[2y+1, 2x]) + dy[2y+1, 2x+1] — the order
+// in which the outputs reach their input. Grid-stride over inputs: 4 reads + 1 write per input.
 using ILGPU;
 using ILGPU.Runtime;
 
@@ -22,6 +24,18 @@ public static partial class UpsampleNearest2x
         return y;
     }
 
+    public static float[] BackwardReference(float[] dy, int planes, int h, int w)
+    {
+        var dx = new float[planes * h * w];
+        for (int p = 0; p < planes; p++)
+        for (int oy = 0; oy < 2 * h; oy++)
+        for (int ox = 0; ox < 2 * w; ox++)
+        {
+            dx[(p * h + oy / 2) * w + ox / 2] += dy[(p * 2 * h + oy) * 2 * w + ox];
+        }
+        return dx;
+    }
+
     // ---- GPU kernels
 
     static void Kernel(Index1D index, int stride, int planes, int h, int w, ArrayView<float> x, ArrayView<float> y)
@@ -34,6 +48,19 @@ public static partial class UpsampleNearest2x
             int oy = o / wo % ho;
             int p = o / (wo * ho);
             y[o] = x[(p * h + oy / 2) * w + ox / 2];
+        }
+    }
+
+    static void BackwardKernel(Index1D index, int stride, int planes, int h, int w, ArrayView<float> dy, ArrayView<float> dx)
+    {
+        int total = planes * h * w;
+        for (int i = index; i < total; i += stride)
+        {
+            int ix = i % w;
+            int iy = i / w % h;
+            int p = i / (w * h);
+            int o = (p * 2 * h + 2 * iy) * 2 * w + 2 * ix;
+            dx[i] = dy[o] + dy[o + 1] + dy[o + 2 * w] + dy[o + 2 * w + 1];
         }
     }
 
@@ -52,5 +79,20 @@ public static partial class UpsampleNearest2x
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
         k(threads, threads, planes, h, w, x.View, y.View);
+    }
+
+    /// <summary>dy: (N, C, 2H, 2W) → dx: (N, C, H, W), each input the sum of the four outputs it was copied to.</summary>
+    public static void Backward(Tensor dy, Tensor dx)
+    {
+        int planes = dx[0] * dx[1], h = dx[2], w = dx[3];
+        if (dy.Rank != 4 || dy[0] != dx[0] || dy[1] != dx[1] || dy[2] != 2 * h || dy[3] != 2 * w)
+        {
+            throw new ArgumentException($"upsample_nearest2x backward: {dy.ShapeString} → {dx.ShapeString}");
+        }
+        var dev = dy.Device;
+        var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
+            ArrayView<float>, ArrayView<float>>(BackwardKernel));
+        int threads = dev.StrideThreads(dx.Length);
+        k(threads, threads, planes, h, w, dy.View, dx.View);
     }
 }

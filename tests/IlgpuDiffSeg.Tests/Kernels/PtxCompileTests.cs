@@ -189,6 +189,46 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
     }
 
     /// <summary>
+    /// The training pass's explicitly grouped reductions: GroupNorm's backward plane sums, the channel bias's gradient and
+    /// the norms' block sums (shared-memory trees).
+    /// </summary>
+    [Fact]
+    public void BackwardReductionKernelsCompileForSm90()
+    {
+        string planes = CompileExplicitlyGrouped(typeof(GroupNorm), "PlaneChunkSumsKernel", "group-norm-backward-sums");
+        string bias = CompileExplicitlyGrouped(typeof(Add), "BlockPlaneSumKernel", "channel-bias-backward");
+        string squares = CompileExplicitlyGrouped(typeof(Norms), "BlockChunkSumsKernel", "norms-squares", typeof(SquareTerm));
+        string finite = CompileExplicitlyGrouped(typeof(Norms), "BlockChunkSumsKernel", "norms-finite", typeof(NonFiniteTerm));
+        foreach (var ptx in new[] { planes, bias, squares, finite })
+        {
+            Assert.Contains("bar.sync", ptx);
+            Assert.DoesNotContain(".local", ptx);
+            Assert.DoesNotContain(".extern .func", ptx);
+        }
+    }
+
+    /// <summary>
+    /// The optimizer kernels keep PyTorch's roundings: every product an explicit mul.rn, every fused operation an fma.rn
+    /// (RoundedMath). The CPU branches stay behind constant predicates for ptxas to drop, without external calls.
+    /// </summary>
+    [Fact]
+    public void OptimizerKernelsRoundLikePyTorch()
+    {
+        foreach (var (type, muls, fmas) in new[] { (typeof(AdamW), 6, 2), (typeof(Ema), 1, 1) })
+        {
+            var method = type.GetMethod("Kernel", BindingFlags.Static | BindingFlags.NonPublic)!;
+            using var context = Context.Create(b => b.Optimize(OptimizationLevel.O2).EnableAlgorithms());
+            using var backend = new PTXBackend(context, new CudaCapabilityContext(CudaArchitecture.SM_90), CudaArchitecture.SM_90,
+                CudaInstructionSet.ISA_85, null);
+            var entry = EntryPointDescription.FromImplicitlyGroupedKernel(method);
+            string ptx = ((PTXCompiledKernel)backend.Compile(entry, default)).PTXAssembly;
+            Assert.Equal(muls, ptx.Split("mul.rn.f32").Length - 1);
+            Assert.Equal(fmas, ptx.Split("fma.rn.f32").Length - 1);
+            Assert.DoesNotContain(".extern .func", ptx);
+        }
+    }
+
+    /// <summary>
     /// ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
     /// into registers (0-byte stack frames: benchmarks/ptx/sass-mix.sh); anything larger in local memory would be a spilled
     /// accumulator or fragment array.

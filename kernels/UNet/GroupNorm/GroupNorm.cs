@@ -16,6 +16,7 @@
 //       threads and one load in flight each — about 32 KB in flight, ~1% of an H200's bandwidth; v2 sizes its grid to
 //       the device (8 blocks per SM: ~8 MB in flight) and reads x once. Deterministic: no atomics, fixed orders.
 // x, y: (N, C, H, W) or (N, C, T); γ, β: (C); emb: (N, 2C). Memory-bound: 3 reads + 1 write per element.
+// The backward (GroupNorm.Backward.cs) recomputes the normalised values from the statistics a training pass keeps.
 // Coefficients: the same statistics folded per (n, c) into (mean, a, b, 0) with normalized = (x − mean)·a + b, for a
 // convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass;
 // four floats per channel so that the convolution reads them with one 16-byte load.
@@ -45,7 +46,16 @@ public static partial class GroupNorm
     public static float[] Reference(float[] x, float[] gamma, float[] beta, int n, int c, int spatial, int groups, float eps,
         bool silu, float[]? emb = null)
     {
-        var y = new float[x.Length];
+        static double[] Wide(float[] a) => Array.ConvertAll(a, v => (double)v);
+        var y = Reference(Wide(x), Wide(gamma), Wide(beta), n, c, spatial, groups, eps, silu, emb is null ? null : Wide(emb));
+        return Array.ConvertAll(y, v => (float)v);
+    }
+
+    /// <summary>The same forward entirely in double: what the backward references are checked against by finite differences.</summary>
+    public static double[] Reference(double[] x, double[] gamma, double[] beta, int n, int c, int spatial, int groups, double eps,
+        bool silu, double[]? emb = null)
+    {
+        var y = new double[x.Length];
         int cg = c / groups;
         for (int b = 0; b < n; b++)
         for (int g = 0; g < groups; g++)
@@ -75,7 +85,7 @@ public static partial class GroupNorm
                 {
                     v /= 1 + Math.Exp(-v);
                 }
-                y[start + e] = (float)v;
+                y[start + e] = v;
             }
         }
         return y;
