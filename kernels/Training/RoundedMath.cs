@@ -1,6 +1,6 @@
 // RoundedMath — fp32 products and fused multiply-adds with one IEEE rounding each, the same on every backend: what lets
 // the optimizer kernels give PyTorch's bits (AdamW, Ema). ptxas contracts a plain mul.f32 feeding an add.f32 into an FFMA
-// (ILGPU.md §4.2), which would round once where PyTorch rounds twice; on CUDA the product is therefore written as
+// (docs/ilgpu.md), which would round once where PyTorch rounds twice; on CUDA the product is therefore written as
 // mul.rn.f32 (never contracted) and the fused operation as fma.rn.f32. The CPU accelerator, which runs the other branch,
 // cannot call MathF.FusedMultiplyAdd there: ILGPU keeps the branch in the PTX behind a constant predicate, and the call
 // would become an unresolved .extern (measured; PtxCompileTests checks it stays out). Its fused multiply-add is exact

@@ -107,7 +107,8 @@ public sealed class DiffusionTrainer : IDisposable
     }
 
     public void Save(string runDir) => TrainingCheckpoint.Save(runDir, model,
-        emas.Select(e => (e.Rate, (IReadOnlyList<Tensor>)e.Values)).ToList(), moments, new TrainingCheckpoint.OptimizerState(Step, AdamSteps, LgLossScale, sampler.State()?.ToJsonString() ?? "", fingerprint));
+        emas.Select(e => (e.Rate, (IReadOnlyList<Tensor>)e.Values)).ToList(), moments,
+        new TrainingCheckpoint.OptimizerState(Step, AdamSteps, LgLossScale, sampler.State()?.ToJsonString() ?? "", fingerprint));
 
     /// <summary>What one step did, for the log.</summary>
     public sealed record StepReport(long Step, int[] Timesteps, LossTerms Terms, double GradNorm, double ParamNorm, bool Taken, double Lr,
@@ -186,8 +187,8 @@ public sealed class DiffusionTrainer : IDisposable
                 gradNorm /= lossScale;
             }
         }
-        var terms = new LossTerms(loss.ToArray(), mse.ToArray(), vb.ToArray());
-        var report = new StepReport(Step, timesteps.ToArray(), terms, gradNorm, paramNorm, taken, lr, LgLossScale);
+        var batchTerms = new LossTerms(loss.ToArray(), mse.ToArray(), vb.ToArray());
+        var report = new StepReport(Step, timesteps.ToArray(), batchTerms, gradNorm, paramNorm, taken, lr, LgLossScale);
         Step++;
         return report;
     }
