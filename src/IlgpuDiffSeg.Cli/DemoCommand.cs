@@ -14,10 +14,14 @@ public static class DemoCommand
         var train = new Option<int>("--train") { Description = "Training images", DefaultValueFactory = _ => 16 };
         var test = new Option<int>("--test") { Description = "Test images", DefaultValueFactory = _ => 8 };
         var members = new Option<int>("--members") { Description = "Ensemble members (the original uses 10)", DefaultValueFactory = _ => 10 };
-        var writeModel = new Option<string>("--write-model") { Description = "Only (re)create the demo UNet file at this path and stop" };
+        var writeModel = new Option<string>("--write-model")
+        {
+            Description = "Only write the demo UNet with random weights (seed 1234) at this path and stop: the baseline for --model",
+        };
+        var model = new Option<string>("--model") { Description = "The UNet to use instead of weights/demo-adm.safetensors" };
         var cmd = new Command("demo", "Build a small labelled data set, train and evaluate the whole pipeline on it, print mIoU, write pictures")
         {
-            output, train, test, members, writeModel,
+            output, train, test, members, writeModel, model,
         };
         cmd.SetAction(r => Program.Run(() =>
         {
@@ -32,8 +36,9 @@ public static class DemoCommand
             {
                 throw new DiffSegException("--train, --test and --members must be at least 1");
             }
-            var iou = Demo.Run(new Demo.Options(r.GetValue(output)!, r.GetValue(train), r.GetValue(test), Members: r.GetValue(members)), plan,
-                Console.Error.WriteLine);
+            var options = new Demo.Options(r.GetValue(output)!, r.GetValue(train), r.GetValue(test), Members: r.GetValue(members),
+                ModelPath: r.GetValue(model));
+            var iou = Demo.Run(options, plan, Console.Error.WriteLine);
             Console.WriteLine(iou.Report(c => IlgpuDiffSeg.Data.SyntheticScenes.ClassNames[c]));
         }));
         return cmd;

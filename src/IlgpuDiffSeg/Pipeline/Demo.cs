@@ -12,7 +12,7 @@ namespace IlgpuDiffSeg.Pipeline;
 /// <summary>
 /// `diffseg demo`: the whole method on a data set it builds itself (procedural scenes, classes told by shape alone), with the small
 /// ADM shipped in weights/, through the same code as train and evaluate. The demo UNet has random weights — see
-/// <see cref="WeightsStatement"/> — so it shows the pipeline, its outputs and its speed, not what a pretrained DDPM gives.
+/// <see cref="WeightsStatement"/>.
 /// </summary>
 public static class Demo
 {
@@ -26,16 +26,23 @@ public static class Demo
          "dropout": 0.0, "noise_schedule": "linear", "diffusion_steps": 1000}
         """;
 
-    public const string WeightsStatement =
-        "the demo UNet (weights/" + ModelFile + ", 1.9M parameters) has RANDOM weights — N(0, 1/fan_in) from seed 1234, no " +
-        "diffusion training — so its features are multi-scale random convolutions of the noised image; the mIoU below shows " +
-        "the pipeline working, not the quality of a pretrained DDPM's features";
+    /// <summary>What the demo says of its UNet: how the weights came to be (the file's "source" metadata).</summary>
+    public static string WeightsStatement(string modelPath)
+    {
+        using var file = SafetensorsFile.Open(modelPath);
+        string source = file.Metadata.GetValueOrDefault("source", "");
+        return source.StartsWith("random", StringComparison.Ordinal)
+            ? $"the UNet ({modelPath}) has RANDOM weights ({source}): its features are multi-scale random convolutions of the " +
+              "noised image, so the mIoU below shows the pipeline working, not what a trained DDPM's features give"
+            : $"the UNet ({modelPath}) is a DDPM trained on unlabelled scenes of this kind ({source})";
+    }
 
     /// <summary>Demo decoder blocks: the two 16×16, the two 32×32 and the last 64×64 output blocks (like 5,6,7,8,12 of LSUN).</summary>
     public static readonly int[] Blocks = [2, 3, 4, 5, 7];
     public static readonly int[] Steps = [50, 150, 250];
 
-    public sealed record Options(string OutputDir, int TrainImages = 16, int TestImages = 8, int Size = 64, int Members = 10);
+    public sealed record Options(string OutputDir, int TrainImages = 16, int TestImages = 8, int Size = 64, int Members = 10,
+        string? ModelPath = null);
 
     /// <summary>weights/demo-adm.safetensors, looked for beside the working directory and above the program.</summary>
     public static string FindModel()
@@ -69,8 +76,12 @@ public static class Demo
 
     public static IoUAccumulator Run(Options o, ExecutionPlan plan, Action<string> log)
     {
-        string modelPath = FindModel();
-        log("note: " + WeightsStatement);
+        string modelPath = o.ModelPath ?? FindModel();
+        if (!File.Exists(modelPath))
+        {
+            throw DiffSegException.For(modelPath, "file not found");
+        }
+        log("note: " + WeightsStatement(modelPath));
         string root = Directory.CreateDirectory(o.OutputDir).FullName;
         string train = Path.Combine(root, "data", "train"), test = Path.Combine(root, "data", "test");
         SyntheticScenes.Write(train, o.TrainImages, o.Size, seed: 11, log);
