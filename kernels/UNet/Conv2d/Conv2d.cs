@@ -46,6 +46,77 @@ public static partial class Conv2d
         return y;
     }
 
+    /// <summary>
+    /// The gradient of <see cref="Reference"/> with respect to x for output gradient dy, plus <paramref name="dxInit"/> when
+    /// given: plain loops over the taps that reach each input element, double accumulation.
+    /// </summary>
+    public static float[] BackwardInputReference(float[] dy, float[] w, ConvShape s, float[]? dxInit = null)
+    {
+        var dx = new float[s.N * s.Cin * s.H * s.W];
+        for (int n = 0; n < s.N; n++)
+        for (int ci = 0; ci < s.Cin; ci++)
+        for (int iy = 0; iy < s.H; iy++)
+        for (int ix = 0; ix < s.W; ix++)
+        {
+            int i = ((n * s.Cin + ci) * s.H + iy) * s.W + ix;
+            double acc = dxInit is null ? 0 : dxInit[i];
+            for (int co = 0; co < s.Cout; co++)
+            for (int ky = 0; ky < s.K; ky++)
+            for (int kx = 0; kx < s.K; kx++)
+            {
+                int ty = iy + s.Pad - ky, tx = ix + s.Pad - kx;
+                if (ty < 0 || tx < 0 || ty % s.Stride != 0 || tx % s.Stride != 0 || ty / s.Stride >= s.Ho || tx / s.Stride >= s.Wo)
+                {
+                    continue;
+                }
+                acc += (double)w[((co * s.Cin + ci) * s.K + ky) * s.K + kx] *
+                       dy[((n * s.Cout + co) * s.Ho + ty / s.Stride) * s.Wo + tx / s.Stride];
+            }
+            dx[i] = (float)acc;
+        }
+        return dx;
+    }
+
+    /// <summary>
+    /// The gradients of <see cref="Reference"/> with respect to w and b for output gradient dy, plus
+    /// <paramref name="dwInit"/> and <paramref name="dbInit"/> when given; double accumulation.
+    /// </summary>
+    public static (float[] Dw, float[] Db) BackwardWeightsReference(float[] x, float[] dy, ConvShape s, float[]? dwInit = null,
+        float[]? dbInit = null)
+    {
+        var dw = new float[s.Cout * s.Cin * s.K * s.K];
+        var db = new float[s.Cout];
+        for (int co = 0; co < s.Cout; co++)
+        {
+            double bias = dbInit is null ? 0 : dbInit[co];
+            for (int n = 0; n < s.N; n++)
+            for (int p = 0; p < s.Ho * s.Wo; p++)
+            {
+                bias += dy[(n * s.Cout + co) * s.Ho * s.Wo + p];
+            }
+            db[co] = (float)bias;
+            for (int ci = 0; ci < s.Cin; ci++)
+            for (int ky = 0; ky < s.K; ky++)
+            for (int kx = 0; kx < s.K; kx++)
+            {
+                int i = ((co * s.Cin + ci) * s.K + ky) * s.K + kx;
+                double acc = dwInit is null ? 0 : dwInit[i];
+                for (int n = 0; n < s.N; n++)
+                for (int oy = 0; oy < s.Ho; oy++)
+                for (int ox = 0; ox < s.Wo; ox++)
+                {
+                    int iy = oy * s.Stride - s.Pad + ky, ix = ox * s.Stride - s.Pad + kx;
+                    if (iy >= 0 && iy < s.H && ix >= 0 && ix < s.W)
+                    {
+                        acc += (double)dy[((n * s.Cout + co) * s.Ho + oy) * s.Wo + ox] * x[((n * s.Cin + ci) * s.H + iy) * s.W + ix];
+                    }
+                }
+                dw[i] = (float)acc;
+            }
+        }
+        return (dw, db);
+    }
+
     // ---- launcher
 
     static ConvShape Shape(Tensor x, ConvWeights w, Tensor? bias, Tensor y, int stride, Tensor? residual)
