@@ -26,7 +26,7 @@
 //         (PixelIm2ColOperand), split over (image, block of output rows) as the launch's batches into partials
 //         summed in a fixed order — M·N alone is a handful of 128×128 tiles.
 //     host  HostGemm dy·im2col(x)ᵀ with residual = dw, one block of output rows at a time.
-//     db  per-channel partial sums then their sum in a fixed order (ILGPU kernels), or on the host.
+//     db  one group per channel, strided sums and a shared-memory tree (deterministic), or on the host.
 //   fp16 kernels (v4, HostSimdFp16): both products' operands rounded to fp16 (nearest-even; past 65504 → ±inf, which
 //   fp16 loss scaling detects), summed in fp32; db sums dy in fp32.
 //
@@ -268,14 +268,13 @@ public static partial class Conv2d
     /// Ho, Wo), dw (Cout, Cin, k, k), db (Cout). The fp16 kernels round dy and x to fp16 for dw; db sums dy in fp32.
     /// </summary>
     public static void BackwardWeights(Tensor x, Tensor dy, Tensor dw, Tensor? db, int stride, MatmulKernel kernel) =>
-        BackwardWeights(x, dy, dw, db, stride, kernel, splitRows: 0, biasChunks: 0);
+        BackwardWeights(x, dy, dw, db, stride, kernel, splitRows: 0);
 
     /// <summary>
-    /// BackwardWeights with the splits that are otherwise chosen from the device (0): output rows per K split of v2–v4, and
-    /// the chunks of the bias gradient's first pass — for the tests, which run the multi-split paths on the CPU.
+    /// BackwardWeights with the output rows per K split of v2–v4, otherwise chosen from the device (0) — for the tests,
+    /// which run the multi-split paths on the CPU.
     /// </summary>
-    internal static void BackwardWeights(Tensor x, Tensor dy, Tensor dw, Tensor? db, int stride, MatmulKernel kernel, int splitRows,
-        int biasChunks)
+    internal static void BackwardWeights(Tensor x, Tensor dy, Tensor dw, Tensor? db, int stride, MatmulKernel kernel, int splitRows)
     {
         var dev = x.Device;
         var s = BackwardShape("weight gradient", x, dw.Shape, dy, stride);
@@ -300,7 +299,7 @@ public static partial class Conv2d
         }
         if (db is not null)
         {
-            BiasGradient(dev, s, dy.View, db.View, biasChunks);
+            BiasGradient(dev, s, dy.View, db.View);
         }
     }
 

@@ -1,5 +1,5 @@
 // Conv2d's backward launches behind BackwardInput and BackwardWeights (Conv2d.cs, beside Forward): v1/v2, the implicit
-// GEMMs of v3/v4 with their weight copy and K splits, the bias gradient and the sums of split partials. The header of
+// GEMMs of v3/v4 with their weight copy and K splits, the sums of split partials and the bias gradient. The header of
 // Conv2d.cs lists every version; the kernels are in Conv2dBackwardKernels.cs, the tiled operands in ConvGradOperands.cs.
 using ILGPU;
 using ILGPU.Runtime;
@@ -71,22 +71,18 @@ public static partial class Conv2d
     }
 
     /// <summary>
-    /// db += Σ dy per channel: partial sums over <paramref name="chunks"/> parts of each channel (0: one on the CPU
-    /// accelerator, on CUDA runs of about 1,024 values, at most 256), then their sum in order.
+    /// db += Σ dy per channel, one group per channel: BiasThreads threads on CUDA; 4 on the CPU accelerator, whose groups
+    /// are OS threads meeting at every barrier (256 cost seconds a call) — enough to run the tree.
     /// </summary>
-    static void BiasGradient(ComputeDevice dev, ConvShape s, ArrayView<float> dy, ArrayView<float> db, int chunks)
+    static void BiasGradient(ComputeDevice dev, ConvShape s, ArrayView<float> dy, ArrayView<float> db)
     {
-        long count = (long)s.N * s.Ho * s.Wo;
-        if (chunks <= 0)
+        int threads = 1;
+        while (threads * 2 <= Math.Min(dev.IsCpu ? 4 : BiasThreads, dev.Accelerator.MaxNumThreadsPerGroup))
         {
-            chunks = dev.IsCpu ? 1 : (int)Math.Clamp(count / 1024, 1, 256);
+            threads *= 2;
         }
-        using var partials = dev.Allocate(chunks, s.Cout);
-        var k = dev.Kernel(BiasPartialsKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, ConvShape, int, ArrayView<float>,
-            ArrayView<float>>(BiasPartialsKernel));
-        int threads = dev.StrideThreads((long)chunks * s.Cout);
-        k(threads, threads, s, chunks, dy, partials.View);
-        SumPartials(dev, partials.View, chunks, s.Cout, db);
+        var k = dev.Kernel(BiasGradientKernel, a => a.LoadStreamKernel<ConvShape, ArrayView<float>, ArrayView<float>>(BiasGradientKernel));
+        k(new KernelConfig(new Index1D(s.Cout), new Index1D(threads)), s, dy, db);
     }
 
     /// <summary>

@@ -264,33 +264,47 @@ public static partial class Conv2d
         }
     }
 
+    /// <summary>Threads of a bias-gradient group on CUDA: the size of its shared tree.</summary>
+    const int BiasThreads = 256;
+
     /// <summary>
-    /// The bias gradient's first pass: partials[chunk·Cout + co] = the sum, in order, of chunk <paramref name="chunks"/>-th
-    /// part of channel co's N·Ho·Wo values of dy. Each thread walks contiguous runs of one channel.
+    /// db[co] += Σ dy[·, co, ·, ·], one group per channel (explicitly grouped, Group.DimX a power of two ≤ BiasThreads): each
+    /// thread sums every DimX-th value of each image's plane — a warp reads consecutive values — with two sums for two
+    /// loads in flight, then a shared-memory tree. The order is fixed by the group size, so the result is deterministic.
     /// </summary>
-    static void BiasPartialsKernel(Index1D index, int stride, ConvShape s, int chunks, ArrayView<float> dy, ArrayView<float> partials)
+    static void BiasGradientKernel(ConvShape s, ArrayView<float> dy, ArrayView<float> db)
     {
-        int pixels = s.Ho * s.Wo, count = s.N * pixels;
-        int length = (count + chunks - 1) / chunks;
-        int total = s.Cout * chunks;
-        for (int item = index; item < total; item += stride)
+        var partial = SharedMemory.Allocate<float>(BiasThreads);
+        int co = Grid.IdxX, tid = Group.IdxX, threads = Group.DimX;
+        int pixels = s.Ho * s.Wo;
+        float a0 = 0f, a1 = 0f;
+        for (int n = 0; n < s.N; n++)
         {
-            int chunk = item / s.Cout, co = item - chunk * s.Cout;
-            int e = Math.Min(chunk * length, count), end = Math.Min(e + length, count);
-            float acc = 0f;
-            while (e < end)
+            int plane = (n * s.Cout + co) * pixels;
+            int p = tid;
+            for (; p + threads < pixels; p += 2 * threads)
             {
-                // The rest of the chunk within one image: a contiguous run of dy.
-                int n = e / pixels, p = e - n * pixels;
-                int run = Math.Min(end - e, pixels - p);
-                int at = (n * s.Cout + co) * pixels + p;
-                for (int i = 0; i < run; i++)
-                {
-                    acc += dy[at + i];
-                }
-                e += run;
+                a0 += dy[plane + p];
+                a1 += dy[plane + p + threads];
             }
-            partials[item] = acc;
+            if (p < pixels)
+            {
+                a0 += dy[plane + p];
+            }
+        }
+        partial[tid] = a0 + a1;
+        Group.Barrier();
+        for (int half = threads / 2; half > 0; half /= 2)
+        {
+            if (tid < half)
+            {
+                partial[tid] += partial[tid + half];
+            }
+            Group.Barrier();
+        }
+        if (tid == 0)
+        {
+            db[co] += partial[0];
         }
     }
 

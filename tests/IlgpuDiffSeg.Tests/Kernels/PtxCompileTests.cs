@@ -171,6 +171,16 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         Assert.DoesNotContain(".extern .func", moments + softmax);
     }
 
+    /// <summary>Conv2d's bias gradient: one group per channel, strided sums and a shared-memory tree.</summary>
+    [Fact]
+    public void ConvBiasGradientCompilesForSm90()
+    {
+        string ptx = CompileExplicitlyGrouped(typeof(Conv2d), "BiasGradientKernel", "conv2d-bias-gradient");
+        Assert.Contains("bar.sync", ptx);
+        Assert.DoesNotContain(".local", ptx);
+        Assert.DoesNotContain(".extern .func", ptx);
+    }
+
     /// <summary>
     /// ILGPU passes inline-asm operands through one 4-byte local slot each (st.local, asm, ld.local), which ptxas folds
     /// into registers (0-byte stack frames: benchmarks/ptx/sass-mix.sh); anything larger in local memory would be a spilled

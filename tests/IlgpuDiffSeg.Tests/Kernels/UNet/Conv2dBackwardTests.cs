@@ -61,8 +61,8 @@ public sealed class Conv2dBackwardReferenceTests
 /// <summary>
 /// Conv2d.BackwardInput and BackwardWeights, every kernel against the references (each subclass runs the versions its
 /// device has). Shapes: stride 2 with odd and even sizes, k = 1 and 3, batch 2, and for the tiled kernels exact 128 tiles
-/// (no edge tests compiled in), tiles crossing edges, and K splits. The input gradient is checked overwriting a dx full of
-/// other values and accumulating into one; the weight gradient accumulating twice (a second microbatch, no bias).
+/// (no edge tests compiled in), tiles crossing edges, and K splits. The input gradient overwrites a dx full of other
+/// values or accumulates into it; the weight and bias gradients accumulate onto other values (or db is left alone).
 /// Tolerances: fp32 kernels NMSE ≤ 1e-10, as the forward's tests — fp32 sums of ≤ 360 products against a double reference
 /// land near 1e-14, a wrong tap or index at 1e-3 or more. fp16 kernels (v4, host fp16) against the reference over the same
 /// fp16-rounded operands, where only the order of fp32 sums differs: 1e-10; against plain fp32: 1e-6 (~1e-7 measured
@@ -78,58 +78,60 @@ public abstract class Conv2dBackwardTests(ExecutionPlan? plan)
     protected abstract int[] Versions { get; }
 
     [Theory]
-    [InlineData(2, 3, 7, 9, 5, 3, 2)]
-    [InlineData(2, 4, 8, 8, 6, 3, 1)]
-    [InlineData(1, 5, 9, 7, 4, 1, 2)]
-    [InlineData(2, 6, 5, 11, 7, 1, 1)]
-    [InlineData(2, 5, 10, 6, 3, 3, 2)]
-    [InlineData(1, 9, 13, 11, 10, 3, 1)] // v3/v4 dx: two column tiles, K = 90 over 12 (v3) or 3 (v4) slices
-    [InlineData(2, 128, 8, 8, 128, 1, 1)] // v3/v4: exact tiles in dx (128 × 128 × 128) and dw (128 × 128, 2 splits of 64)
-    [InlineData(2, 128, 8, 8, 32, 3, 1)] // dx exact (K = 288), v4 reading dy tap-major (Cout = 32)
-    [InlineData(2, 128, 16, 16, 128, 1, 2)] // stride 2 exact: dx 128 × 512 × 128, dw 128 × 128, K = 64 per split
-    public void InputGradientMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
+    [InlineData(2, 3, 7, 9, 5, 3, 2, false)] // stride 2, odd H and W
+    [InlineData(2, 3, 7, 9, 5, 3, 2, true)]
+    [InlineData(2, 4, 8, 8, 6, 3, 1, true)]
+    [InlineData(1, 5, 9, 7, 4, 1, 2, false)]
+    [InlineData(2, 6, 5, 11, 7, 1, 1, true)]
+    [InlineData(2, 5, 10, 6, 3, 3, 2, true)] // stride 2, even H: its last row reaches dy through ky = 0 only
+    [InlineData(1, 9, 13, 11, 10, 3, 1, false)] // v3/v4: two column tiles, K = 90 over 12 (v3) or 3 (v4) slices
+    [InlineData(2, 128, 8, 8, 128, 1, 1, true)] // v3/v4: exact tiles, 128 × 128 × 128
+    [InlineData(2, 128, 8, 8, 32, 3, 1, false)] // exact tiles, K = 288; v4 reads dy tap-major (Cout = 32)
+    [InlineData(2, 128, 16, 16, 128, 1, 2, true)] // stride 2 exact: 128 × 512 × 128
+    public void InputGradientMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride, bool accumulate)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
         foreach (int version in Versions)
         {
-            CheckInput(plan!, n, cin, h, w, cout, k, stride, version);
+            CheckInput(plan!, n, cin, h, w, cout, k, stride, version, accumulate);
         }
     }
 
     [Theory]
-    [InlineData(2, 3, 7, 9, 5, 3, 2)]
-    [InlineData(2, 4, 8, 8, 6, 3, 1)]
-    [InlineData(1, 5, 9, 7, 4, 1, 2)]
-    [InlineData(2, 6, 5, 11, 7, 1, 1)]
-    [InlineData(2, 5, 10, 6, 3, 3, 2)]
-    [InlineData(1, 9, 13, 11, 10, 3, 1)] // one split (one image): v3/v4 add into dw through the residual
-    [InlineData(2, 128, 8, 8, 128, 1, 1)]
-    [InlineData(2, 128, 8, 8, 32, 3, 1)] // dw: N = 1152, nine column tiles
-    [InlineData(2, 128, 16, 16, 128, 1, 2)]
-    public void WeightGradientMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride)
+    [InlineData(2, 3, 7, 9, 5, 3, 2, true)]
+    [InlineData(2, 3, 7, 9, 5, 3, 2, false)]
+    [InlineData(2, 4, 8, 8, 6, 3, 1, true)]
+    [InlineData(1, 5, 9, 7, 4, 1, 2, false)]
+    [InlineData(2, 6, 5, 11, 7, 1, 1, true)]
+    [InlineData(2, 5, 10, 6, 3, 3, 2, true)]
+    [InlineData(1, 9, 13, 11, 10, 3, 1, true)] // one split (one image): v3/v4 add into dw through the residual
+    [InlineData(1, 16, 8, 8, 8, 3, 1, false)] // v3/v4: N = 144, two column tiles
+    [InlineData(2, 128, 8, 8, 128, 1, 1, true)] // v3/v4: exact tiles, 128 × 128, two splits of K = 64
+    [InlineData(2, 128, 16, 16, 128, 1, 2, false)] // stride 2 exact: 128 × 128, two splits of K = 64
+    public void WeightGradientMatchesReference(int n, int cin, int h, int w, int cout, int k, int stride, bool bias)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
         foreach (int version in Versions)
         {
-            CheckWeights(plan!, n, cin, h, w, cout, k, stride, version, splitRows: 0, biasChunks: 0);
+            CheckWeights(plan!, n, cin, h, w, cout, k, stride, version, bias, splitRows: 0);
         }
     }
 
     /// <summary>
-    /// The splits CUDA chooses for itself, forced on every device: K splits of the weight gradient (v2: rows of N·Ho;
-    /// v3/v4: a divisor of Ho, padded rows 2^⌈log₂ Wo⌉ wide) and chunks of the bias gradient, summed in order.
+    /// The K splits CUDA chooses for itself, forced on every device: v2 splits the N·Ho output rows, v3/v4 each image's
+    /// rows into blocks of a divisor of Ho (rows padded to 2^⌈log₂ Wo⌉ columns); the partials are summed in order.
     /// </summary>
     [Theory]
-    [InlineData(2, 4, 9, 7, 6, 3, 1, 3, 3)] // v3/v4: 3 rows of 8 padded columns per split, 6 splits
-    [InlineData(2, 3, 7, 9, 5, 3, 2, 2, 5)] // stride 2: Ho = 4, 2 rows per split; 5 bias chunks of 8 values (last short)
-    [InlineData(1, 5, 9, 7, 4, 1, 2, 5, 2)] // Ho = 5: v2 one split of 5 rows; v3/v4 5 rows (the divisor ≤ 5)
-    [InlineData(2, 6, 5, 11, 7, 1, 1, 1, 7)] // one row per split: 10 splits
-    public void WeightGradientSplitsMatchReference(int n, int cin, int h, int w, int cout, int k, int stride, int splitRows, int biasChunks)
+    [InlineData(2, 4, 9, 7, 6, 3, 1, 3)] // v3/v4: 3 rows of 8 padded columns per split, 6 splits
+    [InlineData(2, 3, 7, 9, 5, 3, 2, 2)] // stride 2: Ho = 4, 2 rows per split
+    [InlineData(1, 5, 9, 7, 4, 1, 2, 4)] // Ho = 5: v2 two splits (4 rows + 1); v3/v4 one row per split (the divisor ≤ 4)
+    [InlineData(2, 6, 5, 11, 7, 1, 1, 1)] // one row per split: 10 splits
+    public void WeightGradientSplitsMatchReference(int n, int cin, int h, int w, int cout, int k, int stride, int splitRows)
     {
         Assert.SkipWhen(device is null, "no CUDA device");
         foreach (int version in Versions)
         {
-            CheckWeights(plan!, n, cin, h, w, cout, k, stride, version, splitRows, biasChunks);
+            CheckWeights(plan!, n, cin, h, w, cout, k, stride, version, bias: true, splitRows);
         }
     }
 
@@ -162,8 +164,12 @@ public abstract class Conv2dBackwardTests(ExecutionPlan? plan)
         }
     }
 
-    /// <summary>dx overwritten, then accumulated, against BackwardInputReference (over fp16-rounded operands for fp16 kernels).</summary>
-    public static void CheckInput(ExecutionPlan plan, int n, int cin, int h, int w, int cout, int k, int stride, int version)
+    /// <summary>
+    /// dx overwritten (it holds other values before) or accumulated into, against BackwardInputReference — over
+    /// fp16-rounded operands for the fp16 kernels, which are also held to the fp32 reference.
+    /// </summary>
+    public static void CheckInput(ExecutionPlan plan, int n, int cin, int h, int w, int cout, int k, int stride, int version,
+        bool accumulate)
     {
         var dev = plan.Device;
         var kernel = plan.Kernel(version);
@@ -176,25 +182,23 @@ public abstract class Conv2dBackwardTests(ExecutionPlan? plan)
         using var dy = dev.Upload(dyValues, n, cout, s.Ho, s.Wo);
         using var wt = dev.Upload(wValues, cout, cin, k, k);
         using var dx = dev.Upload(before, n, cin, h, w);
-        string what = $"{kernel.Label()} dx {n}×{cin}×{h}×{w}, k {k}, stride {stride}";
-        Conv2d.BackwardInput(dy, wt, dx, stride, kernel);
+        string what = $"{kernel.Label()} dx {n}×{cin}×{h}×{w}, k {k}, stride {stride}" + (accumulate ? ", accumulated" : "");
+        Conv2d.BackwardInput(dy, wt, dx, stride, kernel, accumulate);
         var got = dx.ToArray();
-        TensorAssert.NmseBelow(Conv2d.BackwardInputReference(dyUsed, wUsed, s), got, NmseBound, what);
+        var init = accumulate ? before : null;
+        TensorAssert.NmseBelow(Conv2d.BackwardInputReference(dyUsed, wUsed, s, init), got, NmseBound, what);
         if (half)
         {
-            TensorAssert.NmseBelow(Conv2d.BackwardInputReference(dyValues, wValues, s), got, Fp16VsFp32Bound, what + " vs fp32");
+            TensorAssert.NmseBelow(Conv2d.BackwardInputReference(dyValues, wValues, s, init), got, Fp16VsFp32Bound, what + " vs fp32");
         }
-        dx.CopyFrom(before);
-        Conv2d.BackwardInput(dy, wt, dx, stride, kernel, accumulate: true);
-        TensorAssert.NmseBelow(Conv2d.BackwardInputReference(dyUsed, wUsed, s, before), dx.ToArray(), NmseBound, what + ", accumulated");
     }
 
     /// <summary>
-    /// dw and db accumulated onto other values, then dw once more without a bias (a second microbatch), against
-    /// BackwardWeightsReference; the splits as BackwardWeights' internal overload takes them (0: the device's choice).
+    /// dw (and db when <paramref name="bias"/>) accumulated onto other values, against BackwardWeightsReference; K splits
+    /// of <paramref name="splitRows"/> output rows (BackwardWeights' internal overload; 0: the device's choice).
     /// </summary>
     public static void CheckWeights(ExecutionPlan plan, int n, int cin, int h, int w, int cout, int k, int stride, int version,
-        int splitRows, int biasChunks)
+        bool bias, int splitRows)
     {
         var dev = plan.Device;
         var kernel = plan.Kernel(version);
@@ -209,19 +213,17 @@ public abstract class Conv2dBackwardTests(ExecutionPlan? plan)
         using var dy = dev.Upload(dyValues, n, cout, s.Ho, s.Wo);
         using var dw = dev.Upload(dwBefore, cout, cin, k, k);
         using var db = dev.Upload(dbBefore, cout);
-        string what = $"{kernel.Label()} {n}×{cin}×{h}×{w}, k {k}, stride {stride}, splits ({splitRows}, {biasChunks})";
-        Conv2d.BackwardWeights(x, dy, dw, db, stride, kernel, splitRows, biasChunks);
-        var once = dw.ToArray();
-        TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xUsed, dyUsed, s, dwBefore).Dw, once, NmseBound, what + " dw");
-        TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xValues, dyValues, s, null, dbBefore).Db, db.ToArray(), NmseBound,
-            what + " db");
+        string what = $"{kernel.Label()} {n}×{cin}×{h}×{w}, k {k}, stride {stride}, split rows {splitRows}";
+        Conv2d.BackwardWeights(x, dy, dw, bias ? db : null, stride, kernel, splitRows);
+        var got = dw.ToArray();
+        TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xUsed, dyUsed, s, dwBefore).Dw, got, NmseBound, what + " dw");
         if (half)
         {
-            TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xValues, dyValues, s, dwBefore).Dw, once, Fp16VsFp32Bound,
+            TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xValues, dyValues, s, dwBefore).Dw, got, Fp16VsFp32Bound,
                 what + " dw vs fp32");
         }
-        Conv2d.BackwardWeights(x, dy, dw, null, stride, kernel, splitRows, biasChunks);
-        TensorAssert.NmseBelow(Conv2d.BackwardWeightsReference(xUsed, dyUsed, s, once).Dw, dw.ToArray(), NmseBound, what + " dw twice");
+        var dbExpected = bias ? Conv2d.BackwardWeightsReference(xValues, dyValues, s, null, dbBefore).Db : dbBefore;
+        TensorAssert.NmseBelow(dbExpected, db.ToArray(), NmseBound, what + (bias ? " db" : " db untouched"));
     }
 }
 
