@@ -8,7 +8,7 @@
 //   v4  the same on tensor cores through TensorCoreGemm (fp16 operands, fp32 sums).
 //   host  im2col blocks and HostGemm on the host's SIMD units (HostBackend.Conv2d): the CPU backend.
 // ForwardNormalized: v3/v4 reading GroupNorm(+scale-shift)(+SiLU) of x on the fly (NormalizedIm2ColOperand).
-// Backward (Conv2dBackwardKernels.cs, Conv2dBackwardTiled.cs, HostBackend.Conv2dBackward*, ConvGradOperands.cs):
+// Backward (Conv2dBackward.cs, Conv2dBackwardKernels.cs, ConvGradOperands.cs, HostBackend.Conv2dBackward*):
 //   BackwardInput   dx (+)= conv_transpose(dy, w): dx[n,ci,iy,ix] = Σ_{co,ky,kx} w[co,ci,ky,kx]·dy[n,co,oy,ox] over the
 //                   taps with iy = oy·s − pad + ky (integer oy, ox in range).
 //     v1  one dx element per grid-stride step.
@@ -16,7 +16,8 @@
 //         dy columns through the same taps, so every tap is one parity test, 4 dy and 4 weight loads for 16 FMAs.
 //     v3/v4  implicit GEMM, M = Cin, N = N·H·W, K = Cout·k², A = the weights transposed (a copy; fp16 pairs for v4):
 //         stride 1: B is im2col(dy) with the kernel flipped — the forward's Im2ColOperand (tap-major on v4 when Cout
-//         is a multiple of its slice); stride 2: ConvTransposeOperand, whose taps with no integer source read 0.
+//         is a multiple of its slice); stride 2: ConvTransposeOperand, whose taps with no integer source read 0 —
+//         3/4 of K on average for k = 3, the price of one launch (ADM strides only in its downsampling convs).
 //     host  HostGemm wᵀ·dy into a column buffer, then col2im, one task per input channel (deterministic).
 //   BackwardWeights dw += Σ_{n,oy,ox} dy ⊗ im2col(x), db += Σ dy — both accumulate (gradients sum over microbatches).
 //     v1  one dw element per grid-stride step.
@@ -33,6 +34,8 @@
 // x, dx: (N, Cin, H, W); w, dw: (Cout, Cin, k, k); b, db: (Cout); y, dy, residual: (N, Cout, Ho, Wo),
 // Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² for each of forward, dx and dw → compute-bound for
 // Cin ≥ 32; db reads dy once.
+// Measured (Stopwatch, best of 7, 2 shared cores under load): 64→64 3×3 at 64², batch 4 (1.21 GFLOP each) on the host
+// backend: forward 39–54 ms, dx 35 ms, dw + db 23–27 ms; v2 on the CPU accelerator 1.3–2.2 s each. Not yet timed on a GPU.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Util;
