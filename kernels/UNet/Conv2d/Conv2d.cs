@@ -34,8 +34,9 @@
 // x, dx: (N, Cin, H, W); w, dw: (Cout, Cin, k, k); b, db: (Cout); y, dy, residual: (N, Cout, Ho, Wo),
 // Ho = (H + 2·pad − k)/stride + 1. FLOPs = 2·N·Cout·Ho·Wo·Cin·k² for each of forward, dx and dw → compute-bound for
 // Cin ≥ 32; db reads dy once.
-// Measured (Stopwatch, best of 7, 2 shared cores under load): 64→64 3×3 at 64², batch 4 (1.21 GFLOP each) on the host
-// backend: forward 39–54 ms, dx 35 ms, dw + db 23–27 ms; v2 on the CPU accelerator 1.3–2.2 s each. Not yet timed on a GPU.
+// Measured (Stopwatch, best of 7, 2 shared cores under varying load, 4 runs): 64→64 3×3 at 64², batch 4 (1.21 GFLOP
+// each) on the host backend: forward 39–80 ms, dx 35–44 ms, dw + db 23–41 ms — each pass 0.5–0.9× the forward in the same
+// run; v2 on the CPU accelerator 1.3–2.2 s each. Not yet timed on a GPU.
 using ILGPU;
 using ILGPU.Runtime;
 using ILGPU.Util;
