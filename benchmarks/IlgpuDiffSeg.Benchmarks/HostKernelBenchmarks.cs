@@ -5,7 +5,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 
 /// <summary>
 /// The CPU backend's products at the shapes that dominate a CPU run: the pixel classifier's first layer (forward and
-/// weight gradient, 10 members, D = 864) and a 64-channel 3×3 convolution at 64² (as im2col + GEMM).
+/// weight gradient, 10 members, D = 864) and a 64-channel 3×3 convolution at 64² (as im2col + GEMM), forward and backward.
 /// Reports time per call; GFLOP/s = FLOPs / time with the FLOPs given in each description.
 /// </summary>
 [MemoryDiagnoser]
@@ -13,6 +13,7 @@ public class HostKernelBenchmarks
 {
     ComputeDevice dev = null!;
     Tensor x = null!, w = null!, b = null!, y = null!, features = null!, weights = null!, hidden = null!, grads = null!;
+    Tensor dy = null!, dx = null!, dw = null!, db = null!;
 
     [GlobalSetup]
     public void Setup()
@@ -24,6 +25,10 @@ public class HostKernelBenchmarks
         w = dev.Upload(R(64 * 64 * 9), 64, 64, 3, 3);
         b = dev.Upload(R(64), 64);
         y = dev.Allocate(3, 64, 64, 64);
+        dy = dev.Upload(R(3 * 64 * 64 * 64), 3, 64, 64, 64);
+        dx = dev.Allocate(3, 64, 64, 64);
+        dw = dev.Zeros(64, 64, 3, 3);
+        db = dev.Zeros(64);
         features = dev.Upload(R(64 * 864), 64, 864);
         weights = dev.Upload(R(10 * 128 * 864), 10 * 128 * 864);
         hidden = dev.Allocate(10 * 64 * 128);
@@ -35,6 +40,22 @@ public class HostKernelBenchmarks
     public void Conv3x3()
     {
         Conv2d.Forward(x, w, b, y, kernel: MatmulKernel.HostSimd);
+        dev.Synchronize();
+    }
+
+    /// <summary>The input gradient of Conv3x3: wᵀ·dy into column blocks, then col2im; the same 1.36 GFLOP.</summary>
+    [Benchmark(Description = "conv3x3 64→64 @64², batch 3, input gradient (1.36 GFLOP)")]
+    public void Conv3x3BackwardInput()
+    {
+        Conv2d.BackwardInput(dy, w, dx, 1, MatmulKernel.HostSimd);
+        dev.Synchronize();
+    }
+
+    /// <summary>The weight and bias gradients of Conv3x3 (accumulating): dy·im2col(x)ᵀ per block of rows; 1.36 GFLOP.</summary>
+    [Benchmark(Description = "conv3x3 64→64 @64², batch 3, weight + bias gradient (1.36 GFLOP)")]
+    public void Conv3x3BackwardWeights()
+    {
+        Conv2d.BackwardWeights(x, dy, dw, db, 1, MatmulKernel.HostSimd);
         dev.Synchronize();
     }
 
@@ -67,7 +88,7 @@ public class HostKernelBenchmarks
     [GlobalCleanup]
     public void Cleanup()
     {
-        foreach (var t in new[] { x, w, b, y, features, weights, hidden, grads })
+        foreach (var t in new[] { x, w, b, y, features, weights, hidden, grads, dy, dx, dw, db })
         {
             t.Dispose();
         }

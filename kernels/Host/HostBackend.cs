@@ -95,6 +95,186 @@ public static unsafe class HostBackend
         }
     }
 
+    /// <summary>Floats of the backward passes' column buffer (4 MB): blocks of output rows are sized to it.</summary>
+    const int GradColumnFloats = 1 << 20;
+
+    /// <summary>Output rows per block of a backward pass: whole rows, so im2col and col2im walk (oy, ox) without division.</summary>
+    static int GradBlockRows(ConvShape s, int columnRows) => Math.Clamp(GradColumnFloats / Math.Max(1, columnRows * s.Wo), 1, s.Ho);
+
+    /// <summary>
+    /// dx (+)= conv_transpose(dy, w) on the host: per image and block of dy rows, the column buffer cols = wᵀ·dy (HostGemm,
+    /// (Cin·k²) × pixels), then col2im adds it into dx, one task per input channel — each plane written by one task, taps
+    /// in order: deterministic. A 1×1 convolution at stride 1 is the product itself.
+    /// </summary>
+    public static void Conv2dBackwardInput(ComputeDevice dev, ConvShape s, ArrayView<float> dy, ArrayView<float> w, ArrayView<float> dx,
+        bool accumulate, bool roundToHalf)
+    {
+        dev.Synchronize();
+        using var hdy = new HostOperand(dy, roundToHalf);
+        using var hw = new HostOperand(w, roundToHalf);
+        float* pdx = Pointer(dx);
+        int kk = s.K * s.K, rows = s.Cin * kk, pixels = s.Ho * s.Wo, plane = s.H * s.W;
+        // wᵀ (Cin·k² × Cout), row-major: HostGemm packs its rows with unit stride.
+        var transposed = GC.AllocateUninitializedArray<float>(rows * s.Cout, pinned: true);
+        for (int co = 0; co < s.Cout; co++)
+        {
+            for (int r = 0; r < rows; r++)
+            {
+                transposed[r * s.Cout + co] = hw.Pointer[(long)co * rows + r];
+            }
+        }
+        fixed (float* pt = transposed)
+        {
+            if (s.K == 1 && s.Stride == 1)
+            {
+                var direct = new GemmShape
+                {
+                    M = s.Cin, N = pixels, K = s.Cout, Batch0 = s.N, Batch1 = 1, Alpha = 1f, ARow = s.Cout, ACol = 1,
+                    BRow = pixels, BCol = 1, BBatch0 = s.Cout * pixels, CRow = pixels, CCol = 1, CBatch0 = s.Cin * pixels,
+                };
+                HostGemm.Run(direct, pt, hdy.Pointer, pdx, null, accumulate ? pdx : null);
+                return;
+            }
+            if (!accumulate)
+            {
+                new Span<float>(pdx, s.N * s.Cin * plane).Clear();
+            }
+            int blockRows = GradBlockRows(s, rows);
+            var cols = GC.AllocateUninitializedArray<float>(rows * blockRows * s.Wo, pinned: true);
+            fixed (float* pc = cols)
+            {
+                nint colPtr = (nint)pc, dxPtr = (nint)pdx;
+                for (int n = 0; n < s.N; n++)
+                {
+                    for (int oy0 = 0; oy0 < s.Ho; oy0 += blockRows)
+                    {
+                        int count = Math.Min(blockRows, s.Ho - oy0) * s.Wo;
+                        var g = new GemmShape
+                        {
+                            M = rows, N = count, K = s.Cout, Batch0 = 1, Batch1 = 1, Alpha = 1f, ARow = s.Cout, ACol = 1,
+                            BOffset = n * s.Cout * pixels + oy0 * s.Wo, BRow = pixels, BCol = 1, CRow = count, CCol = 1,
+                        };
+                        HostGemm.Run(g, pt, hdy.Pointer, pc, null, null);
+                        int nn = n, first = oy0;
+                        Parallel.For(0, s.Cin, ci => Col2ImChannel(s, (float*)colPtr, count, first, ci,
+                            (float*)dxPtr + ((long)nn * s.Cin + ci) * plane));
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Adds channel ci's rows of the column buffer (its k² taps × the block's dy pixels from row oy0) into its dx plane.</summary>
+    static void Col2ImChannel(ConvShape s, float* cols, int count, int oy0, int ci, float* plane)
+    {
+        int blockRows = count / s.Wo;
+        for (int ky = 0; ky < s.K; ky++)
+        {
+            for (int kx = 0; kx < s.K; kx++)
+            {
+                float* tap = cols + (long)((ci * s.K + ky) * s.K + kx) * count;
+                var (oxLo, oxHi) = InsideColumns(s, kx);
+                for (int r = 0; r < blockRows; r++)
+                {
+                    int iy = (oy0 + r) * s.Stride - s.Pad + ky;
+                    if (iy < 0 || iy >= s.H)
+                    {
+                        continue;
+                    }
+                    float* src = tap + r * s.Wo;
+                    float* dst = plane + iy * s.W - s.Pad + kx;
+                    for (int ox = oxLo; ox < oxHi; ox++)
+                    {
+                        dst[ox * s.Stride] += src[ox];
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>The output columns [lo, hi) whose tap kx lands inside the input row: 0 ≤ ox·stride − pad + kx &lt; W.</summary>
+    static (int Lo, int Hi) InsideColumns(ConvShape s, int kx) =>
+        (Math.Max(0, -(int)Math.Floor((kx - s.Pad) / (double)s.Stride)),
+            Math.Min(s.Wo, (int)Math.Floor((s.W - 1 + s.Pad - kx) / (double)s.Stride) + 1));
+
+    /// <summary>
+    /// dw += Σ dy ⊗ im2col(x) on the host: per image and block of output rows, the transposed column buffer (pixels ×
+    /// Cin·k²), then HostGemm dy·cols with residual = dw — the blocks add in order: deterministic. db += Σ dy (double sums,
+    /// from fp32 dy), one task per channel.
+    /// </summary>
+    public static void Conv2dBackwardWeights(ComputeDevice dev, ConvShape s, ArrayView<float> x, ArrayView<float> dy, ArrayView<float> dw,
+        ArrayView<float>? db, bool roundToHalf)
+    {
+        dev.Synchronize();
+        int kk = s.K * s.K, rows = s.Cin * kk, pixels = s.Ho * s.Wo;
+        if (db is { } dbv)
+        {
+            nint dyRaw = (nint)Pointer(dy), dbPtr = (nint)Pointer(dbv);
+            Parallel.For(0, s.Cout, co =>
+            {
+                double sum = 0;
+                for (int n = 0; n < s.N; n++)
+                {
+                    float* plane = (float*)dyRaw + ((long)n * s.Cout + co) * pixels;
+                    for (int p = 0; p < pixels; p++)
+                    {
+                        sum += plane[p];
+                    }
+                }
+                ((float*)dbPtr)[co] += (float)sum;
+            });
+        }
+        using var hx = new HostOperand(x, roundToHalf);
+        using var hdy = new HostOperand(dy, roundToHalf);
+        float* pdw = Pointer(dw);
+        int blockRows = GradBlockRows(s, rows);
+        var cols = GC.AllocateUninitializedArray<float>(blockRows * s.Wo * rows, pinned: true);
+        fixed (float* pc = cols)
+        {
+            nint colPtr = (nint)pc, xPtr = (nint)hx.Pointer;
+            for (int n = 0; n < s.N; n++)
+            {
+                for (int oy0 = 0; oy0 < s.Ho; oy0 += blockRows)
+                {
+                    int blockRowCount = Math.Min(blockRows, s.Ho - oy0), count = blockRowCount * s.Wo;
+                    int nn = n, first = oy0;
+                    Parallel.For(0, blockRowCount, r => Im2ColTransposedRow(s, (float*)xPtr + (long)nn * s.Cin * s.H * s.W, first + r,
+                        (float*)colPtr + (long)r * s.Wo * rows));
+                    var g = new GemmShape
+                    {
+                        M = s.Cout, N = rows, K = count, Batch0 = 1, Batch1 = 1, Alpha = 1f,
+                        AOffset = n * s.Cout * pixels + oy0 * s.Wo, ARow = pixels, ACol = 1,
+                        BRow = rows, BCol = 1, CRow = rows, CCol = 1, HasResidual = 1,
+                    };
+                    HostGemm.Run(g, hdy.Pointer, pc, pdw, null, pdw);
+                }
+            }
+        }
+    }
+
+    /// <summary>Output row oy of the transposed im2col matrix: for each ox the Cin·k² values (ci, ky, kx) it reads, 0 in padding.</summary>
+    static void Im2ColTransposedRow(ConvShape s, float* x, int oy, float* dst)
+    {
+        int rows = s.Cin * s.K * s.K;
+        for (int ox = 0; ox < s.Wo; ox++)
+        {
+            float* d = dst + (long)ox * rows;
+            for (int ci = 0; ci < s.Cin; ci++)
+            {
+                float* plane = x + (long)ci * s.H * s.W;
+                for (int ky = 0; ky < s.K; ky++)
+                {
+                    int iy = oy * s.Stride - s.Pad + ky;
+                    for (int kx = 0; kx < s.K; kx++)
+                    {
+                        int ix = ox * s.Stride - s.Pad + kx;
+                        *d++ = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? plane[iy * s.W + ix] : 0f;
+                    }
+                }
+            }
+        }
+    }
+
     /// <summary>
     /// An operand as host code reads it: the view's own memory, or — for fp16 operands — a pinned copy with every value
     /// rounded to fp16 (nearest-even), which stays at its address until disposed.

@@ -62,7 +62,11 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
         log.WriteLine($"{name}: {ptx.Split('\n').Length} lines of PTX");
     }
 
-    /// <summary>The (A, B, output, edges) instances Gemm and Conv2d launch of the tiled kernels (v3 and v4).</summary>
+    /// <summary>
+    /// The (A, B, output, edges) instances Gemm and Conv2d launch of the tiled kernels (v3 and v4): Conv2d's backward adds
+    /// the stride-2 input gradient (ConvTransposeOperand) and the weight gradient (PixelRowsOperand × PixelIm2ColOperand);
+    /// its stride-1 input gradient is the forward's instance.
+    /// </summary>
     public static TheoryData<Type, Type, Type, Type> TiledInstances()
     {
         var data = new TheoryData<Type, Type, Type, Type>();
@@ -71,13 +75,16 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             data.Add(typeof(StridedOperand), typeof(StridedOperand), typeof(StridedOutput), edges);
             data.Add(typeof(DenseRowsOperand), typeof(Im2ColOperand), typeof(ConvOutput), edges);
             data.Add(typeof(DenseRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(DenseRowsOperand), typeof(ConvTransposeOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(PixelRowsOperand), typeof(PixelIm2ColOperand), typeof(StridedOutput), edges);
         }
         return data;
     }
 
     /// <summary>
     /// The instances of the tensor-core kernel: each of TiledInstances with A read through RoundedPairs (fp32 weights), and
-    /// the convolutions with their weights held in fp16 (HalfRowsOperand), channel-major and tap-major.
+    /// the convolutions with their weights held in fp16 (HalfRowsOperand), channel-major and tap-major — the backward's
+    /// input gradient reads its transposed weights so, the weight gradient dy through RoundedPairs.
     /// </summary>
     public static TheoryData<Type, Type, Type, Type> TensorCoreInstances()
     {
@@ -91,6 +98,8 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             data.Add(typeof(HalfRowsOperand), typeof(NormalizedIm2ColOperand), typeof(ConvOutput), edges);
             data.Add(typeof(HalfRowsOperand), typeof(TapMajorIm2ColOperand), typeof(ConvOutput), edges);
             data.Add(typeof(HalfRowsOperand), typeof(TapMajorNormalizedIm2ColOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(HalfRowsOperand), typeof(ConvTransposeOperand), typeof(ConvOutput), edges);
+            data.Add(typeof(RoundedPairs<PixelRowsOperand>), typeof(PixelIm2ColOperand), typeof(StridedOutput), edges);
         }
         return data;
     }
@@ -226,6 +235,16 @@ public sealed class PtxCompileTests(ITestOutputHelper log)
             Assert.Equal(fmas, ptx.Split("fma.rn.f32").Length - 1);
             Assert.DoesNotContain(".extern .func", ptx);
         }
+    }
+
+    /// <summary>Conv2d's bias gradient: one group per channel, strided sums and a shared-memory tree.</summary>
+    [Fact]
+    public void ConvBiasGradientCompilesForSm90()
+    {
+        string ptx = CompileExplicitlyGrouped(typeof(Conv2d), "BiasGradientKernel", "conv2d-bias-gradient");
+        Assert.Contains("bar.sync", ptx);
+        Assert.DoesNotContain(".local", ptx);
+        Assert.DoesNotContain(".extern .func", ptx);
     }
 
     /// <summary>
