@@ -15,7 +15,7 @@ public static class ExportFeatures
     public static int Run(string configPath, string outputDir)
     {
         var cfg = ExperimentConfig.Load(configPath, Console.Error.WriteLine);
-        using var dev = ComputeDevice.Create();
+        using var dev = ComputeDevice.Create(hostKernels: true);
         var plan = ExecutionPlan.For(dev);
         using var model = ModelWeights.Load(cfg.ModelPath, plan);
         var extractor = Segmenter.CreateExtractor(model, cfg);

@@ -11,7 +11,7 @@ public static class ForwardBenchmark
 {
     public static int Run(int batch, int reps)
     {
-        using var dev = ComputeDevice.Create();
+        using var dev = ComputeDevice.Create(hostKernels: true);
         var plan = ExecutionPlan.For(dev);
         var clock = Stopwatch.StartNew();
         using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));

@@ -45,7 +45,7 @@ public static class GpuBenchmark
 
     public static int Run(bool small, string? outFile)
     {
-        using var dev = ComputeDevice.Create(profiling: true);
+        using var dev = ComputeDevice.Create(profiling: true, hostKernels: true);
         var plan = ExecutionPlan.For(dev);
         var peak = PeakOf(dev);
         var rows = new List<Row>();

@@ -18,7 +18,7 @@ public class HostKernelBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        dev = ComputeDevice.Create(DeviceChoice.Cpu);
+        dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
         var rng = new Random(1);
         float[] R(int n) => Enumerable.Range(0, n).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         x = dev.Upload(R(3 * 64 * 64 * 64), 3, 64, 64, 64);

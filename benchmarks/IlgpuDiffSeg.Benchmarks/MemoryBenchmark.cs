@@ -116,7 +116,8 @@ public static class MemoryBenchmark
     public static int Child(string shapeName, string path, int images, string device)
     {
         var shape = shapeName == Bedroom28.Name ? Bedroom28 : CpuScaled;
-        using var dev = ComputeDevice.Create(device == "cuda" ? DeviceChoice.Cuda : device == "cpu" ? DeviceChoice.Cpu : DeviceChoice.Auto);
+        using var dev = ComputeDevice.Create(device == "cuda" ? DeviceChoice.Cuda : device == "cpu" ? DeviceChoice.Cpu : DeviceChoice.Auto,
+            hostKernels: true);
         var plan = ExecutionPlan.For(dev);
         var flags = AdmFlags.Parse(shape.Flags, shape.Name);
         using var model = new UNetModel(flags);

@@ -15,7 +15,7 @@ public static class PrecisionBenchmark
 {
     public static int Run(string? outFile)
     {
-        using var dev = ComputeDevice.Create();
+        using var dev = ComputeDevice.Create(hostKernels: true);
         var plan = ExecutionPlan.For(dev);
         using var model = new UNetModel(AdmFlags.Parse(MemoryBenchmark.Bedroom28.Flags, "lsun"));
         ModelWeights.InitializeRandom(model, plan, 1);

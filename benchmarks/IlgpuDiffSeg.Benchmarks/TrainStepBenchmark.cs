@@ -16,7 +16,7 @@ public static class TrainStepBenchmark
 {
     public static int Run(int batch, int reps, string precision, string config = "demo")
     {
-        using var dev = ComputeDevice.Create();
+        using var dev = ComputeDevice.Create(hostKernels: true);
         bool lsun = config == "lsun256";
         int size = lsun ? 256 : 64;
         var p = precision == "fp16" ? Precision.Fp16 : Precision.Fp32;

@@ -33,7 +33,7 @@ public static class TrainTrace
         }
         var rng = new Random(7);
         var order = Enumerable.Range(0, steps * 64).Select(_ => rng.Next(y.Length)).ToArray();
-        using var dev = ComputeDevice.Create(DeviceChoice.Auto);
+        using var dev = ComputeDevice.Create(DeviceChoice.Auto, hostKernels: true);
         using var ensemble = PixelEnsemble.CreateRandom(ExecutionPlan.For(dev), MlpLayout.ForClasses(1, d, classes), seed: 11);
         using var trainer = new EnsembleTrainer(ensemble, 64);
         Directory.CreateDirectory(outDir);

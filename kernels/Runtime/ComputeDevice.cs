@@ -61,10 +61,11 @@ public sealed class ComputeDevice : IDisposable
         return b;
     }
 
-    ComputeDevice(Context context, Accelerator accelerator)
+    ComputeDevice(Context context, Accelerator accelerator, bool hostKernels)
     {
         Context = context;
         Accelerator = accelerator;
+        RunsKernelsOnHost = hostKernels && accelerator.AcceleratorType == AcceleratorType.CPU;
         pool = new BufferPool(accelerator, Track);
     }
 
@@ -76,8 +77,19 @@ public sealed class ComputeDevice : IDisposable
     public static CPUDevice LeanCpu => new(numThreadsPerWarp: 2, numWarpsPerMultiprocessor: 2,
         numMultiprocessors: Math.Max(1, Environment.ProcessorCount));
 
-    /// <summary>Creates the context and accelerator. Throws DeviceUnavailableException when CUDA is forced but absent.</summary>
-    public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false, CPUDevice? cpuShape = null)
+    /// <summary>
+    /// The CPU backend: on the CPU accelerator, implicitly grouped kernels run as host code over the thread pool (HostLaunch:
+    /// the same kernel methods, so the same bits, at JIT speed), and models run their products on the host's SIMD units
+    /// (ExecutionPlan.For). Chosen when the device is created; false on CUDA.
+    /// </summary>
+    public bool RunsKernelsOnHost { get; }
+
+    /// <summary>
+    /// Creates the context and accelerator. Throws DeviceUnavailableException when CUDA is forced but absent.
+    /// <paramref name="hostKernels"/>: where the CPU accelerator is chosen, run it as the CPU backend (RunsKernelsOnHost).
+    /// </summary>
+    public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false, CPUDevice? cpuShape = null,
+        bool hostKernels = false)
     {
         InstallLibCudaResolver();
         var context = Context.Create(builder =>
@@ -111,7 +123,7 @@ public sealed class ComputeDevice : IDisposable
                     ? "no CUDA device found (is the NVIDIA driver's libcuda.so.1 installed?)"
                     : "no ILGPU device found");
             }
-            return new ComputeDevice(context, device.CreateAccelerator(context));
+            return new ComputeDevice(context, device.CreateAccelerator(context), hostKernels);
         }
         catch
         {
@@ -143,7 +155,9 @@ public sealed class ComputeDevice : IDisposable
             return $"{cuda.Name} (CUDA, compute {cuda.Architecture.Major}.{cuda.Architecture.Minor}, " +
                    $"{cuda.MemorySize / (1024.0 * 1024 * 1024):F1} GiB, driver {cuda.DriverVersion.Major}.{cuda.DriverVersion.Minor})";
         }
-        return $"ILGPU CPU accelerator ({Environment.ProcessorCount} cores, warp {Accelerator.WarpSize})";
+        return RunsKernelsOnHost
+            ? $"CPU ({Environment.ProcessorCount} cores): host SIMD products, ILGPU kernels run as host code"
+            : $"ILGPU CPU accelerator ({Environment.ProcessorCount} cores, warp {Accelerator.WarpSize}, simulated GPU threads)";
     }
 
     // ILGPU imports "cuda"; .NET probes libcuda.so but not the driver's libcuda.so.1, so without this a
@@ -203,7 +217,7 @@ public sealed class ComputeDevice : IDisposable
         {
             if (!kernelCache.TryGetValue(key, out var cached))
             {
-                cached = load(Accelerator);
+                cached = (RunsKernelsOnHost ? HostLaunch.Create<T>(this, kernel) : null) ?? load(Accelerator);
                 kernelCache[key] = cached;
             }
             return (T)cached;

@@ -75,13 +75,6 @@ public enum Precision
     Fp16,
 }
 
-/// <summary>What runs the ops on a CPU accelerator: the host's SIMD units for the heavy ones, or every op as an ILGPU kernel.</summary>
-public enum CpuBackend
-{
-    HostSimd,
-    Ilgpu,
-}
-
 /// <summary>
 /// How models run on one device, chosen once when a model (UNet, pixel-classifier ensemble) is built and never changed:
 /// the kernel of the UNet's products, whether GroupNorm fuses into the convolution that reads it, whether convolution
@@ -130,16 +123,17 @@ public sealed record ExecutionPlan
         new(device, unetMatmul, fuseNorms);
 
     /// <summary>
-    /// What the command line's --precision and --cpu-backend give on this device: on CUDA v2 (fp32) or v4 (fp16); on the
-    /// CPU accelerator the host SIMD backend (rounding operands for fp16) or every op as an ILGPU kernel (fp32 only).
+    /// What the command line's --precision gives on this device: on CUDA v2 (fp32) or v4 (fp16); on the CPU backend
+    /// (ComputeDevice.RunsKernelsOnHost) the host SIMD products (rounding operands for fp16); on the CPU accelerator's
+    /// simulated threads every op as an ILGPU kernel (fp32 only).
     /// </summary>
-    public static ExecutionPlan For(ComputeDevice device, Precision precision = Precision.Fp32, CpuBackend cpuBackend = CpuBackend.HostSimd)
+    public static ExecutionPlan For(ComputeDevice device, Precision precision = Precision.Fp32)
     {
         if (!device.IsCpu)
         {
             return new(device, precision == Precision.Fp16 ? MatmulKernel.TensorCoreFp16 : MatmulKernel.Registers, fuseNorms: true);
         }
-        if (cpuBackend == CpuBackend.Ilgpu)
+        if (!device.RunsKernelsOnHost)
         {
             return precision == Precision.Fp32
                 ? new(device, MatmulKernel.Registers, fuseNorms: true)

@@ -121,12 +121,11 @@ public static class CommonOptions
     /// </summary>
     public static ComputeDevice OpenDevice(ParseResult r, out ExecutionPlan plan)
     {
-        var dev = ComputeDevice.Create(DeviceChoiceOf(r));
+        var dev = ComputeDevice.Create(DeviceChoiceOf(r), hostKernels: r.GetValue(CpuBackend) == "simd");
         try
         {
             var precision = r.GetValue(Precision) == "fp16" ? Kernels.Precision.Fp16 : Kernels.Precision.Fp32;
-            var backend = r.GetValue(CpuBackend) == "simd" ? Kernels.CpuBackend.HostSimd : Kernels.CpuBackend.Ilgpu;
-            plan = ExecutionPlan.For(dev, precision, backend);
+            plan = ExecutionPlan.For(dev, precision);
         }
         catch (ArgumentException e)
         {

@@ -20,7 +20,8 @@ public sealed class CpuSimdDeviceFixture : IDisposable
 {
     public CpuSimdDeviceFixture() => Plan = ExecutionPlan.For(Device);
 
-    public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu);
+    /// <summary>The CPU backend: kernels run as host code, products on the host's SIMD units.</summary>
+    public ComputeDevice Device { get; } = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
 
     public ExecutionPlan Plan { get; }
 
