@@ -13,6 +13,8 @@
 #   bash benchmarks/device/run.sh ptx          ptxas -v (registers, spills, shared memory) of the tiled, tensor-core and
 #                                              flash kernels as ILGPU emits them, for sm_90
 #   bash benchmarks/device/run.sh precision    LSUN-256 features with fp16 operands (the mma.sync kernel) against fp32
+#   bash benchmarks/device/run.sh train        one LSUN-256 training step, batch 4, fp32 and fp16, ours and PyTorch's, with
+#                                              peak device memory
 # Results go to $OUT (device, driver and commit first).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,6 +60,12 @@ stage() {
   memory)
     timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
     cat "$OUT/memory-bedroom28.md" ;;
+  train)
+    for precision in fp32 fp16; do
+      timeout "${2:-300}" publish/bench/IlgpuDiffSeg.Benchmarks train-step 4 2 "$precision" lsun256 2>> "$OUT/train.log" | tee -a "$OUT/train.txt"
+      PYTHONUNBUFFERED=1 timeout "${2:-300}" python3 benchmarks/train_step_peer.py --config lsun256 --device cuda --batch 4 --reps 2 \
+          $([ "$precision" = fp16 ] && echo --fp16) 2>> "$OUT/train.log" | tee -a "$OUT/train.txt"
+    done ;;
   *) echo "unknown stage '$1'"; exit 2 ;;
   esac
 }
@@ -66,7 +74,7 @@ case "${1:-all}" in
   all)
     # Budgets in seconds: correctness first, since nothing else is trustworthy before it; then the measurements that
     # must share one session (ours and the peer's); the rest only while time remains.
-    for plan in cuda-tests:200 ptx:30 gpu:200 peer:120 precision:90 memory:150; do
+    for plan in cuda-tests:200 ptx:30 gpu:200 peer:120 precision:90 train:120 memory:150; do
       name=${plan%%:*} budget=${plan##*:}
       if fits "$budget"; then
         echo "### $name (budget ${budget}s, $((deadline - SECONDS))s left)"
