@@ -21,8 +21,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # Unpacked inside the checkout: the tests find the repository (tests/fixtures, weights/) above their binaries.
-[ -x publish/tests/IlgpuDiffSeg.Tests ] || tar -C publish -xJf publish/tests.tar.xz
-[ -x publish/bench/IlgpuDiffSeg.Benchmarks ] || tar -C publish -xJf publish/bench.tar.xz
+[ -x publish/tests/IlgpuDiffSeg.Tests ] || tar -C publish -xJf publish/device.tar.xz
 export DIFFSEG_FIXTURES=$PWD/tests/fixtures DIFFSEG_REPO=$PWD
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; echo "commit $(cat publish/bench/commit.txt 2>/dev/null)"; } \
     | tee "$OUT/device.txt"
