@@ -1,0 +1,171 @@
+using System.Globalization;
+using IlgpuDiffSeg.Diffusion;
+using IlgpuDiffSeg.IO;
+using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
+
+namespace IlgpuDiffSeg.Pipeline;
+
+/// <summary>What 'diffseg sample' was asked for (image_sample.py's arguments, with recorded noise and raw output).</summary>
+public sealed class SampleOptions
+{
+    public required string ModelPath { get; init; }
+    public required string OutputPath { get; init; }
+    public int NumSamples { get; init; } = 16;
+    public int BatchSize { get; init; } = 16;
+
+    /// <summary>space_timesteps' spec; null takes the model's timestep_respacing flag.</summary>
+    public string? TimestepRespacing { get; init; }
+
+    public bool UseDdim { get; init; }
+    public double Eta { get; init; }
+    public bool ClipDenoised { get; init; } = true;
+    public int Seed { get; init; }
+    public string? ClassLabelsPath { get; init; }
+
+    /// <summary>A recorded noise stack (S + 1, N, 3, H, W) replacing every draw.</summary>
+    public string? NoisePath { get; init; }
+
+    /// <summary>Also write the final float32 samples (N, 3, H, W) before quantisation.</summary>
+    public string? RawPath { get; init; }
+}
+
+/// <summary>
+/// 'diffseg sample': guided-diffusion's image_sample.py — batches of samples from a converted or trained model, written as
+/// its samples_NxHxWx3.npz (arr_0 uint8 NHWC, arr_1 the labels of a class-conditional model) with a PNG grid beside it.
+/// Every input is read and checked before the device is opened; outputs are written only when all batches are done.
+/// </summary>
+public sealed class SampleRun
+{
+    readonly SampleOptions o;
+    readonly AdmFlags flags;
+    readonly GaussianDiffusion diffusion;
+    readonly long[]? labels;
+    readonly RecordedNoise? recorded;
+
+    SampleRun(SampleOptions o, AdmFlags flags, GaussianDiffusion diffusion, long[]? labels, RecordedNoise? recorded)
+    {
+        this.o = o;
+        this.flags = flags;
+        this.diffusion = diffusion;
+        this.labels = labels;
+        this.recorded = recorded;
+    }
+
+    public GaussianDiffusion Diffusion => diffusion;
+    public AdmFlags Flags => flags;
+
+    public static SampleRun Prepare(SampleOptions o)
+    {
+        foreach (var path in new[] { o.OutputPath, SampleImages.GridPathFor(o.OutputPath), o.RawPath })
+        {
+            if (path is not null)
+            {
+                AtomicFile.CheckWritable(path);
+            }
+        }
+        if (o.NumSamples <= 0 || o.BatchSize <= 0)
+        {
+            throw new DiffSegException($"--num-samples {o.NumSamples} and --batch-size {o.BatchSize} must be positive");
+        }
+        if (o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
+        {
+            string eta = o.Eta.ToString(CultureInfo.InvariantCulture);
+            throw new DiffSegException($"--eta {eta}: η is DDIM's (with --use-ddim), and not negative");
+        }
+        var flags = ReadFlags(o.ModelPath);
+        GaussianDiffusion diffusion;
+        try
+        {
+            diffusion = GaussianDiffusion.FromFlags(flags, o.TimestepRespacing);
+        }
+        catch (DiffSegException e)
+        {
+            throw new DiffSegException($"--timestep-respacing: {e.Message}");
+        }
+        var labels = ReadLabels(o, flags);
+        RecordedNoise? recorded = null;
+        if (o.NoisePath is not null)
+        {
+            int size = flags.ImageSize;
+            var a = Npy.Read(o.NoisePath);
+            Npy.CheckShape(o.NoisePath, a, [diffusion.Steps + 1, o.NumSamples, 3, size, size]);
+            recorded = new RecordedNoise(a.ToFloat32(o.NoisePath), a.Shape);
+        }
+        return new SampleRun(o, flags, diffusion, labels, recorded);
+    }
+
+    /// <summary>The flags in a converted model's metadata, read without loading its weights.</summary>
+    public static AdmFlags ReadFlags(string modelPath)
+    {
+        if (!File.Exists(modelPath))
+        {
+            throw DiffSegException.For(modelPath, "file not found");
+        }
+        using var file = SafetensorsFile.Open(modelPath);
+        return ModelWeights.FlagsOf(file);
+    }
+
+    static long[]? ReadLabels(SampleOptions o, AdmFlags flags)
+    {
+        if (o.ClassLabelsPath is null)
+        {
+            return flags.ClassCond ? SampleImages.RandomLabels(o.Seed, 0, o.NumSamples, flags.NumClasses) : null;
+        }
+        if (!flags.ClassCond)
+        {
+            throw DiffSegException.For(o.ClassLabelsPath, $"class labels given, but {o.ModelPath} is not class-conditional");
+        }
+        var a = Npy.Read(o.ClassLabelsPath);
+        Npy.CheckShape(o.ClassLabelsPath, a, [o.NumSamples]);
+        var values = a.ToInt64(o.ClassLabelsPath);
+        int bad = Array.FindIndex(values, v => v < 0 || v >= flags.NumClasses);
+        if (bad >= 0)
+        {
+            throw DiffSegException.For(o.ClassLabelsPath, $"label {values[bad]} at index {bad} is outside [0, {flags.NumClasses})");
+        }
+        return values;
+    }
+
+    public sealed record Result(byte[] Images, float[] Raw, long[]? Labels, int Steps, double Seconds);
+
+    /// <summary>Samples every batch on the plan's device and writes the outputs.</summary>
+    public Result Execute(ExecutionPlan plan, Action<string>? log = null)
+    {
+        using var model = ModelWeights.Load(o.ModelPath, plan);
+        var sampler = new Sampler(model, diffusion, new SamplerOptions(o.UseDdim, o.Eta, o.ClipDenoised));
+        int size = flags.ImageSize, perSample = 3 * size * size;
+        ISamplerNoise noise = recorded is null ? new DrawnNoise(o.Seed) : recorded;
+        log?.Invoke($"model: {model.ParameterCount:N0} parameters at {size}×{size}; {diffusion.Steps} " +
+                    $"{(o.UseDdim ? "DDIM" : "ancestral")} steps of {diffusion.OriginalSteps}, {o.NumSamples} samples in batches of " +
+                    $"{o.BatchSize}; noise {(recorded is null ? $"drawn with seed {o.Seed}" : "from " + o.NoisePath)}");
+        var raw = new float[(long)o.NumSamples * perSample];
+        long totalSteps = (long)diffusion.Steps * ((o.NumSamples + o.BatchSize - 1) / o.BatchSize), done = 0;
+        var progress = new Progress(log, "sampling step", totalSteps);
+        for (int first = 0; first < o.NumSamples; first += o.BatchSize)
+        {
+            int n = Math.Min(o.BatchSize, o.NumSamples - first);
+            var batchLabels = labels?.Skip(first).Take(n).ToArray();
+            using var x = sampler.Sample(first, n, size, noise, batchLabels, stepDone: _ =>
+            {
+                done++;
+                progress.Report(done, $"{done / Math.Max(progress.Elapsed.TotalSeconds, 1e-9):F2} steps/s");
+            });
+            x.CopyTo(raw.AsSpan(first * perSample, n * perSample));
+        }
+        double seconds = progress.Elapsed.TotalSeconds;
+        var images = SampleImages.ToUint8Nhwc(raw, o.NumSamples, size, size);
+        var entries = new List<NpzEntry> { NpzEntry.Of("arr_0", images, o.NumSamples, size, size, 3) };
+        if (labels is not null)
+        {
+            entries.Add(NpzEntry.Of("arr_1", labels, o.NumSamples));
+        }
+        Npz.Write(o.OutputPath, entries);
+        SampleImages.SaveGrid(SampleImages.GridPathFor(o.OutputPath), images, o.NumSamples, size, size);
+        if (o.RawPath is not null)
+        {
+            Npy.Write(o.RawPath, raw, [o.NumSamples, 3, size, size]);
+        }
+        return new Result(images, raw, labels, (int)totalSteps, seconds);
+    }
+}
