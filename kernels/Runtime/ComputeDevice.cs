@@ -76,8 +76,12 @@ public sealed class ComputeDevice : IDisposable
     public static CPUDevice LeanCpu => new(numThreadsPerWarp: 2, numWarpsPerMultiprocessor: 2,
         numMultiprocessors: Math.Max(1, Environment.ProcessorCount));
 
-    /// <summary>Creates the context and accelerator. Throws DeviceUnavailableException when CUDA is forced but absent.</summary>
-    public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false, CPUDevice? cpuShape = null)
+    /// <summary>
+    /// Creates the context and accelerator (CUDA device <paramref name="cudaIndex"/> where CUDA is used). Throws
+    /// DeviceUnavailableException when CUDA is forced but absent.
+    /// </summary>
+    public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false, CPUDevice? cpuShape = null,
+        int cudaIndex = 0)
     {
         InstallLibCudaResolver();
         var context = Context.Create(builder =>
@@ -97,7 +101,7 @@ public sealed class ComputeDevice : IDisposable
         {
             var cudaDevices = context.GetCudaDevices();
             var cpuDevices = context.GetCPUDevices();
-            Device? cuda = cudaDevices.Count > 0 ? cudaDevices[0] : null;
+            Device? cuda = cudaDevices.Count > cudaIndex ? cudaDevices[cudaIndex] : null;
             Device? cpu = cpuDevices.Count > 0 ? cpuDevices[0] : null;
             Device? device = choice switch
             {
@@ -121,17 +125,20 @@ public sealed class ComputeDevice : IDisposable
     }
 
     /// <summary>True when a CUDA device can be opened on this machine.</summary>
-    public static bool CudaAvailable()
+    public static bool CudaAvailable() => CudaDeviceCount() > 0;
+
+    /// <summary>How many CUDA devices this machine has (0 without a driver).</summary>
+    public static int CudaDeviceCount()
     {
         InstallLibCudaResolver();
         try
         {
             using var context = Context.Create(b => b.Cuda());
-            return context.GetCudaDevices().Count > 0;
+            return context.GetCudaDevices().Count;
         }
         catch (Exception)
         {
-            return false;
+            return 0;
         }
     }
 
