@@ -5,7 +5,7 @@
 //   ancestral: mean = c1·x̂₀ + c2·x_t [+ σ²·g, condition_mean]; x ← mean + [t > 0]·exp(½ log σ²)·z
 //   DDIM:      ε = (√(1/ᾱ)·x_t − x̂₀)/√(1/ᾱ − 1) [− √(1 − ᾱ)·g and x̂₀ rebuilt from it, condition_score];
 //              σ = η·√((1 − ᾱ_prev)/(1 − ᾱ))·√(1 − ᾱ/ᾱ_prev); x ← x̂₀·√ᾱ_prev + √(1 − ᾱ_prev − σ²)·ε + [t > 0]·σ·z
-// g is the classifier's scaled gradient ∇ log p(y | x_t) (classifier guidance) or absent. All arithmetic in fp32 in the
+// g is the classifier's gradient ∇ log p(y | x_t) times classifier_scale (classifier guidance) or absent. All arithmetic in fp32 in the
 // original's order; the coefficients are the float64 tables cast to fp32 (GaussianDiffusion.StepCoefficientsAt).
 //   v1  grid-stride over the N·3·H·W elements; x may be overwritten in place. Memory-bound: 3–5 reads and 1 write per
 //       element — nothing next to the UNet pass of the same step.
@@ -29,6 +29,9 @@ public struct StepCoefficients
 
     /// <summary>ᾱ_t and ᾱ_{t−1} (1 at t = 0), and DDIM's η.</summary>
     public float AlphaBar, AlphaBarPrev, Eta;
+
+    /// <summary>classifier_scale: the gradient g enters as g·scale (cond_fn's output).</summary>
+    public float GuidanceScale;
 
     public int LearnedVariance, PredictsStart, Clip, Ddim, Guided;
 
@@ -54,7 +57,7 @@ public static class SamplerStep
         {
             int i = (b * 3 + c) * spatial + p;
             int e = (b * outChannels + c) * spatial + p;
-            float xt = x[i], eps = output[e], z = noise[i], g = gradient is null ? 0f : gradient[i];
+            float xt = x[i], eps = output[e], z = noise[i], g = gradient is null ? 0f : gradient[i] * k.GuidanceScale;
             float v = k.LearnedVariance != 0 ? output[e + 3 * spatial] : 0f;
             next[i] = Element(xt, eps, v, z, g, k, MathF.Exp, MathF.Sqrt);
         }
@@ -110,7 +113,7 @@ public static class SamplerStep
             float xt = x[i], modelOut = output[e];
             float v = k.LearnedVariance != 0 ? output[e + 3 * spatial] : 0f;
             float z = k.AddsNoise != 0 ? noise[i] : 0f;
-            float g = k.Guided != 0 ? gradient[i] : 0f;
+            float g = k.Guided != 0 ? gradient[i] * k.GuidanceScale : 0f;
             // Element() written out: a kernel cannot take delegates.
             float logVar = k.FixedLogVariance, variance = k.FixedVariance;
             if (k.LearnedVariance != 0)

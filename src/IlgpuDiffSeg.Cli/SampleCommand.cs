@@ -45,9 +45,13 @@ public static class SampleCommand
         var noise = Spelled<string>("--noise", "Recorded noise, .npy float (S+1, N, 3, H, W): x_T, then the draw of each step",
             hasDefault: false);
         var raw = Spelled<string>("--raw", "Also write the final float32 samples (N, 3, H, W) before quantisation", hasDefault: false);
-        var cmd = new Command("sample", "Sample a diffusion model as guided-diffusion's image_sample.py does")
+        var classifier = Spelled<string>("--classifier", "Converted noisy-image classifier: classifier guidance as classifier_sample.py",
+            hasDefault: false);
+        classifier.Aliases.Add("--classifier_path");
+        var scale = Spelled("--classifier-scale", "Guidance scale (classifier_scale)", 1.0);
+        var cmd = new Command("sample", "Sample a diffusion model as guided-diffusion's image_sample.py (and classifier_sample.py) does")
         {
-            model, output, num, batch, respacing, ddim, eta, clip, seed, labels, noise, raw,
+            model, output, num, batch, respacing, ddim, eta, clip, seed, labels, noise, raw, classifier, scale,
         };
         cmd.SetAction(r => Program.Run(() =>
         {
@@ -65,6 +69,8 @@ public static class SampleCommand
                 ClassLabelsPath = r.GetValue(labels),
                 NoisePath = r.GetValue(noise),
                 RawPath = r.GetValue(raw),
+                ClassifierPath = r.GetValue(classifier),
+                ClassifierScale = r.GetValue(scale),
             };
             var run = SampleRun.Prepare(options);
             using var dev = CommonOptions.OpenDevice(r, out var plan);

@@ -190,9 +190,10 @@ public sealed class GaussianDiffusion
 
     /// <summary>
     /// The coefficients of one sampling step at spaced index t for the SamplerStep kernel: ancestral (p_sample) or DDIM
-    /// with <paramref name="eta"/>, each table entry cast to float32 as _extract_into_tensor does.
+    /// with <paramref name="eta"/>, each table entry cast to float32 as _extract_into_tensor does; guided by a classifier
+    /// gradient times <paramref name="guidanceScale"/> when given.
     /// </summary>
-    public StepCoefficients StepCoefficientsAt(int t, bool ddim, double eta, bool clipDenoised, bool guided)
+    public StepCoefficients StepCoefficientsAt(int t, bool ddim, double eta, bool clipDenoised, float? guidanceScale = null)
     {
         CheckStep(t);
         var (fixedVariance, fixedLog) = VarianceType == ModelVarianceType.FixedSmall
@@ -215,7 +216,8 @@ public sealed class GaussianDiffusion
             PredictsStart = MeanType == ModelMeanType.StartX ? 1 : 0,
             Clip = clipDenoised ? 1 : 0,
             Ddim = ddim ? 1 : 0,
-            Guided = guided ? 1 : 0,
+            Guided = guidanceScale is null ? 0 : 1,
+            GuidanceScale = guidanceScale ?? 0f,
             AddsNoise = t > 0 ? 1 : 0,
         };
     }

@@ -34,9 +34,13 @@ public sealed class RecordedNoise(float[] stack, int[] shape) : ISamplerNoise
     }
 }
 
-/// <summary>The classifier's pull in a guided step: writes scale·∇_x log p(y | x_t) for each sample's label.</summary>
+/// <summary>The classifier's pull in a guided step: ∇_x log p(y | x_t) for each sample's label, and its scale.</summary>
 public interface IGuidance
 {
+    /// <summary>classifier_scale: the step multiplies the gradient by it.</summary>
+    float Scale { get; }
+
+    /// <summary>Writes the unscaled gradient (N, 3, H, W) at the model timesteps <paramref name="t"/>.</summary>
     void Gradient(Tensor x, Tensor t, IReadOnlyList<long> labels, Tensor gradient);
 }
 
@@ -77,7 +81,7 @@ public sealed class Sampler(UNetModel model, GaussianDiffusion diffusion, Sample
             for (int k = 0; k < diffusion.Steps; k++)
             {
                 int t = diffusion.Steps - 1 - k;
-                var coefficients = diffusion.StepCoefficientsAt(t, options.Ddim, options.Eta, options.ClipDenoised, guidance is not null);
+                var coefficients = diffusion.StepCoefficientsAt(t, options.Ddim, options.Eta, options.ClipDenoised, guidance?.Scale);
                 // DDIM with η = 0 adds σ·z = 0: no draw needed.
                 if (options.Ddim && options.Eta == 0)
                 {

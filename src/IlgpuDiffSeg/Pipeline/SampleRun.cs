@@ -28,6 +28,11 @@ public sealed class SampleOptions
 
     /// <summary>Also write the final float32 samples (N, 3, H, W) before quantisation.</summary>
     public string? RawPath { get; init; }
+
+    /// <summary>A converted noisy-image classifier: classifier guidance (classifier_sample.py).</summary>
+    public string? ClassifierPath { get; init; }
+
+    public double ClassifierScale { get; init; } = 1.0;
 }
 
 /// <summary>
@@ -42,9 +47,12 @@ public sealed class SampleRun
     readonly GaussianDiffusion diffusion;
     readonly long[]? labels;
     readonly RecordedNoise? recorded;
+    readonly ClassifierFlags? classifier;
 
-    SampleRun(SampleOptions o, AdmFlags flags, GaussianDiffusion diffusion, long[]? labels, RecordedNoise? recorded)
+    SampleRun(SampleOptions o, AdmFlags flags, GaussianDiffusion diffusion, long[]? labels, RecordedNoise? recorded,
+        ClassifierFlags? classifier)
     {
+        this.classifier = classifier;
         this.o = o;
         this.flags = flags;
         this.diffusion = diffusion;
@@ -83,7 +91,8 @@ public sealed class SampleRun
         {
             throw new DiffSegException($"--timestep-respacing: {e.Message}");
         }
-        var labels = ReadLabels(o, flags);
+        var classifier = o.ClassifierPath is null ? null : ReadClassifierFlags(o.ClassifierPath, flags);
+        var labels = ReadLabels(o, flags, classifier);
         RecordedNoise? recorded = null;
         if (o.NoisePath is not null)
         {
@@ -92,7 +101,7 @@ public sealed class SampleRun
             Npy.CheckShape(o.NoisePath, a, [diffusion.Steps + 1, o.NumSamples, 3, size, size]);
             recorded = new RecordedNoise(a.ToFloat32(o.NoisePath), a.Shape);
         }
-        return new SampleRun(o, flags, diffusion, labels, recorded);
+        return new SampleRun(o, flags, diffusion, labels, recorded, classifier);
     }
 
     /// <summary>The flags in a converted model's metadata, read without loading its weights.</summary>
@@ -106,23 +115,47 @@ public sealed class SampleRun
         return ModelWeights.FlagsOf(file);
     }
 
-    static long[]? ReadLabels(SampleOptions o, AdmFlags flags)
+    /// <summary>A converted classifier's flags, checked against the model it is to guide.</summary>
+    static ClassifierFlags ReadClassifierFlags(string path, AdmFlags model)
     {
+        if (!File.Exists(path))
+        {
+            throw DiffSegException.For(path, "file not found");
+        }
+        using var file = SafetensorsFile.Open(path);
+        var c = ClassifierWeights.FlagsOf(file);
+        if (c.ImageSize != model.ImageSize)
+        {
+            throw DiffSegException.For(path, $"the classifier takes {c.ImageSize}×{c.ImageSize} images, the model samples " +
+                                             $"{model.ImageSize}×{model.ImageSize}: it does not fit the model");
+        }
+        if (model.ClassCond && c.OutChannels != model.NumClasses)
+        {
+            throw DiffSegException.For(path, $"the classifier has {c.OutChannels} classes, the model {model.NumClasses}");
+        }
+        return c;
+    }
+
+    /// <summary>The labels of a class-conditional model and/or the classifier's targets: given, or random per sample.</summary>
+    static long[]? ReadLabels(SampleOptions o, AdmFlags flags, ClassifierFlags? classifier)
+    {
+        int classes = classifier?.OutChannels ?? flags.NumClasses;
         if (o.ClassLabelsPath is null)
         {
-            return flags.ClassCond ? SampleImages.RandomLabels(o.Seed, 0, o.NumSamples, flags.NumClasses) : null;
+            return flags.ClassCond || classifier is not null ? SampleImages.RandomLabels(o.Seed, 0, o.NumSamples, classes) : null;
         }
-        if (!flags.ClassCond)
+        if (!flags.ClassCond && classifier is null)
         {
-            throw DiffSegException.For(o.ClassLabelsPath, $"class labels given, but {o.ModelPath} is not class-conditional");
+            throw DiffSegException.For(o.ClassLabelsPath, $"class labels given, but {o.ModelPath} is not class-conditional " +
+                                                          "and no --classifier is given");
         }
         var a = Npy.Read(o.ClassLabelsPath);
         Npy.CheckShape(o.ClassLabelsPath, a, [o.NumSamples]);
         var values = a.ToInt64(o.ClassLabelsPath);
-        int bad = Array.FindIndex(values, v => v < 0 || v >= flags.NumClasses);
+        int bad = Array.FindIndex(values, v => v < 0 || v >= classes);
         if (bad >= 0)
         {
-            throw DiffSegException.For(o.ClassLabelsPath, $"label {values[bad]} at index {bad} is outside [0, {flags.NumClasses})");
+            throw DiffSegException.For(o.ClassLabelsPath, $"label {values[bad]} at index {bad} is outside [0, {classes})");
         }
         return values;
     }
@@ -133,12 +166,16 @@ public sealed class SampleRun
     public Result Execute(ExecutionPlan plan, Action<string>? log = null)
     {
         using var model = ModelWeights.Load(o.ModelPath, plan);
+        using var classifierModel = o.ClassifierPath is null ? null : ClassifierWeights.Load(o.ClassifierPath, plan);
+        var guidance = classifierModel is null ? null : new ClassifierGuidance(classifierModel, (float)o.ClassifierScale);
         var sampler = new Sampler(model, diffusion, new SamplerOptions(o.UseDdim, o.Eta, o.ClipDenoised));
         int size = flags.ImageSize, perSample = 3 * size * size;
         ISamplerNoise noise = recorded is null ? new DrawnNoise(o.Seed) : recorded;
         log?.Invoke($"model: {model.ParameterCount:N0} parameters at {size}×{size}; {diffusion.Steps} " +
                     $"{(o.UseDdim ? "DDIM" : "ancestral")} steps of {diffusion.OriginalSteps}, {o.NumSamples} samples in batches of " +
-                    $"{o.BatchSize}; noise {(recorded is null ? $"drawn with seed {o.Seed}" : "from " + o.NoisePath)}");
+                    $"{o.BatchSize}; noise {(recorded is null ? $"drawn with seed {o.Seed}" : "from " + o.NoisePath)}" +
+                    (classifierModel is null ? "" : $"; guided by a {classifierModel.ParameterCount:N0}-parameter classifier, " +
+                                                    $"scale {o.ClassifierScale.ToString(CultureInfo.InvariantCulture)}"));
         var raw = new float[(long)o.NumSamples * perSample];
         long totalSteps = (long)diffusion.Steps * ((o.NumSamples + o.BatchSize - 1) / o.BatchSize), done = 0;
         var progress = new Progress(log, "sampling step", totalSteps);
@@ -146,7 +183,7 @@ public sealed class SampleRun
         {
             int n = Math.Min(o.BatchSize, o.NumSamples - first);
             var batchLabels = labels?.Skip(first).Take(n).ToArray();
-            using var x = sampler.Sample(first, n, size, noise, batchLabels, stepDone: _ =>
+            using var x = sampler.Sample(first, n, size, noise, batchLabels, guidance, stepDone: _ =>
             {
                 done++;
                 progress.Report(done, $"{done / Math.Max(progress.Elapsed.TotalSeconds, 1e-9):F2} steps/s");

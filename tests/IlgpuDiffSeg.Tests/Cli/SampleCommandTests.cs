@@ -86,6 +86,36 @@ public sealed class SampleCommandTests : IDisposable
             Npy.ReadFloat32(tmp.File("d.npy"), out _), 1e-4, "DDIM η = 0.5");
     }
 
+    [Fact]
+    public void ClassifierGuidanceReproducesClassifierSample()
+    {
+        string folder = Path.Combine(Fixtures.Root, "guidance", "attention-pool");
+        string model = Convert(folder);
+        string classifier = tmp.File("classifier.safetensors");
+        var c = CliRunner.Run("convert", Path.Combine(folder, "classifier.pt"), "--flags", Path.Combine(folder, "classifier_flags.json"),
+            "-o", classifier);
+        Assert.True(c.ExitCode == 0, c.Error);
+        string npz = tmp.File("g.npz");
+        var r = CliRunner.Run("sample", "--model", model, "--classifier_path", classifier, "--classifier_scale", "8", "-o", npz,
+            "--num-samples", "3", "--use-ddim", "--clip-denoised", "false", "--class-labels", Path.Combine(folder, "y.npy"),
+            "--noise", Path.Combine(folder, "noise.npy"), "--raw", tmp.File("g.npy"), "--device", "cpu");
+        Assert.True(r.ExitCode == 0, r.Error);
+        // Tolerance: as GuidanceParityTests, 1e-4 of max|ref|.
+        TensorAssert.RelativeMaxBelow(Npy.ReadFloat32(Path.Combine(folder, "ddim_out.npy"), out _),
+            Npy.ReadFloat32(tmp.File("g.npy"), out _), 1e-4, "guided DDIM");
+        // classifier_sample.py saves the labels even for an unconditional model.
+        Assert.Equal(Npy.Read(Path.Combine(folder, "y.npy")).ToInt64("y"), Npz.Read(npz)["arr_1"].ToInt64("arr_1"));
+
+        // A classifier for 16×16 images cannot guide a 32×32 model; a diffusion model is not a classifier.
+        string tiny = Convert(Fixtures.AdmTiny(""));
+        File.Delete(npz);
+        CliRunner.AssertOneLineError(CliRunner.Run("sample", "--model", tiny, "--classifier", classifier, "-o", npz, "--device", "cpu"),
+            "classifier.safetensors", "does not fit the model");
+        CliRunner.AssertOneLineError(CliRunner.Run("sample", "--model", tiny, "--classifier", tiny, "-o", npz, "--device", "cpu"),
+            "is a diffusion model, not a classifier");
+        Assert.False(File.Exists(npz));
+    }
+
     void AssertNothingWritten()
     {
         var left = Directory.GetFiles(tmp.Path).Where(f => !f.EndsWith(".safetensors", StringComparison.Ordinal) &&

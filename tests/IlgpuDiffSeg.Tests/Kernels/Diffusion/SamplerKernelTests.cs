@@ -43,7 +43,7 @@ public abstract class SamplerKernelTests(ExecutionPlan? plan)
         int n = 2, size = 5, m = 3 * size * size, outChannels = learned ? 6 : 3;
         foreach (bool clip in new[] { true, false })
         {
-            var k = diffusion.StepCoefficientsAt(t, ddim, eta, clip, guided);
+            var k = diffusion.StepCoefficientsAt(t, ddim, eta, clip, guided ? 2.5f : null);
             var x = TestData.Uniform(n * m, 1, 2f);
             var output = TestData.Uniform(n * outChannels * size * size, 2, 1.5f);
             var z = TestData.Uniform(n * m, 3, 2f);
