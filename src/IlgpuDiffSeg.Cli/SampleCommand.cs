@@ -49,9 +49,11 @@ public static class SampleCommand
             hasDefault: false);
         classifier.Aliases.Add("--classifier_path");
         var scale = Spelled("--classifier-scale", "Guidance scale (classifier_scale)", 1.0);
+        var baseSamples = Spelled<string>("--base-samples", "A super-resolution model's low-resolution inputs: an npz as this " +
+                                                            "command writes (super_res_sample.py)", hasDefault: false);
         var cmd = new Command("sample", "Sample a diffusion model as guided-diffusion's image_sample.py (and classifier_sample.py) does")
         {
-            model, output, num, batch, respacing, ddim, eta, clip, seed, labels, noise, raw, classifier, scale,
+            model, output, num, batch, respacing, ddim, eta, clip, seed, labels, noise, raw, classifier, scale, baseSamples,
         };
         cmd.SetAction(r => Program.Run(() =>
         {
@@ -71,6 +73,7 @@ public static class SampleCommand
                 RawPath = r.GetValue(raw),
                 ClassifierPath = r.GetValue(classifier),
                 ClassifierScale = r.GetValue(scale),
+                BaseSamplesPath = r.GetValue(baseSamples),
             };
             var run = SampleRun.Prepare(options);
             using var dev = CommonOptions.OpenDevice(r, out var plan);

@@ -60,16 +60,22 @@ public sealed class Sampler(UNetModel model, GaussianDiffusion diffusion, Sample
 
     /// <summary>
     /// Samples first .. first + n − 1 at <paramref name="size"/>²: the final x (n, 3, size, size), owned by the caller.
-    /// <paramref name="labels"/> are the class labels of a class-conditional model, or the classifier's targets.
+    /// <paramref name="labels"/> are the class labels of a class-conditional model, or the classifier's targets;
+    /// <paramref name="lowRes"/> is a super-resolution model's low-resolution input (n, 3, h, w) in [−1, 1].
     /// <paramref name="stepDone"/> is called after each step with the number of steps done.
     /// </summary>
     public Tensor Sample(int first, int n, int size, ISamplerNoise noise, IReadOnlyList<long>? labels = null, IGuidance? guidance = null,
-        Action<int>? stepDone = null)
+        Action<int>? stepDone = null, Tensor? lowRes = null)
     {
         var dev = model.Plan.Device;
         if (guidance is not null && labels is null)
         {
             throw new ArgumentException("classifier guidance needs a label per sample");
+        }
+        if (model.Flags.IsSuperResolution != (lowRes is not null))
+        {
+            throw new DiffSegException(lowRes is null ? "a super-resolution model needs its low-resolution input (base samples)"
+                : "a low-resolution input was given to a model that is not a super-resolution model");
         }
         var x = dev.Allocate(n, 3, size, size);
         try
@@ -77,6 +83,7 @@ public sealed class Sampler(UNetModel model, GaussianDiffusion diffusion, Sample
             noise.Fill(x, 0, first);
             using var z = dev.Allocate(x.Shape);
             using var gradient = guidance is null ? null : dev.Allocate(x.Shape);
+            using var upsampled = lowRes is null ? null : SuperResolution.Upsample(lowRes, size);
             var modelLabels = model.Flags.ClassCond ? labels : null;
             for (int k = 0; k < diffusion.Steps; k++)
             {
@@ -88,7 +95,10 @@ public sealed class Sampler(UNetModel model, GaussianDiffusion diffusion, Sample
                     coefficients.AddsNoise = 0;
                 }
                 using var timesteps = dev.Upload(Enumerable.Repeat(diffusion.ModelTimestep(t), n).ToArray(), n);
-                using var outputs = model.Forward(x, timesteps, modelLabels);
+                using var pass = new Pass(model.Plan);
+                using var outputs = upsampled is null
+                    ? model.Forward(pass, x, timesteps, modelLabels)
+                    : SuperResolution.Forward(model, pass, x, upsampled, timesteps, modelLabels);
                 if (coefficients.AddsNoise != 0)
                 {
                     noise.Fill(z, k + 1, first);

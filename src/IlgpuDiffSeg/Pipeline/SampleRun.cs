@@ -33,6 +33,9 @@ public sealed class SampleOptions
     public string? ClassifierPath { get; init; }
 
     public double ClassifierScale { get; init; } = 1.0;
+
+    /// <summary>A super-resolution model's inputs: an npz as image_sample.py writes (arr_0 uint8 NHWC, arr_1 labels).</summary>
+    public string? BaseSamplesPath { get; init; }
 }
 
 /// <summary>
@@ -48,11 +51,34 @@ public sealed class SampleRun
     readonly long[]? labels;
     readonly RecordedNoise? recorded;
     readonly ClassifierFlags? classifier;
+    readonly BaseSamples? baseSamples;
+
+    /// <summary>super_res_sample.py's input: base images (M, s, s, 3) uint8, taken in turn (sample i uses image i mod M).</summary>
+    sealed record BaseSamples(byte[] Images, int Count, int Size, long[]? Labels)
+    {
+        /// <summary>Images first .. first + n − 1 as (n, 3, s, s) floats: b/127.5 − 1, channels first.</summary>
+        public float[] LowRes(int first, int n)
+        {
+            int plane = Size * Size;
+            var x = new float[n * 3 * plane];
+            for (int i = 0; i < n; i++)
+            {
+                int image = (first + i) % Count;
+                for (int p = 0; p < plane; p++)
+                for (int c = 0; c < 3; c++)
+                {
+                    x[(i * 3 + c) * plane + p] = Images[((long)image * plane + p) * 3 + c] / 127.5f - 1f;
+                }
+            }
+            return x;
+        }
+    }
 
     SampleRun(SampleOptions o, AdmFlags flags, GaussianDiffusion diffusion, long[]? labels, RecordedNoise? recorded,
-        ClassifierFlags? classifier)
+        ClassifierFlags? classifier, BaseSamples? baseSamples)
     {
         this.classifier = classifier;
+        this.baseSamples = baseSamples;
         this.o = o;
         this.flags = flags;
         this.diffusion = diffusion;
@@ -92,7 +118,10 @@ public sealed class SampleRun
             throw new DiffSegException($"--timestep-respacing: {e.Message}");
         }
         var classifier = o.ClassifierPath is null ? null : ReadClassifierFlags(o.ClassifierPath, flags);
-        var labels = ReadLabels(o, flags, classifier);
+        var baseSamples = ReadBaseSamples(o, flags);
+        var labels = o.ClassLabelsPath is null && baseSamples?.Labels is { } cycled
+            ? Enumerable.Range(0, o.NumSamples).Select(i => cycled[i % cycled.Length]).ToArray()
+            : ReadLabels(o, flags, classifier);
         RecordedNoise? recorded = null;
         if (o.NoisePath is not null)
         {
@@ -101,7 +130,7 @@ public sealed class SampleRun
             Npy.CheckShape(o.NoisePath, a, [diffusion.Steps + 1, o.NumSamples, 3, size, size]);
             recorded = new RecordedNoise(a.ToFloat32(o.NoisePath), a.Shape);
         }
-        return new SampleRun(o, flags, diffusion, labels, recorded, classifier);
+        return new SampleRun(o, flags, diffusion, labels, recorded, classifier, baseSamples);
     }
 
     /// <summary>The flags in a converted model's metadata, read without loading its weights.</summary>
@@ -113,6 +142,37 @@ public sealed class SampleRun
         }
         using var file = SafetensorsFile.Open(modelPath);
         return ModelWeights.FlagsOf(file);
+    }
+
+    /// <summary>The base samples a super-resolution model needs (and only it takes), checked against its small_size.</summary>
+    static BaseSamples? ReadBaseSamples(SampleOptions o, AdmFlags flags)
+    {
+        if (o.BaseSamplesPath is null)
+        {
+            return flags.IsSuperResolution
+                ? throw DiffSegException.For(o.ModelPath, $"is a super-resolution model ({flags.SmallSize} → {flags.LargeSize}): give " +
+                                                          "its low-resolution inputs with --base-samples samples.npz")
+                : null;
+        }
+        if (!flags.IsSuperResolution)
+        {
+            throw DiffSegException.For(o.BaseSamplesPath, $"base samples given, but {o.ModelPath} is not a super-resolution model");
+        }
+        var arrays = Npz.Read(o.BaseSamplesPath);
+        if (!arrays.TryGetValue("arr_0", out var images) || images.Type != NpyType.UInt8 || images.Shape.Length != 4 ||
+            images.Shape[0] == 0 || images.Shape[1] != flags.SmallSize || images.Shape[2] != flags.SmallSize || images.Shape[3] != 3)
+        {
+            string got = images is null ? "no arr_0" : $"arr_0 {Npy.Descr(images.Type)} {images.ShapeString}";
+            throw DiffSegException.For(o.BaseSamplesPath, $"{got}; expected uint8 (M, {flags.SmallSize}, {flags.SmallSize}, 3) " +
+                                                          "images as image_sample.py writes them");
+        }
+        long[]? labels = null;
+        if (flags.ClassCond && arrays.TryGetValue("arr_1", out var l))
+        {
+            Npy.CheckShape(o.BaseSamplesPath + ":arr_1", l, [images.Shape[0]]);
+            labels = l.ToInt64(o.BaseSamplesPath);
+        }
+        return new BaseSamples(images.Data, images.Shape[0], flags.SmallSize, labels);
     }
 
     /// <summary>A converted classifier's flags, checked against the model it is to guide.</summary>
@@ -183,7 +243,9 @@ public sealed class SampleRun
         {
             int n = Math.Min(o.BatchSize, o.NumSamples - first);
             var batchLabels = labels?.Skip(first).Take(n).ToArray();
-            using var x = sampler.Sample(first, n, size, noise, batchLabels, guidance, stepDone: _ =>
+            using var lowRes = baseSamples is null ? null : plan.Device.Upload(baseSamples.LowRes(first, n), n, 3, baseSamples.Size,
+                baseSamples.Size);
+            using var x = sampler.Sample(first, n, size, noise, batchLabels, guidance, lowRes: lowRes, stepDone: _ =>
             {
                 done++;
                 progress.Report(done, $"{done / Math.Max(progress.Elapsed.TotalSeconds, 1e-9):F2} steps/s");

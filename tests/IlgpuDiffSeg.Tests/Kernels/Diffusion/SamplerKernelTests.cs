@@ -61,6 +61,20 @@ public abstract class SamplerKernelTests(ExecutionPlan? plan)
         }
     }
 
+    [Theory]
+    [InlineData(16, 16, 8, 8)]
+    [InlineData(12, 10, 5, 4)]
+    public void AreaResizeMatchesTheReference(int h, int w, int ho, int wo)
+    {
+        Assert.SkipWhen(device is null, "no CUDA device");
+        var x = TestData.Uniform(2 * 3 * h * w, 6);
+        using var dx = device!.Upload(x, 2, 3, h, w);
+        using var dy = device.Allocate(2, 3, ho, wo);
+        AreaResize.Forward(dx, dy);
+        // Tolerance: exact — the same fp32 sums in the same order, the same two divisions.
+        TensorAssert.Close(AreaResize.Reference(x, 6, h, w, ho, wo), dy.ToArray(), 0, 0, "area resize");
+    }
+
     [Fact]
     public void NoiseMatchesTheReferenceAndDependsOnlyOnTheSampleIndex()
     {
