@@ -79,7 +79,8 @@ public static class SampleCommand
             using var dev = CommonOptions.OpenDevice(r, out var plan);
             var result = run.Execute(plan, Console.Error.WriteLine);
             Console.WriteLine($"sampled {options.NumSamples} images in {result.Steps} steps ({Progress.Format(result.Seconds)}, " +
-                              $"{result.Steps / Math.Max(result.Seconds, 1e-9):F2} steps/s); wrote {options.OutputPath} and " +
+                              $"{result.StepsPerSecond:F2} steps/s, {result.SteadyStepsPerSecond:F2} after the first); wrote " +
+                              $"{options.OutputPath} and " +
                               SampleImages.GridPathFor(options.OutputPath) + (options.RawPath is null ? "" : " and " + options.RawPath));
         }));
         return cmd;

@@ -220,7 +220,14 @@ public sealed class SampleRun
         return values;
     }
 
-    public sealed record Result(byte[] Images, float[] Raw, long[]? Labels, int Steps, double Seconds);
+    /// <summary>The samples, and the time: in all, and from the end of the first step (which compiles the kernels).</summary>
+    public sealed record Result(byte[] Images, float[] Raw, long[]? Labels, int Steps, double Seconds, double SecondsAfterFirstStep)
+    {
+        public double StepsPerSecond => Steps / Math.Max(Seconds, 1e-9);
+
+        /// <summary>The rate once the kernels are compiled (the first step excluded).</summary>
+        public double SteadyStepsPerSecond => Steps > 1 ? (Steps - 1) / Math.Max(SecondsAfterFirstStep, 1e-9) : StepsPerSecond;
+    }
 
     /// <summary>Samples every batch on the plan's device and writes the outputs.</summary>
     public Result Execute(ExecutionPlan plan, Action<string>? log = null)
@@ -238,6 +245,7 @@ public sealed class SampleRun
                                                     $"scale {o.ClassifierScale.ToString(CultureInfo.InvariantCulture)}"));
         var raw = new float[(long)o.NumSamples * perSample];
         long totalSteps = (long)diffusion.Steps * ((o.NumSamples + o.BatchSize - 1) / o.BatchSize), done = 0;
+        double firstStep = 0;
         var progress = new Progress(log, "sampling step", totalSteps);
         for (int first = 0; first < o.NumSamples; first += o.BatchSize)
         {
@@ -248,6 +256,10 @@ public sealed class SampleRun
             using var x = sampler.Sample(first, n, size, noise, batchLabels, guidance, lowRes: lowRes, stepDone: _ =>
             {
                 done++;
+                if (done == 1)
+                {
+                    firstStep = progress.Elapsed.TotalSeconds;
+                }
                 progress.Report(done, $"{done / Math.Max(progress.Elapsed.TotalSeconds, 1e-9):F2} steps/s");
             });
             x.CopyTo(raw.AsSpan(first * perSample, n * perSample));
@@ -265,6 +277,6 @@ public sealed class SampleRun
         {
             Npy.Write(o.RawPath, raw, [o.NumSamples, 3, size, size]);
         }
-        return new Result(images, raw, labels, (int)totalSteps, seconds);
+        return new Result(images, raw, labels, (int)totalSteps, seconds, seconds - firstStep);
     }
 }
