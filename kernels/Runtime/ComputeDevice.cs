@@ -85,11 +85,12 @@ public sealed class ComputeDevice : IDisposable
     public bool RunsKernelsOnHost { get; }
 
     /// <summary>
-    /// Creates the context and accelerator. Throws DeviceUnavailableException when CUDA is forced but absent.
-    /// <paramref name="hostKernels"/>: where the CPU accelerator is chosen, run it as the CPU backend (RunsKernelsOnHost).
+    /// Creates the context and accelerator (CUDA device <paramref name="cudaIndex"/> where CUDA is used). Throws
+    /// DeviceUnavailableException when CUDA is forced but absent. <paramref name="hostKernels"/>: where the CPU accelerator
+    /// is chosen, run it as the CPU backend (RunsKernelsOnHost).
     /// </summary>
     public static ComputeDevice Create(DeviceChoice choice = DeviceChoice.Auto, bool profiling = false, CPUDevice? cpuShape = null,
-        bool hostKernels = false)
+        bool hostKernels = false, int cudaIndex = 0)
     {
         InstallLibCudaResolver();
         var context = Context.Create(builder =>
@@ -109,7 +110,7 @@ public sealed class ComputeDevice : IDisposable
         {
             var cudaDevices = context.GetCudaDevices();
             var cpuDevices = context.GetCPUDevices();
-            Device? cuda = cudaDevices.Count > 0 ? cudaDevices[0] : null;
+            Device? cuda = cudaDevices.Count > cudaIndex ? cudaDevices[cudaIndex] : null;
             Device? cpu = cpuDevices.Count > 0 ? cpuDevices[0] : null;
             Device? device = choice switch
             {
@@ -133,17 +134,20 @@ public sealed class ComputeDevice : IDisposable
     }
 
     /// <summary>True when a CUDA device can be opened on this machine.</summary>
-    public static bool CudaAvailable()
+    public static bool CudaAvailable() => CudaDeviceCount() > 0;
+
+    /// <summary>How many CUDA devices this machine has (0 without a driver).</summary>
+    public static int CudaDeviceCount()
     {
         InstallLibCudaResolver();
         try
         {
             using var context = Context.Create(b => b.Cuda());
-            return context.GetCudaDevices().Count > 0;
+            return context.GetCudaDevices().Count;
         }
         catch (Exception)
         {
-            return false;
+            return 0;
         }
     }
 

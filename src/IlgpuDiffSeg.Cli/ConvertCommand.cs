@@ -3,7 +3,8 @@ using IlgpuDiffSeg.Model;
 
 namespace IlgpuDiffSeg.Cli;
 
-/// <summary>diffseg convert MODEL.pt --flags FLAGS.json -o MODEL.safetensors</summary>
+/// <summary>diffseg convert MODEL.pt --flags FLAGS.json -o MODEL.safetensors (a diffusion model or, with classifier_* flags, a
+/// classifier)</summary>
 public static class ConvertCommand
 {
     public static Command Create()
@@ -18,7 +19,10 @@ public static class ConvertCommand
         };
         cmd.SetAction(r => Program.Run(() =>
         {
-            ModelWeights.Convert(r.GetValue(input)!, r.GetValue(flags)!, r.GetValue(output)!, Console.Error.WriteLine);
+            // Flags with classifier_* names describe a noisy-image classifier (classifier guidance), others a diffusion model.
+            var convert = ClassifierWeights.IsClassifierFlags(r.GetValue(flags)!) ? (Action<string, string, string, Action<string>>)
+                ClassifierWeights.Convert : ModelWeights.Convert;
+            convert(r.GetValue(input)!, r.GetValue(flags)!, r.GetValue(output)!, Console.Error.WriteLine);
             Console.WriteLine($"wrote {r.GetValue(output)}");
         }));
         return cmd;

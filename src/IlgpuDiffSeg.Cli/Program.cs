@@ -17,6 +17,8 @@ public static class Program
         root.Subcommands.Add(UNetCommand.Create());
         root.Subcommands.Add(LossCommand.Create());
         root.Subcommands.Add(TrainDdpmCommand.Create());
+        root.Subcommands.Add(SampleCommand.Create());
+        root.Subcommands.Add(SynthesizeCommand.Create());
         root.Subcommands.Add(PipelineCommands.Features());
         root.Subcommands.Add(PipelineCommands.Train());
         root.Subcommands.Add(PipelineCommands.Evaluate());

@@ -29,6 +29,11 @@ public static class TrainDdpmCommand
         var dataDir = new Option<string>("--data-dir") { Description = "Training images (jpg/jpeg/png/gif, found recursively)" };
         dataDir.Aliases.Add("--data_dir");
         var synthetic = new Option<bool>("--synthetic-scenes") { Description = "Train on the demo's endless stream of generated scenes" };
+        var superRes = new Option<bool>("--super-res")
+        {
+            Description = "Train a super-resolution model (super_res_train.py): the flags give large_size and small_size; the " +
+                          "low-resolution input is the batch area-downsampled",
+        };
         var output = CommonOptions.Required("--output", "Run directory: checkpoints, progress.csv, loss.png (resumed when it exists)");
         output.Aliases.Add("-o");
         var init = new Option<string>("--init") { Description = "Start from a converted or trained model (fine-tuning); flags must agree" };
@@ -45,12 +50,20 @@ public static class TrainDdpmCommand
         var seed = Option("--seed", "Seed of the initial weights, timesteps, noise, dropout and data order", 0);
         var cmd = new Command("train-ddpm", "Train or fine-tune an ADM diffusion model as guided-diffusion's image_train.py does")
         {
-            flags, dataDir, synthetic, output, init, lr, batch, micro, ema, sampler, decay, anneal, maxSteps, save, logEvery, seed,
+            flags, dataDir, synthetic, superRes, output, init, lr, batch, micro, ema, sampler, decay, anneal, maxSteps, save, logEvery,
+            seed,
         };
         cmd.SetAction(r => Program.Run(() =>
         {
             string flagsPath = r.GetValue(flags)!;
             var admFlags = AdmFlags.Load(flagsPath);
+            if (admFlags.IsSuperResolution != r.GetValue(superRes))
+            {
+                throw DiffSegException.For(flagsPath, admFlags.IsSuperResolution
+                    ? $"describes a super-resolution model (large_size {admFlags.LargeSize}, small_size {admFlags.SmallSize}): " +
+                      "add --super-res"
+                    : "--super-res needs super_res_train.py's large_size and small_size in the flags");
+            }
             string? folder = r.GetValue(dataDir);
             if ((folder is null) == !r.GetValue(synthetic))
             {

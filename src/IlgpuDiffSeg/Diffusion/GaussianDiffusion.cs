@@ -187,6 +187,40 @@ public sealed class GaussianDiffusion
             KlOnly = kl ? 1 : 0,
         };
     }
+
+    /// <summary>
+    /// The coefficients of one sampling step at spaced index t for the SamplerStep kernel: ancestral (p_sample) or DDIM
+    /// with <paramref name="eta"/>, each table entry cast to float32 as _extract_into_tensor does; guided by a classifier
+    /// gradient times <paramref name="guidanceScale"/> when given.
+    /// </summary>
+    public StepCoefficients StepCoefficientsAt(int t, bool ddim, double eta, bool clipDenoised, float? guidanceScale = null)
+    {
+        CheckStep(t);
+        var (fixedVariance, fixedLog) = VarianceType == ModelVarianceType.FixedSmall
+            ? (PosteriorVariance, PosteriorLogVarianceClipped)
+            : (FixedLargeVariance, FixedLargeLogVariance);
+        return new StepCoefficients
+        {
+            SqrtRecipAlphaBar = (float)SqrtRecipAlphasCumprod[t],
+            SqrtRecipM1AlphaBar = (float)SqrtRecipM1AlphasCumprod[t],
+            PosteriorCoef1 = (float)PosteriorMeanCoef1[t],
+            PosteriorCoef2 = (float)PosteriorMeanCoef2[t],
+            PosteriorLogVariance = (float)PosteriorLogVarianceClipped[t],
+            LogBeta = (float)LogBetas[t],
+            FixedVariance = (float)fixedVariance[t],
+            FixedLogVariance = (float)fixedLog[t],
+            AlphaBar = (float)AlphasCumprod[t],
+            AlphaBarPrev = (float)AlphasCumprodPrev[t],
+            Eta = (float)eta,
+            LearnedVariance = VarianceType == ModelVarianceType.LearnedRange ? 1 : 0,
+            PredictsStart = MeanType == ModelMeanType.StartX ? 1 : 0,
+            Clip = clipDenoised ? 1 : 0,
+            Ddim = ddim ? 1 : 0,
+            Guided = guidanceScale is null ? 0 : 1,
+            GuidanceScale = guidanceScale ?? 0f,
+            AddsNoise = t > 0 ? 1 : 0,
+        };
+    }
 }
 
 /// <summary>space_timesteps: which steps of the base schedule a respacing keeps.</summary>

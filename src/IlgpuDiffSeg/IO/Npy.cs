@@ -187,6 +187,13 @@ public static class Npy
 
     public static void Write(string path, NpyType type, ReadOnlySpan<byte> data, IReadOnlyList<int> shape)
     {
+        var buffer = Encode(type, data, shape);
+        AtomicFile.Write(path, s => s.Write(buffer));
+    }
+
+    /// <summary>The bytes of a version-1.0 .npy file holding <paramref name="data"/> (also an .npz entry).</summary>
+    public static byte[] Encode(NpyType type, ReadOnlySpan<byte> data, IReadOnlyList<int> shape)
+    {
         string dims = shape.Count == 1 ? $"{shape[0]}," : string.Join(", ", shape);
         string dict = $"{{'descr': '{Descr(type)}', 'fortran_order': False, 'shape': ({dims}), }}";
         int total = 10 + dict.Length + 1;
@@ -199,7 +206,7 @@ public static class Npy
         BinaryPrimitives.WriteUInt16LittleEndian(buffer.AsSpan(8), (ushort)header.Length);
         Encoding.Latin1.GetBytes(header, buffer.AsSpan(10));
         data.CopyTo(buffer.AsSpan(10 + header.Length));
-        AtomicFile.Write(path, s => s.Write(buffer));
+        return buffer;
     }
 
     public static void Write(string path, ReadOnlySpan<float> data, IReadOnlyList<int> shape) =>

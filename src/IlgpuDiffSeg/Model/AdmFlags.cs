@@ -38,7 +38,18 @@ public sealed class AdmFlags
     /// create_gaussian_diffusion that guided-diffusion's scripts do not expose as a flag; accepted here by that name.</summary>
     public bool SigmaSmall { get; set; }
 
+    /// <summary>A super-resolution model (sr_create_model, SuperResModel): its size (image_size follows it) and the size of
+    /// its low-resolution input; 0 for an ordinary model.</summary>
+    public int LargeSize { get; set; }
+
+    public int SmallSize { get; set; }
+
+    public bool IsSuperResolution => LargeSize > 0;
+
+    /// <summary>Image channels; a super-resolution model takes twice as many (x, then the upsampled low-resolution image).</summary>
     public const int InChannels = 3;
+
+    public int ModelInChannels => IsSuperResolution ? 2 * InChannels : InChannels;
     public const int ImageNetClasses = 1000;
     public int OutChannels => LearnSigma ? 6 : 3;
     public int NumClasses => ClassCond ? ImageNetClasses : 0;
@@ -47,6 +58,17 @@ public sealed class AdmFlags
     /// <summary>Channel multipliers per level; "" picks guided-diffusion's default for the image size.</summary>
     public double[] ChannelMultipliers()
     {
+        if (ChannelMult.Trim() == "" && IsSuperResolution)
+        {
+            // sr_create_model's own table (512 differs from the base model's).
+            return LargeSize switch
+            {
+                512 or 256 => [1, 1, 2, 2, 4, 4],
+                64 => [1, 2, 3, 4],
+                _ => throw new DiffSegException($"channel_mult is empty and large_size {LargeSize} has no default (guided-diffusion " +
+                                                "knows 64, 256, 512); set channel_mult"),
+            };
+        }
         if (ChannelMult.Trim() == "")
         {
             return ImageSize switch
@@ -112,7 +134,12 @@ public sealed class AdmFlags
         ["rescale_timesteps"] = (typeof(bool), (f, v) => f.RescaleTimesteps = (bool)v, f => f.RescaleTimesteps),
         ["rescale_learned_sigmas"] = (typeof(bool), (f, v) => f.RescaleLearnedSigmas = (bool)v, f => f.RescaleLearnedSigmas),
         ["sigma_small"] = (typeof(bool), (f, v) => f.SigmaSmall = (bool)v, f => f.SigmaSmall),
+        ["large_size"] = (typeof(int), (f, v) => f.LargeSize = (int)v, f => f.LargeSize),
+        ["small_size"] = (typeof(int), (f, v) => f.SmallSize = (int)v, f => f.SmallSize),
     };
+
+    /// <summary>Flags written only when set: the super-resolution sizes.</summary>
+    static readonly HashSet<string> OnlyWhenSet = ["large_size", "small_size"];
 
     /// <summary>The flag names guided-diffusion knows.</summary>
     public static IEnumerable<string> Names => Fields.Keys;
@@ -164,6 +191,20 @@ public sealed class AdmFlags
                 throw DiffSegException.For(source, $"unknown flag '{key}'{hint}");
             }
             field.set(flags, Coerce(node, field.type, key, source));
+        }
+        if (flags.IsSuperResolution || flags.SmallSize != 0)
+        {
+            // super_res_*.py's flags name the model's size large_size and have no image_size.
+            if (flags.LargeSize <= 0 || flags.SmallSize <= 0 || flags.SmallSize > flags.LargeSize)
+            {
+                throw DiffSegException.For(source, $"large_size {flags.LargeSize} and small_size {flags.SmallSize}: a super-resolution " +
+                                                   "model needs both, with 0 < small_size ≤ large_size");
+            }
+            if (obj.ContainsKey("image_size") && flags.ImageSize != flags.LargeSize)
+            {
+                throw DiffSegException.For(source, $"image_size {flags.ImageSize} and large_size {flags.LargeSize} disagree");
+            }
+            flags.ImageSize = flags.LargeSize;
         }
         return flags;
     }
@@ -255,6 +296,10 @@ public sealed class AdmFlags
         var o = new JsonObject();
         foreach (var (key, field) in Fields)
         {
+            if (OnlyWhenSet.Contains(key) && field.get(this) is 0)
+            {
+                continue;
+            }
             o[key] = field.get(this) switch
             {
                 int i => JsonValue.Create(i),

@@ -222,7 +222,7 @@ public static class ModelWeights
     /// (ExecutionPlan.HoldsConvWeightsInHalf), through a staging buffer of its own, so that loading never holds more than
     /// one fp32 weight at a time.
     /// </summary>
-    static void Place(Parameter p, ExecutionPlan plan, ReadOnlySpan<float> values, bool keepFp32 = false)
+    internal static void Place(Parameter p, ExecutionPlan plan, ReadOnlySpan<float> values, bool keepFp32 = false)
     {
         p.Release();
         if (p.IsConvolutionWeight && plan.HoldsConvWeightsInHalf && !keepFp32)

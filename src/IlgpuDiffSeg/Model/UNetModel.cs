@@ -71,7 +71,7 @@ public sealed class UNetModel : Module, IDisposable
 
         int ch = (int)(mult[0] * mc);
         int inputCh = ch;
-        NewInput().Then(p => new Conv2dLayer(p, AdmFlags.InChannels, ch, 3), ch);
+        NewInput().Then(p => new Conv2dLayer(p, flags.ModelInChannels, ch, 3), ch);
         var skipChannels = new Stack<int>();
         skipChannels.Push(ch);
         int ds = 1;
@@ -299,9 +299,10 @@ public sealed class UNetModel : Module, IDisposable
     int CheckInputs(Tensor x, Tensor t, IReadOnlyList<long>? classLabels, IReadOnlyCollection<int>? capture, bool computeOutput)
     {
         int n = x[0];
-        if (x.Rank != 4 || x[1] != AdmFlags.InChannels || x[2] % SizeMultiple != 0 || x[3] % SizeMultiple != 0)
+        if (x.Rank != 4 || x[1] != Flags.ModelInChannels || x[2] % SizeMultiple != 0 || x[3] % SizeMultiple != 0)
         {
-            throw new DiffSegException($"input {x.ShapeString} must be (N, 3, H, W) with H and W divisible by {SizeMultiple}");
+            throw new DiffSegException($"input {x.ShapeString} must be (N, {Flags.ModelInChannels}, H, W) with H and W divisible by " +
+                                       $"{SizeMultiple}");
         }
         if (t.Length != n)
         {

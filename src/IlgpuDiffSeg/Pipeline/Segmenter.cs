@@ -38,6 +38,9 @@ public sealed class Segmenter : IDisposable
 
     public PixelEnsemble Ensemble => ensemble;
 
+    /// <summary>The experiment's UNet (DatasetDDPM samples with it too).</summary>
+    public UNetModel Model => model;
+
     public static Segmenter Open(ExperimentConfig cfg, ExecutionPlan plan)
     {
         string path = Path.Combine(cfg.ExpDir, TrainingRun.EnsembleFile);

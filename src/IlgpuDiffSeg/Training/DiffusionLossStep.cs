@@ -42,7 +42,7 @@ public static class DiffusionLossStep
             QSample.Forward(x0, noise, coefficients, xt);
         }
         using var modelTimesteps = dev.Upload(t.Select(diffusion.ModelTimestep).ToArray(), n);
-        using var outputs = model.Forward(pass, xt, modelTimesteps, classLabels);
+        using var outputs = ForwardModel(model, pass, x0, xt, modelTimesteps, classLabels);
         var output = outputs.Output!;
         int expected = (diffusion.VarianceType == ModelVarianceType.LearnedRange ? 2 : 1) * x0[1];
         if (output[1] != expected)
@@ -60,5 +60,18 @@ public static class DiffusionLossStep
             Enumerable.Range(0, n).Select(i => host[3 * i]).ToArray(),
             Enumerable.Range(0, n).Select(i => host[3 * i + 1]).ToArray(),
             Enumerable.Range(0, n).Select(i => host[3 * i + 2]).ToArray());
+    }
+
+    /// <summary>The model on x_t; a super-resolution model also on x₀ area-downsampled to its small size and upsampled back
+    /// (super_res_train.py's low_res).</summary>
+    static UNetOutputs ForwardModel(UNetModel model, Pass pass, Tensor x0, Tensor xt, Tensor t, IReadOnlyList<long>? classLabels)
+    {
+        if (!model.Flags.IsSuperResolution)
+        {
+            return model.Forward(pass, xt, t, classLabels);
+        }
+        using var low = SuperResolution.LowResolution(x0, model.Flags.SmallSize);
+        using var up = SuperResolution.Upsample(low, x0[2]);
+        return SuperResolution.Forward(model, pass, xt, up, t, classLabels);
     }
 }
