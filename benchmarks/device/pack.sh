@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Run HERE (the machine with the .NET SDK) before a device call: publishes the test suite and the benchmarks as
-# self-contained linux-x64 programs into one compressed archive under publish/ (git-ignored, carried); the fixtures travel
-# with the checkout (tests/fixtures). Then call the device with
+# Run HERE (the machine with the .NET SDK) before a device call: publishes the test executable — which also runs the
+# benchmarks (`IlgpuDiffSeg.Tests bench ...`, tests/IlgpuDiffSeg.Tests/EntryPoint.cs) — self-contained for linux-x64 into
+# one compressed archive under publish/ (git-ignored, carried); the fixtures travel with the checkout (tests/fixtures).
+# Then call the device with
 #   carry: ["publish/device.tar.xz"], command: "bash benchmarks/device/run.sh all", timeout_s: 590
-# What travels (the tracked tree plus the carried archive) is capped at 64 MiB: the archive leaves out what the device run
-# never loads — BenchmarkDotNet's disassembler (libcapstone) and Roslyn (only the CPU `host` benchmarks use them) and the
-# runtime's debugger libraries — and packs both programs in one solid stream, so their shared runtime compresses once.
+# What travels (the tracked tree plus the carried archive) is capped at 64 MiB: one program means one runtime, and the
+# archive leaves out what the device run never loads — BenchmarkDotNet's disassembler (libcapstone) and Roslyn (only the
+# CPU `host` benchmarks use them) and the runtime's debugger libraries.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf publish/tests publish/bench publish/device.tar.xz
 dotnet publish tests/IlgpuDiffSeg.Tests -c Release -p:PublishForDevice=true -o publish/tests
-dotnet publish benchmarks/IlgpuDiffSeg.Benchmarks -c Release -p:PublishForDevice=true -o publish/bench
 # The checkout travels without .git: the commit rides along for the results' headers.
-git rev-parse --short HEAD > publish/bench/commit.txt
-git diff --quiet HEAD || echo "(with uncommitted changes)" >> publish/bench/commit.txt
-rm -f publish/bench/libcapstone.so publish/bench/Microsoft.CodeAnalysis*.dll publish/bench/Microsoft.Diagnostics.*.dll \
-    publish/{tests,bench}/libmscordaccore.so publish/{tests,bench}/libmscordbi.so
-tar -C publish -cf - tests bench | xz -6 -T0 > publish/device.tar.xz
+git rev-parse --short HEAD > publish/tests/commit.txt
+git diff --quiet HEAD || echo "(with uncommitted changes)" >> publish/tests/commit.txt
+rm -f publish/tests/libcapstone.so publish/tests/Microsoft.CodeAnalysis*.dll publish/tests/libmscordaccore.so \
+    publish/tests/libmscordbi.so
+tar -C publish -cf - tests | xz -9 -T0 > publish/device.tar.xz
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 carry=$(stat -c %s publish/device.tar.xz)
 awk -v t="$tree" -v c="$carry" 'BEGIN { printf "travels: tree %.1f MiB + archive %.1f MiB = %.1f MiB of 64\n", t/1048576, c/1048576, (t+c)/1048576;

@@ -22,8 +22,10 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 # Unpacked inside the checkout: the tests find the repository (tests/fixtures, weights/) above their binaries.
 [ -x publish/tests/IlgpuDiffSeg.Tests ] || tar -C publish -xJf publish/device.tar.xz
+# The benchmarks run from the test executable (one self-contained program travels: see pack.sh).
+BENCH="publish/tests/IlgpuDiffSeg.Tests bench"
 export DIFFSEG_FIXTURES=$PWD/tests/fixtures DIFFSEG_REPO=$PWD
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; echo "commit $(cat publish/bench/commit.txt 2>/dev/null)"; } \
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; echo "commit $(cat publish/tests/commit.txt 2>/dev/null)"; } \
     | tee "$OUT/device.txt"
 
 # Seconds left before the `all` deadline; a stage runs only if its budget fits.
@@ -39,7 +41,7 @@ stage() {
     timeout "${2:-560}" publish/tests/IlgpuDiffSeg.Tests -parallelMode none -noColor > "$OUT/tests.log" 2>&1
     tail -5 "$OUT/tests.log" ;;
   gpu)
-    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
+    timeout "${2:-560}" $BENCH gpu --out "$OUT/gpu.md" > /dev/null 2> "$OUT/gpu.log"
     cat "$OUT/gpu.md" 2>/dev/null || tail -20 "$OUT/gpu.log" ;;
   peer)
     PYTHONUNBUFFERED=1 timeout "${2:-560}" python3 benchmarks/torch_peer.py --out "$OUT/torch_peer.json" 2> "$OUT/torch_peer.log" > /dev/null
@@ -54,14 +56,14 @@ stage() {
       echo "== $(basename "$f")"; ptxas -arch=sm_90 -v -o /dev/null "$f" 2>&1 | grep -E "registers|spill|error" | sed 's/^ptxas info *: //'
     done | tee "$OUT/ptxas.txt" ;;
   precision)
-    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks precision --out "$OUT/precision.md" > /dev/null 2> "$OUT/precision.log"
+    timeout "${2:-560}" $BENCH precision --out "$OUT/precision.md" > /dev/null 2> "$OUT/precision.log"
     cat "$OUT/precision.md" ;;
   memory)
-    timeout "${2:-560}" publish/bench/IlgpuDiffSeg.Benchmarks memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
+    timeout "${2:-560}" $BENCH memory bedroom28 40 cuda --out "$OUT/memory-bedroom28.md" > /dev/null 2>&1
     cat "$OUT/memory-bedroom28.md" ;;
   train)
     for precision in fp32 fp16; do
-      timeout "${2:-300}" publish/bench/IlgpuDiffSeg.Benchmarks train-step 4 2 "$precision" lsun256 2>> "$OUT/train.log" | tee -a "$OUT/train.txt"
+      timeout "${2:-300}" $BENCH train-step 4 2 "$precision" lsun256 2>> "$OUT/train.log" | tee -a "$OUT/train.txt"
       PYTHONUNBUFFERED=1 timeout "${2:-300}" python3 benchmarks/train_step_peer.py --config lsun256 --device cuda --batch 4 --reps 2 \
           $([ "$precision" = fp16 ] && echo --fp16) 2>> "$OUT/train.log" | tee -a "$OUT/train.txt"
     done ;;
