@@ -5,8 +5,7 @@
 # Then call the device with
 #   carry: ["publish/device.tar.xz"], command: "bash benchmarks/device/run.sh all", timeout_s: 590
 # What travels (the tracked tree plus the carried archive) is capped at 64 MiB: one program means one runtime, and the
-# archive leaves out what the device run never loads — BenchmarkDotNet's disassembler (libcapstone) and Roslyn (only the
-# CPU `host` benchmarks use them) and the runtime's debugger libraries.
+# archive leaves out what the device run never loads (listed below; checked by running the unpacked program here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rm -rf publish/tests publish/bench publish/device.tar.xz
@@ -14,8 +13,11 @@ dotnet publish tests/IlgpuDiffSeg.Tests -c Release -p:PublishForDevice=true -o p
 # The checkout travels without .git: the commit rides along for the results' headers.
 git rev-parse --short HEAD > publish/tests/commit.txt
 git diff --quiet HEAD || echo "(with uncommitted changes)" >> publish/tests/commit.txt
-rm -f publish/tests/libcapstone.so publish/tests/Microsoft.CodeAnalysis*.dll publish/tests/libmscordaccore.so \
-    publish/tests/libmscordbi.so
+# Never loaded on the device: BenchmarkDotNet and its dependencies (only the CPU `host` benchmarks use them), the
+# runtime's debugger and tracing libraries, the standalone and experimental garbage collectors.
+(cd publish/tests && rm -f libcapstone.so Microsoft.CodeAnalysis*.dll Microsoft.Diagnostics.*.dll Iced.dll BenchmarkDotNet*.dll \
+    Perfolizer.dll Pragmastat.dll IlgpuDiffSeg.Benchmarks IlgpuDiffSeg.Benchmarks.runtimeconfig.json Gee.External.Capstone.dll CommandLine.dll Microsoft.DotNet.PlatformAbstractions.dll \
+    libmscordaccore.so libmscordbi.so libclrgc.so libclrgcexp.so libcoreclrtraceptprovider.so)
 tar -C publish -cf - tests | xz -9 -T0 > publish/device.tar.xz
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 carry=$(stat -c %s publish/device.tar.xz)
