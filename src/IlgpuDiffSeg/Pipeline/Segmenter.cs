@@ -48,11 +48,19 @@ public sealed class Segmenter : IDisposable
         {
             var extractor = CreateExtractor(model, cfg);
             var ensemble = PixelEnsemble.Load(path, dev);
-            if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
+            try
+            {
+                if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
+                {
+                    throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
+                                                     $"the config gives {extractor.Channels} and {cfg.NumberClass}");
+                }
+                cfg.CheckEnsemble(ensemble.Metadata, ensemble.Layout.Members, path);
+            }
+            catch
             {
                 ensemble.Dispose();
-                throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
-                                                 $"the config gives {extractor.Channels} and {cfg.NumberClass}");
+                throw;
             }
             return new Segmenter(cfg, dev, model, extractor, ensemble, NoiseSource.Create(cfg));
         }
@@ -67,6 +75,11 @@ public sealed class Segmenter : IDisposable
     public static FeatureExtractor CreateExtractor(UNetModel model, ExperimentConfig cfg)
     {
         FeatureExtractor extractor;
+        if (cfg.Steps.FirstOrDefault(t => t < 0 || t >= model.Flags.DiffusionSteps, -1) is var step && step != -1)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"step {step} in 'steps' is outside [0, {model.Flags.DiffusionSteps}), the diffusion " +
+                                                       $"steps of {cfg.ModelPath}");
+        }
         try
         {
             extractor = new FeatureExtractor(model, cfg.Steps, cfg.Blocks);
