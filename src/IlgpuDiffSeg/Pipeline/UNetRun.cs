@@ -28,25 +28,65 @@ public sealed class UNetRun
 
     public sealed record Result(float[] Output, int[] OutputShape, SortedDictionary<int, (float[] Values, int[] Shape)> Blocks);
 
+    /// <summary>
+    /// Reads and checks every input against the model's flags (read from the file's header, before any weight): x is
+    /// (N, 3, H, W) with N ≥ 1 and H, W multiples of the UNet's size step, finite; t holds N timesteps in
+    /// [0, diffusion_steps); y, for class-conditional models only, N labels in [0, classes). Each problem names its file.
+    /// </summary>
     public static UNetRun Prepare(string modelPath, string xPath, string tPath, string? yPath, string outputPath)
     {
         AtomicFile.CheckWritable(outputPath);
-        if (!File.Exists(modelPath))
+        AdmFlags flags;
+        using (var file = SafetensorsFile.Open(modelPath))
         {
-            throw DiffSegException.For(modelPath, "file not found");
+            flags = ModelWeights.FlagsOf(file);
         }
+        // UNetModel.SizeMultiple: one factor of 2 per resolution level below the first.
+        int sizeMultiple = 1 << (flags.ChannelMultipliers().Length - 1);
         var xs = Npy.ReadFloat32(xPath, out var shape, -1, AdmFlags.InChannels, -1, -1);
-        var tArray = Npy.Read(tPath);
-        Npy.CheckShape(tPath, tArray, [shape[0]]);
-        var ts = tArray.ToInt64(tPath);
+        if (shape[0] == 0 || shape[2] == 0 || shape[3] == 0 || shape[2] % sizeMultiple != 0 || shape[3] % sizeMultiple != 0)
+        {
+            throw DiffSegException.For(xPath, $"shape is {Npy.ShapeString(shape)}: the batch must not be empty and H, W must be positive " +
+                                              $"multiples of {sizeMultiple}, as the UNet of {modelPath} needs");
+        }
+        Npy.RequireFinite(xPath, xs, shape);
+        var ts = ReadPerImage(tPath, shape[0], xPath);
+        for (int i = 0; i < ts.Length; i++)
+        {
+            if (ts[i] < 0 || ts[i] >= flags.DiffusionSteps)
+            {
+                throw DiffSegException.For(tPath, $"timestep {ts[i]} at index {i} is outside [0, {flags.DiffusionSteps}), the diffusion " +
+                                                  $"steps of {modelPath}");
+            }
+        }
         long[]? ys = null;
         if (yPath is not null)
         {
-            var yArray = Npy.Read(yPath);
-            Npy.CheckShape(yPath, yArray, [shape[0]]);
-            ys = yArray.ToInt64(yPath);
+            if (!flags.ClassCond)
+            {
+                throw DiffSegException.For(modelPath, "is not class-conditional: --y must not be given");
+            }
+            ys = ReadPerImage(yPath, shape[0], xPath);
+            if (ys.FirstOrDefault(v => v < 0 || v >= flags.NumClasses, -1) is var bad && bad != -1)
+            {
+                throw DiffSegException.For(yPath, $"class label {bad} is outside [0, {flags.NumClasses})");
+            }
         }
         return new UNetRun(modelPath, xs, shape, ts.Select(v => (float)v).ToArray(), ys);
+    }
+
+    static long[] ReadPerImage(string path, int n, string xPath)
+    {
+        var a = Npy.Read(path);
+        if (a.Shape.Length != 1 || a.Shape[0] != n)
+        {
+            throw DiffSegException.For(path, $"shape is {a.ShapeString}, expected ({n}) to match the batch of {xPath}");
+        }
+        if (a.Type == NpyType.Bool)
+        {
+            throw DiffSegException.For(path, "is a bool array, expected integers");
+        }
+        return a.ToInt64(path);
     }
 
     public Result Execute(ComputeDevice dev, bool capture, Action<string>? log = null)
