@@ -59,11 +59,11 @@ public static class PipelineCommands
             using var dev = CommonOptions.OpenDevice(r);
             string modelPath = r.GetValue(model)!;
             using var unet = ModelWeights.Load(modelPath, dev);
-            if (stepList.FirstOrDefault(t => t < 0 || t >= unet.Flags.DiffusionSteps, -1) is var step && step != -1)
+            if (Array.FindIndex(stepList, t => t < 0 || t >= unet.Flags.DiffusionSteps) is var si && si >= 0 && stepList[si] is var step)
             {
                 throw new DiffSegException($"--steps: step {step} is outside [0, {unet.Flags.DiffusionSteps}), the diffusion steps of {modelPath}");
             }
-            if (blockList.FirstOrDefault(b => b < 0 || b >= unet.OutputBlocks.Count, -1) is var block && block != -1)
+            if (Array.FindIndex(blockList, b => b < 0 || b >= unet.OutputBlocks.Count) is var bi && bi >= 0 && blockList[bi] is var block)
             {
                 throw new DiffSegException($"--blocks: block {block} does not exist; {modelPath} has decoder blocks 0..{unet.OutputBlocks.Count - 1}");
             }

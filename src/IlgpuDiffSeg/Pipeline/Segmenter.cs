@@ -75,7 +75,7 @@ public sealed class Segmenter : IDisposable
     public static FeatureExtractor CreateExtractor(UNetModel model, ExperimentConfig cfg)
     {
         FeatureExtractor extractor;
-        if (cfg.Steps.FirstOrDefault(t => t < 0 || t >= model.Flags.DiffusionSteps, -1) is var step && step != -1)
+        if (Array.FindIndex(cfg.Steps, t => t < 0 || t >= model.Flags.DiffusionSteps) is var i && i >= 0 && cfg.Steps[i] is var step)
         {
             throw DiffSegException.For(cfg.SourcePath, $"step {step} in 'steps' is outside [0, {model.Flags.DiffusionSteps}), the diffusion " +
                                                        $"steps of {cfg.ModelPath}");

@@ -67,7 +67,7 @@ public sealed class UNetRun
                 throw DiffSegException.For(modelPath, "is not class-conditional: --y must not be given");
             }
             ys = ReadPerImage(yPath, shape[0], xPath);
-            if (ys.FirstOrDefault(v => v < 0 || v >= flags.NumClasses, -1) is var bad && bad != -1)
+            if (Array.FindIndex(ys, v => v < 0 || v >= flags.NumClasses) is var i && i >= 0 && ys[i] is var bad)
             {
                 throw DiffSegException.For(yPath, $"class label {bad} is outside [0, {flags.NumClasses})");
             }
