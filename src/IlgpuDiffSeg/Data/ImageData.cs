@@ -43,46 +43,81 @@ public static class ImageData
             }
             if (depth > MaxWalkDepth)
             {
-                throw DiffSegException.For(folder, $"has folders nested deeper than {MaxWalkDepth} levels ('{dir}'); point it at the image folder");
+                throw DiffSegException.For(folder, $"has folders nested deeper than {MaxWalkDepth} levels ('{Shorten(dir)}'); point it at the image folder");
             }
-            IEnumerable<string> children;
+            List<FileSystemInfo> children;
             try
             {
-                children = Directory.EnumerateFileSystemEntries(dir).OrderBy(e => e, StringComparer.Ordinal).ToList();
+                children = new DirectoryInfo(dir).EnumerateFileSystemInfos().OrderBy(e => e.Name, StringComparer.Ordinal).ToList();
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                throw DiffSegException.For(dir, $"cannot list the folder: {e.Message}");
+                throw DiffSegException.For(folder, $"cannot list its folder '{Shorten(dir)}': {e.Message}");
             }
-            foreach (var entry in children)
+            foreach (var child in children)
             {
                 if (++entries > MaxWalkEntries)
                 {
                     throw DiffSegException.For(folder, $"holds more than {MaxWalkEntries:N0} files and folders; point it at the image folder");
                 }
-                string name = Path.GetFileName(entry);
+                string name = child.Name;
+                string entry = Path.Combine(dir, name);
+                if (child is DirectoryInfo)
+                {
+                    Walk(entry, child.LinkTarget is null ? real + "/" + name : RealPath(entry, real + "/" + name), depth + 1);
+                    continue;
+                }
                 string ext = name.Contains('.') ? name[(name.LastIndexOf('.') + 1)..].ToLowerInvariant() : "";
                 if (name.Contains('.') && ImageExtensions.Contains(ext) && !IsMaskName(name) && File.Exists(entry))
                 {
                     found.Add(entry);
                 }
-                else if (Directory.Exists(entry))
-                {
-                    Walk(entry, RealPath(entry, real + "/" + name), depth + 1);
-                }
             }
         }
     }
 
+    static string Shorten(string s) => s.Length > 80 ? s[..40] + "…" + s[^39..] : s;
+
+    [System.Runtime.InteropServices.DllImport("libc", CharSet = System.Runtime.InteropServices.CharSet.Ansi)]
+    static extern IntPtr realpath(string path, IntPtr resolved);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    static extern void free(IntPtr pointer);
+
     /// <summary>Folder walks stop past this many entries (ddpm-segmentation's data sets hold a few thousand).</summary>
-    public const int MaxWalkEntries = 200_000;
+    public const int MaxWalkEntries = 100_000;
 
     /// <summary>… and past this depth of sub-folders.</summary>
     public const int MaxWalkDepth = 32;
 
-    /// <summary>A folder's identity for cycle detection: its link target when it is a link, else its parent's identity and its name.</summary>
+    /// <summary>
+    /// A folder's identity for cycle detection: its canonical path (realpath(3), every link resolved) on Unix; elsewhere its
+    /// link target when it is a link, else its parent's identity and its name.
+    /// </summary>
     static string RealPath(string dir, string? unlinked)
     {
+        if (!OperatingSystem.IsWindows())
+        {
+            IntPtr resolved = IntPtr.Zero;
+            try
+            {
+                resolved = realpath(dir, IntPtr.Zero);
+                if (resolved != IntPtr.Zero)
+                {
+                    return System.Runtime.InteropServices.Marshal.PtrToStringUTF8(resolved)!;
+                }
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+            {
+            }
+            finally
+            {
+                if (resolved != IntPtr.Zero)
+                {
+                    free(resolved);
+                }
+            }
+        }
         try
         {
             var info = new DirectoryInfo(dir);

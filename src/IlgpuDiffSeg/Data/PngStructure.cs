@@ -115,8 +115,9 @@ public static class PngStructure
                 inflated += n;
             }
         }
-        catch (InvalidDataException e)
+        catch (Exception e) when (e is InvalidDataException or IOException)
         {
+            // ZLibException (an IOException) for what zlib itself refuses, e.g. a stream that asks for a preset dictionary.
             throw DiffSegException.For(path, $"PNG image data is not a valid zlib stream ({e.Message.TrimEnd('.')})");
         }
         if (inflated < expected)

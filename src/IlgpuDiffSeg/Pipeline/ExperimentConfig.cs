@@ -64,7 +64,12 @@ public sealed class ExperimentConfig
         }
         var reader = new Reader(path, o);
         string baseDir = Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".";
-        string Resolve(string p) => Path.IsPathRooted(p) || File.Exists(p) || Directory.Exists(p) ? p
+        string Resolve(string key)
+        {
+            string p = reader.String(key);
+            return string.IsNullOrWhiteSpace(p) ? throw DiffSegException.For(path, $"'{key}' is empty") : ResolvePath(p);
+        }
+        string ResolvePath(string p) => Path.IsPathRooted(p) || File.Exists(p) || Directory.Exists(p) ? p
             : File.Exists(Path.Combine(baseDir, p)) || Directory.Exists(Path.Combine(baseDir, p)) ? Path.Combine(baseDir, p) : p;
 
         var steps = reader.IntArray("steps");
@@ -95,9 +100,9 @@ public sealed class ExperimentConfig
         var config = new ExperimentConfig
         {
             SourcePath = path,
-            ModelPath = Resolve(reader.String("model_path")),
-            TrainingPath = Resolve(reader.String("training_path")),
-            TestingPath = Resolve(reader.String("testing_path")),
+            ModelPath = Resolve("model_path"),
+            TrainingPath = Resolve("training_path"),
+            TestingPath = Resolve("testing_path"),
             // The original appends "<steps>_<blocks>" to exp_dir.
             ExpDir = Path.Combine(expDir, $"{string.Join("_", steps)}_{string.Join("_", blocks)}"),
             Dim = dim,
@@ -111,7 +116,7 @@ public sealed class ExperimentConfig
             TestingNumber = reader.Int("testing_number", 0),
             ShareNoise = reader.Bool("share_noise", true),
             Category = reader.String("category", ""),
-            NoisePath = reader.Optional("noise_path") is null ? null : Resolve(reader.String("noise_path")),
+            NoisePath = reader.Optional("noise_path") is null ? null : Resolve("noise_path"),
             Seed = reader.Int("seed", 0),
             FeaturePath = reader.Choice("feature_path", "lean", "lean", "materialized"),
             FeatureStorage = reader.Choice("feature_storage", "fp32", "fp32", "fp16"),
