@@ -6,10 +6,15 @@ using SharpFuzz;
 // IlgpuDiffSeg.Fuzz replay TARGET FILE… read each file once; prints every finding, exit 1 if any
 // IlgpuDiffSeg.Fuzz show TARGET FILE…   what the reader says about each file
 // IlgpuDiffSeg.Fuzz big-npy DIR          writes and reads a 2.2 GB .npy (run with a heap limit: see BigNpy.cs)
+// IlgpuDiffSeg.Fuzz lsun256-model PATH   writes the LSUN-256 UNet with random weights (2.2 GB)
 // Targets: npy, pt, safetensors, image, mask, flags, config (Targets.cs).
 if (args.Length == 2 && args[0] == "big-npy")
 {
     return BigNpy.Run(args[1]);
+}
+if (args.Length == 2 && args[0] == "lsun256-model")
+{
+    return Lsun256.WriteModel(args[1]);
 }
 if (args.Length < 2)
 {

@@ -674,7 +674,11 @@ def config_cases():
         args = [DIFFSEG, cmd, "--config", "{D}/exp.json", "--device", "cpu"]
         if cmd == "predict":
             args += ["--input", os.path.join(BASE, "test"), "-o", "{D}/pred"]
-        add("experiment JSON", f"{cmd}: {note}", args, ["exp.json"], setup)
+        # A path the config names may be the file the refusal names.
+        paths = [v for v in (over or {}).values() if isinstance(v, str) and v.startswith("/")]
+        # evaluate and predict may find the ensemble is not the config's.
+        paths += ["ensemble.safetensors"] if cmd != "train" else []
+        add("experiment JSON", f"{cmd}: {note}", args, ["exp.json"] + paths, setup)
 
     big = [-1, 0, 2 ** 31, 2 ** 63, 10 ** 11, 1.5, "7", None, [1], True, 1e300, -2 ** 31]
     for key in ("number_class", "ignore_label", "model_num", "batch_size", "max_epochs", "training_number", "testing_number", "seed"):

@@ -110,4 +110,68 @@ public sealed class StreamingAndRollbackTests : IDisposable
         Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}\n{output}\n{await stderr}");
         Assert.Contains("× 2^31", output);
     }
+
+    /// <summary>
+    /// Opt-in (DIFFSEG_LARGE_TESTS=1; 4.4 GB of disk, minutes of CPU, ~10 GB of memory): issue #13 class 5 end to end.
+    /// `diffseg features` on the LSUN-256 UNet (random weights) with the README's blocks 5,6,7,8,12 at steps 50,150,250 —
+    /// 8448 × 256 × 256 floats — writes its 2.2 GB .npy; it died in Npy.Write with an OverflowException. Both steps run as
+    /// child processes, the second under a resident-memory watchdog (16 GiB) and a time limit.
+    /// </summary>
+    [Fact]
+    [Trait("Category", "Large")]
+    public async Task FeaturesCommandAtLsun256WritesItsNpy()
+    {
+        Assert.SkipUnless(Environment.GetEnvironmentVariable("DIFFSEG_LARGE_TESTS") == "1", "set DIFFSEG_LARGE_TESTS=1 to run the LSUN-256 features");
+        string model = tmp.File("lsun256.safetensors");
+        string fuzz = typeof(IlgpuDiffSeg.Fuzz.Target).Assembly.Location;
+        var (code, output) = await RunGuarded(["dotnet", fuzz, "lsun256-model", model], TimeSpan.FromMinutes(15), 8L << 30);
+        Assert.True(code == 0, output);
+        var rng = new Random(0);
+        Npy.Write(tmp.File("image.npy"), Enumerable.Range(0, 3 * 256 * 256).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), [3, 256, 256]);
+        string diffseg = typeof(IlgpuDiffSeg.Cli.Program).Assembly.Location;
+        string features = tmp.File("features.npy");
+        (code, output) = await RunGuarded(["dotnet", diffseg, "features", "--model", model, "--image", tmp.File("image.npy"), "--steps", "50,150,250",
+            "--blocks", "5,6,7,8,12", "-o", features, "--device", "cpu"], TimeSpan.FromMinutes(60), 16L << 30);
+        Assert.True(code == 0, output);
+        var header = Npy.ReadHeader(features);
+        Assert.Equal([8448, 256, 256], header.Shape);
+        Assert.True(new FileInfo(features).Length > int.MaxValue);
+    }
+
+    /// <summary>Runs a command, killing it past <paramref name="limit"/> or past <paramref name="maxResidentBytes"/> of resident memory.</summary>
+    static async Task<(int Code, string Output)> RunGuarded(string[] command, TimeSpan limit, long maxResidentBytes)
+    {
+        var start = new ProcessStartInfo(command[0], command[1..]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var p = Process.Start(start)!;
+        var ct = TestContext.Current.CancellationToken;
+        var stdout = p.StandardOutput.ReadToEndAsync(ct);
+        var stderr = p.StandardError.ReadToEndAsync(ct);
+        var clock = Stopwatch.StartNew();
+        long peak = 0;
+        string? killed = null;
+        while (!p.HasExited)
+        {
+            try
+            {
+                p.Refresh();
+                peak = Math.Max(peak, p.WorkingSet64);
+            }
+            catch (InvalidOperationException)
+            {
+                break;
+            }
+            if (peak > maxResidentBytes || clock.Elapsed > limit)
+            {
+                killed = peak > maxResidentBytes ? $"killed past {maxResidentBytes >> 30} GiB resident" : $"killed past {limit}";
+                p.Kill(entireProcessTree: true);
+                break;
+            }
+            await Task.Delay(200, ct);
+        }
+        await p.WaitForExitAsync(ct);
+        string output = $"{string.Join(' ', command)}: {killed ?? $"exit {p.ExitCode}"}, peak {peak / (double)(1L << 30):F1} GiB, " +
+                        $"{clock.Elapsed.TotalSeconds:F0} s\n{await stdout}\n{await stderr}";
+        Console.WriteLine(output);
+        return (killed is null ? p.ExitCode : -1, output);
+    }
 }
