@@ -67,6 +67,7 @@ public static class PipelineCommands
             {
                 throw new DiffSegException($"--blocks: block {block} does not exist; {modelPath} has decoder blocks 0..{unet.OutputBlocks.Count - 1}");
             }
+            UNetRun.CheckSize(imagePath, 1, size[0], size[1], unet.Flags, modelPath);
             if (size[0] % unet.SizeMultiple != 0 || size[1] % unet.SizeMultiple != 0)
             {
                 throw DiffSegException.For(imagePath, $"is {size[1]}×{size[0]}; the UNet of {modelPath} needs sides that are multiples of {unet.SizeMultiple}");

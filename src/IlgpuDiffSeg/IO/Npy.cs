@@ -41,6 +41,34 @@ public sealed class NpyArray
         this.values = values;
     }
 
+    /// <summary>An array from raw little-endian bytes (kept for callers of the earlier byte-array form).</summary>
+    public NpyArray(NpyType type, int[] shape, byte[] data)
+        : this(type, shape, type switch
+        {
+            NpyType.Float32 => MemoryMarshal.Cast<byte, float>(data).ToArray(),
+            NpyType.Float64 => MemoryMarshal.Cast<byte, double>(data).ToArray(),
+            NpyType.Float16 => MemoryMarshal.Cast<byte, Half>(data).ToArray(),
+            NpyType.Int64 => MemoryMarshal.Cast<byte, long>(data).ToArray(),
+            NpyType.Int32 => MemoryMarshal.Cast<byte, int>(data).ToArray(),
+            NpyType.Int8 => MemoryMarshal.Cast<byte, sbyte>(data).ToArray(),
+            _ => (byte[])data.Clone(),
+        })
+    {
+    }
+
+    /// <summary>A copy of the raw little-endian bytes (at most 2 GB: larger arrays are read through ToFloat32/ToInt64).</summary>
+    public byte[] Data => values switch
+    {
+        float[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        double[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        Half[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        long[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        int[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        sbyte[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
+        byte[] a => (byte[])a.Clone(),
+        _ => throw new InvalidOperationException(),
+    };
+
     public NpyType Type { get; }
     public int[] Shape { get; }
     public long Count => Npy.CountOf(Shape);

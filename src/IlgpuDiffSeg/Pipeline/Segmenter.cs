@@ -75,6 +75,11 @@ public sealed class Segmenter : IDisposable
     public static FeatureExtractor CreateExtractor(UNetModel model, ExperimentConfig cfg)
     {
         FeatureExtractor extractor;
+        if (cfg.ImageSize != model.Flags.ImageSize)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"dim[0] is {cfg.ImageSize} but {cfg.ModelPath} was trained at image_size " +
+                                                       $"{model.Flags.ImageSize}; ddpm-segmentation runs the UNet at its training size");
+        }
         if (Array.FindIndex(cfg.Steps, t => t < 0 || t >= model.Flags.DiffusionSteps) is var i && i >= 0 && cfg.Steps[i] is var step)
         {
             throw DiffSegException.For(cfg.SourcePath, $"step {step} in 'steps' is outside [0, {model.Flags.DiffusionSteps}), the diffusion " +

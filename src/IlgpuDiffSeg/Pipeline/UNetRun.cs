@@ -49,6 +49,7 @@ public sealed class UNetRun
             throw DiffSegException.For(xPath, $"shape is {Npy.ShapeString(shape)}: the batch must not be empty and H, W must be positive " +
                                               $"multiples of {sizeMultiple}, as the UNet of {modelPath} needs");
         }
+        CheckSize(xPath, shape[0], shape[2], shape[3], flags, modelPath);
         Npy.RequireFinite(xPath, xs, shape);
         var ts = ReadPerImage(tPath, shape[0], xPath);
         for (int i = 0; i < ts.Length; i++)
@@ -73,6 +74,25 @@ public sealed class UNetRun
             }
         }
         return new UNetRun(modelPath, xs, shape, ts.Select(v => (float)v).ToArray(), ys);
+    }
+
+    /// <summary>
+    /// The UNet's activations grow with the pixels it is given: images up to twice the model's training size per side, and
+    /// batches up to 256 images at that size, so that a large but valid input file is refused rather than run out of memory.
+    /// </summary>
+    public static void CheckSize(string path, int n, int h, int w, AdmFlags flags, string modelPath)
+    {
+        int side = 2 * flags.ImageSize;
+        if (h > side || w > side)
+        {
+            throw DiffSegException.For(path, $"is {w}×{h}; the UNet of {modelPath} (image_size {flags.ImageSize}) takes images up to " +
+                                             $"{side}×{side}: resize it first");
+        }
+        if ((long)n * h * w > 256L * flags.ImageSize * flags.ImageSize)
+        {
+            throw DiffSegException.For(path, $"holds a batch of {n} images of {w}×{h}, more than 256 images at the model's image_size " +
+                                             $"{flags.ImageSize}: split it");
+        }
     }
 
     static long[] ReadPerImage(string path, int n, string xPath)

@@ -86,6 +86,10 @@ public sealed class BadInputRegressionTests : IDisposable
         Npy.Write(tmp.File("empty.npy"), new float[0], [3, 0, 0]);
         var r = CliRunner.Run("features", "--model", model, "--image", tmp.File("empty.npy"), "-o", tmp.File("f.npy"), "--device", "cpu");
         CliRunner.AssertOneLineError(r, "empty.npy", "at least one pixel");
+        Npy.Write(tmp.File("big.npy"), new float[3 * 128 * 128], [3, 128, 128]);
+        r = CliRunner.Run("features", "--model", model, "--image", tmp.File("big.npy"), "--steps", "50", "--blocks", "2", "-o", tmp.File("f.npy"),
+            "--device", "cpu");
+        CliRunner.AssertOneLineError(r, "big.npy", "takes images up to 64×64");
         Npy.Write(tmp.File("odd.npy"), new float[3 * 30 * 30], [3, 30, 30]);
         r = CliRunner.Run("features", "--model", model, "--image", tmp.File("odd.npy"), "--steps", "50", "--blocks", "2", "-o", tmp.File("f.npy"),
             "--device", "cpu");
@@ -261,7 +265,7 @@ public sealed class BadInputRegressionTests : IDisposable
         foreach (var (overrides, phrase) in new[]
                  {
                      ("""{"model_num": 100000}""", "'model_num' is 100000"), ("""{"dim": [100000, 100000, 320]}""", "'dim'"),
-                     ("""{"steps": [-1]}""", "'steps'"), ("""{"steps": [1000]}""", "step 1000"), ("""{"batch_size": 1}""", "'batch_size'"),
+                     ("""{"steps": [-1]}""", "'steps'"), ("""{"dim": [64, 64, 320]}""", "trained at image_size 32"), ("""{"steps": [1000]}""", "step 1000"), ("""{"batch_size": 1}""", "'batch_size'"),
                  })
         {
             string cfg = Experiment("bounded.json", overrides);
