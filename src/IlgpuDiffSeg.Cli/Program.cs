@@ -26,7 +26,8 @@ public static class Program
             string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
             var messages = parsed.Errors.Select(e => System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s+", " ").Trim().TrimEnd('.'));
             Console.Error.WriteLine($"error: {string.Join("; ", messages)} (see 'diffseg{command} --help')");
-            return 2;
+            // Exit 1 like every other bad input; 2 is kept for internal errors, so scripts can tell the two apart.
+            return 1;
         }
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
