@@ -693,7 +693,7 @@ def config_cases():
         "testing_path": ["/proc/self", "/nonexistent"],
         "model_path": ["/nonexistent.safetensors", os.path.join(TINY, "model.pt"), "/", "/dev/zero", os.path.join(TINY, "x0.npy")],
         "noise_path": ["/nonexistent.npy", os.path.join(TINY, "t.npy"), "/dev/zero", os.path.join(TINY, "noise.npy"), "/"],
-        "exp_dir": ["/proc/self/x", "", "/dev/null/x", "/"],
+        "exp_dir": ["/proc/self/x", "", "/dev/null/x", "/sys/x"],
         "feature_path": ["x", 3], "feature_storage": ["fp8"], "share_noise": ["yes", None], "upsample_mode": ["nearest"],
         "input_activations": [True], "category": [3], "unknown_key": [1],
     }.items():
