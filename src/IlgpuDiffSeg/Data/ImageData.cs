@@ -45,26 +45,32 @@ public static class ImageData
             {
                 throw DiffSegException.For(folder, $"has folders nested deeper than {MaxWalkDepth} levels ('{Shorten(dir)}'); point it at the image folder");
             }
-            List<FileSystemInfo> children;
+            // Counted as they are listed, so a folder of millions of entries is refused before it is held.
+            var children = new List<FileSystemInfo>();
             try
             {
-                children = new DirectoryInfo(dir).EnumerateFileSystemInfos().OrderBy(e => e.Name, StringComparer.Ordinal).ToList();
+                foreach (var child in new DirectoryInfo(dir).EnumerateFileSystemInfos())
+                {
+                    if (++entries > MaxWalkEntries)
+                    {
+                        throw DiffSegException.For(folder, $"holds more than {MaxWalkEntries:N0} files and folders; point it at the image folder");
+                    }
+                    children.Add(child);
+                }
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
                 throw DiffSegException.For(folder, $"cannot list its folder '{Shorten(dir)}': {e.Message}");
             }
+            children.Sort((a, b) => StringComparer.Ordinal.Compare(a.Name, b.Name));
             foreach (var child in children)
             {
-                if (++entries > MaxWalkEntries)
-                {
-                    throw DiffSegException.For(folder, $"holds more than {MaxWalkEntries:N0} files and folders; point it at the image folder");
-                }
                 string name = child.Name;
                 string entry = Path.Combine(dir, name);
                 if (child is DirectoryInfo)
                 {
-                    Walk(entry, child.LinkTarget is null ? real + "/" + name : RealPath(entry, real + "/" + name), depth + 1);
+                    string unlinked = real.TrimEnd('/') + "/" + name;
+                    Walk(entry, child.LinkTarget is null ? unlinked : RealPath(entry, unlinked), depth + 1);
                     continue;
                 }
                 string ext = name.Contains('.') ? name[(name.LastIndexOf('.') + 1)..].ToLowerInvariant() : "";
