@@ -38,6 +38,13 @@ public static class PipelineCommands
             var stepList = ParseList(r.GetValue(steps)!, "--steps");
             var blockList = ParseList(r.GetValue(blocks)!, "--blocks");
             string imagePath = r.GetValue(image)!;
+            string modelPath = r.GetValue(model)!;
+            // The image's size is checked against the model (its flags, from the file's header) before it is decoded.
+            using (var header = SafetensorsFile.Open(modelPath))
+            {
+                var imageSize = ImageData.ImageSize(imagePath);
+                UNetRun.CheckSize(imagePath, 1, imageSize[0], imageSize[1], ModelWeights.FlagsOf(header), modelPath);
+            }
             var x0 = ImageData.LoadImageAsIs(imagePath, out var size);
             int n = 3 * size[0] * size[1];
             float[] eps;
@@ -57,7 +64,6 @@ public static class PipelineCommands
                 eps = NoiseSource.Draw(n, r.GetValue(seed));
             }
             using var dev = CommonOptions.OpenDevice(r);
-            string modelPath = r.GetValue(model)!;
             using var unet = ModelWeights.Load(modelPath, dev);
             if (Array.FindIndex(stepList, t => t < 0 || t >= unet.Flags.DiffusionSteps) is var si && si >= 0 && stepList[si] is var step)
             {
@@ -67,7 +73,6 @@ public static class PipelineCommands
             {
                 throw new DiffSegException($"--blocks: block {block} does not exist; {modelPath} has decoder blocks 0..{unet.OutputBlocks.Count - 1}");
             }
-            UNetRun.CheckSize(imagePath, 1, size[0], size[1], unet.Flags, modelPath);
             if (size[0] % unet.SizeMultiple != 0 || size[1] % unet.SizeMultiple != 0)
             {
                 throw DiffSegException.For(imagePath, $"is {size[1]}×{size[0]}; the UNet of {modelPath} needs sides that are multiples of {unet.SizeMultiple}");

@@ -6,7 +6,7 @@
 # Needs afl-fuzz (Debian/Ubuntu: apt-get install afl++) and the SharpFuzz instrumenter
 # (dotnet tool install --tool-path .tools SharpFuzz.CommandLine --version 2.3.0; found on PATH or in .tools/).
 # Seeds are the target's ok_* files in tests/fixtures/hostile; every crash or hang AFL finds is copied back there as
-# crash_<target>_<n> (classify it bad_/any_ by renaming once fixed; HostileCorpusTests replays them all). The target
+# crash_<target>_<date>_<n> (rename it crash_bad_<what> once the reader refuses it; HostileCorpusTests replays them all). The target
 # process's managed heap is capped at 1 GiB, so an input that makes a reader allocate past its limits is a crash, not a
 # machine out of memory. Without AFL the same targets run in CI as CsCheck mutation (ReaderPropertyTests).
 set -euo pipefail

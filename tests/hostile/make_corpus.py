@@ -8,7 +8,8 @@
   any_*  input the reader may accept or refuse, but only cleanly (e.g. a PNG with a bad CRC)
 
 expect.tsv adds, for some files, a phrase the refusal must contain. HostileCorpusTests reads every file with its reader;
-the property tests and the SharpFuzz targets mutate the ok_ files. Files found by fuzzing are added as crash_* (bad or any).
+the property tests and the SharpFuzz targets mutate the ok_ files. Files found by fuzzing are kept as crash_* (renamed
+crash_bad_* once the reader must refuse them); regeneration keeps them.
 Deterministic: the same script writes the same bytes (torch's own pickles aside, which are stable for one version).
 """
 import collections

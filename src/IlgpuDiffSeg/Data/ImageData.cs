@@ -164,14 +164,16 @@ public static class ImageData
     public const long MaxPixels = 1L << 26;
 
     /// <summary>
-    /// ImageSharp as the readers use it: no single buffer past 1 GB, and only a GIF's first frame decoded (the original
-    /// reads the first frame too), so no file can make the decoder allocate more than its checked pixel count implies.
+    /// ImageSharp as the readers use it: PNG, JPEG and GIF only (the formats the data layout names; TGA, which has no
+    /// signature, would otherwise take any 16 bytes as a 2817×14014 picture), no single buffer past 1 GB, and only a GIF's
+    /// first frame decoded (the original reads the first frame too).
     /// </summary>
     static readonly Configuration Decoding = CreateDecoding();
 
     static Configuration CreateDecoding()
     {
-        var c = Configuration.Default.Clone();
+        var c = new Configuration(new PngConfigurationModule(), new SixLabors.ImageSharp.Formats.Jpeg.JpegConfigurationModule(),
+            new GifConfigurationModule());
         c.MemoryAllocator = MemoryAllocator.Create(new MemoryAllocatorOptions { AllocationLimitMegabytes = 1024 });
         c.ImageFormatsManager.SetDecoder(GifFormat.Instance, new GifDecoder { DecodingMode = FrameDecodingMode.First });
         return c;

@@ -8,8 +8,9 @@ namespace IlgpuDiffSeg.Tests.IO;
 
 /// <summary>
 /// Issue #13's failure classes, one file each, through every reader: tests/fixtures/hostile (written by
-/// tests/hostile/make_corpus.py, crash_* files added by fuzzing). ok_* must be accepted, bad_* refused with a
-/// <see cref="DiffSegException"/> naming the file (and the phrase expect.tsv gives), any_* either; nothing else may escape,
+/// tests/hostile/make_corpus.py, crash_* files added by fuzzing). ok_* must be accepted, bad_* and crash_bad_* refused
+/// with a <see cref="DiffSegException"/> naming the file (and the phrase expect.tsv gives), any_* and other crash_* either;
+/// nothing else may escape,
 /// no file may take more than a few seconds, and no pickle gadget may run.
 /// </summary>
 public sealed class HostileCorpusTests
@@ -60,7 +61,7 @@ public sealed class HostileCorpusTests
             Assert.True(refused is null, $"{file} was refused: {refused?.Message}");
             return;
         }
-        if (name.StartsWith("bad_", StringComparison.Ordinal))
+        if (name.StartsWith("bad_", StringComparison.Ordinal) || name.StartsWith("crash_bad_", StringComparison.Ordinal))
         {
             Assert.True(refused is not null, $"{file} was accepted");
         }
