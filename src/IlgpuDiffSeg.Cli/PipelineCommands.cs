@@ -37,24 +37,46 @@ public static class PipelineCommands
             AtomicFile.CheckWritable(outPath);
             var stepList = ParseList(r.GetValue(steps)!, "--steps");
             var blockList = ParseList(r.GetValue(blocks)!, "--blocks");
-            var x0 = ImageData.LoadImageAsIs(r.GetValue(image)!, out var size);
+            string imagePath = r.GetValue(image)!;
+            string modelPath = r.GetValue(model)!;
+            // The image's size is checked against the model (its flags, from the file's header) before it is decoded.
+            using (var header = SafetensorsFile.Open(modelPath))
+            {
+                var imageSize = ImageData.ImageSize(imagePath);
+                UNetRun.CheckSize(imagePath, 1, imageSize[0], imageSize[1], ModelWeights.FlagsOf(header), modelPath);
+            }
+            var x0 = ImageData.LoadImageAsIs(imagePath, out var size);
             int n = 3 * size[0] * size[1];
             float[] eps;
             if (r.GetValue(noise) is { } noisePath)
             {
                 var a = Npy.Read(noisePath);
-                if (a.Count != n || a.Shape.Length < 3 || a.Shape[^2] != size[0] || a.Shape[^1] != size[1] || a.Shape[^3] != 3)
+                if (a.Count != n || a.Shape.Length is < 3 or > 4 || (a.Shape.Length == 4 && a.Shape[0] != 1) ||
+                    a.Shape[^2] != size[0] || a.Shape[^1] != size[1] || a.Shape[^3] != 3)
                 {
                     throw DiffSegException.For(noisePath, $"noise shape is {a.ShapeString}, expected (1, 3, {size[0]}, {size[1]}) to match the image");
                 }
                 eps = a.ToFloat32(noisePath);
+                Npy.RequireFinite(noisePath, eps, a.Shape);
             }
             else
             {
                 eps = NoiseSource.Draw(n, r.GetValue(seed));
             }
             using var dev = CommonOptions.OpenDevice(r, out var plan);
-            using var unet = ModelWeights.Load(r.GetValue(model)!, plan);
+            using var unet = ModelWeights.Load(modelPath, plan);
+            if (Array.FindIndex(stepList, t => t < 0 || t >= unet.Flags.DiffusionSteps) is var si && si >= 0 && stepList[si] is var step)
+            {
+                throw new DiffSegException($"--steps: step {step} is outside [0, {unet.Flags.DiffusionSteps}), the diffusion steps of {modelPath}");
+            }
+            if (Array.FindIndex(blockList, b => b < 0 || b >= unet.OutputBlocks.Count) is var bi && bi >= 0 && blockList[bi] is var block)
+            {
+                throw new DiffSegException($"--blocks: block {block} does not exist; {modelPath} has decoder blocks 0..{unet.OutputBlocks.Count - 1}");
+            }
+            if (size[0] % unet.SizeMultiple != 0 || size[1] % unet.SizeMultiple != 0)
+            {
+                throw DiffSegException.For(imagePath, $"is {size[1]}×{size[0]}; the UNet of {modelPath} needs sides that are multiples of {unet.SizeMultiple}");
+            }
             var extractor = new FeatureExtractor(unet, stepList, blockList);
             using var img = dev.Upload(x0, 3, size[0], size[1]);
             using var noiseTensor = dev.Upload(eps, 3, size[0], size[1]);
@@ -67,14 +89,20 @@ public static class PipelineCommands
 
     static int[] ParseList(string text, string option)
     {
+        int[] values;
         try
         {
-            return text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture)).ToArray();
+            values = text.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture)).ToArray();
         }
-        catch (FormatException)
+        catch (Exception e) when (e is FormatException or OverflowException)
         {
             throw new DiffSegException($"{option} \"{text}\" is not a comma-separated list of integers");
         }
+        if (values.Length is 0 or > 64)
+        {
+            throw new DiffSegException($"{option} \"{text}\" must list 1 to 64 values");
+        }
+        return values;
     }
 
     public static Command Train()

@@ -31,32 +31,38 @@ public static class Program
             string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
             var messages = parsed.Errors.Select(e => System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s+", " ").Trim().TrimEnd('.'));
             Console.Error.WriteLine($"error: {string.Join("; ", messages)} (see 'diffseg{command} --help')");
-            return 2;
+            // Exit 1 like every other bad input; 2 is kept for internal errors, so scripts can tell the two apart.
+            return 1;
         }
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
     }
 
     /// <summary>
     /// Runs a command body and turns every failure into one line on stderr and exit code 1: a user's mistake is
-    /// reported as "error: FILE: problem", never as a stack trace (DIFFSEG_DEBUG=1 shows one for bugs).
+    /// reported as "error: FILE: problem", never as a stack trace (DIFFSEG_DEBUG=1 shows one for bugs). Whatever the
+    /// body wrote is removed again when it fails (an <see cref="IlgpuDiffSeg.IO.OutputScope"/>), so no command leaves
+    /// part of its output behind.
     /// </summary>
     public static int Run(Action body)
     {
+        using var outputs = IlgpuDiffSeg.IO.OutputScope.Begin();
         try
         {
             body();
+            outputs.Commit();
             return 0;
         }
         catch (DiffSegException e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
         }
         catch (DeviceUnavailableException e)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
         }
         catch (IlgpuDiffSeg.Pipeline.TrainingInterruptedException e)
         {
+            outputs.Commit();
             Console.Error.WriteLine(e.Message);
             return 130;
         }
@@ -67,7 +73,7 @@ public static class Program
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {OneLine(e.Message)}");
         }
         catch (Exception e) when (Environment.GetEnvironmentVariable("DIFFSEG_DEBUG") != "1")
         {
@@ -76,6 +82,9 @@ public static class Program
         }
         return 1;
     }
+
+    /// <summary>The contract is one line: a message from a library that spans several keeps its first.</summary>
+    static string OneLine(string message) => message.Split('\n')[0].TrimEnd('\r', ' ', ':');
 }
 
 /// <summary>Options shared by several commands.</summary>

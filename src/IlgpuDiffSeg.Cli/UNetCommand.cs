@@ -25,7 +25,7 @@ public static class UNetCommand
             var result = run.Execute(plan, capture: dir is not null, Console.Error.WriteLine);
             if (dir is not null)
             {
-                Directory.CreateDirectory(dir);
+                OutputScope.CreateDirectory(dir);
             }
             Npy.Write(r.GetValue(output)!, result.Output, result.OutputShape);
             Console.WriteLine($"wrote {r.GetValue(output)} ({string.Join("×", result.OutputShape)})");

@@ -201,39 +201,47 @@ public sealed class PixelEnsemble : IDisposable
         SafetensorsFile.Write(path, sources, meta);
     }
 
+    /// <summary>
+    /// Loads an ensemble written by <see cref="Save"/>. Its metadata is checked before anything is allocated (sizes in
+    /// range, and every tensor they imply present with its shape), and its values as they are read: weights finite,
+    /// running variances finite and non-negative.
+    /// </summary>
     public static PixelEnsemble Load(string path, ExecutionPlan plan)
     {
         using var file = SafetensorsFile.Open(path);
-        if (!file.Metadata.TryGetValue("format", out var format) || format != "ilgpudiffseg-ensemble-v1")
+        var layout = LayoutOf(file, path);
+        var host = new float[(long)layout.Members * layout.Size];
+        var stats = new[]
         {
-            throw DiffSegException.For(path, "is not a pixel-classifier ensemble written by 'diffseg train'");
+            new float[layout.Members * layout.Hidden1], new float[layout.Members * layout.Hidden1],
+            new float[layout.Members * layout.Hidden2], new float[layout.Members * layout.Hidden2],
+        };
+        for (int m = 0; m < layout.Members; m++)
+        {
+            foreach (var (name, offset, shape) in layout.Parameters())
+            {
+                Read($"member.{m}.{name}", shape, host.AsSpan(m * layout.Size + offset), variance: false);
+            }
+            Read($"member.{m}.layers.2.running_mean", [layout.Hidden1], stats[0].AsSpan(m * layout.Hidden1), variance: false);
+            Read($"member.{m}.layers.2.running_var", [layout.Hidden1], stats[1].AsSpan(m * layout.Hidden1), variance: true);
+            Read($"member.{m}.layers.5.running_mean", [layout.Hidden2], stats[2].AsSpan(m * layout.Hidden2), variance: false);
+            Read($"member.{m}.layers.5.running_var", [layout.Hidden2], stats[3].AsSpan(m * layout.Hidden2), variance: true);
         }
-        int Meta(string key) => int.Parse(file.Metadata[key], CultureInfo.InvariantCulture);
-        var hidden = file.Metadata["hidden"].Split(',').Select(s => int.Parse(s, CultureInfo.InvariantCulture)).ToArray();
-        var layout = new MlpLayout(Meta("members"), Meta("in_features"), hidden[0], hidden[1], Meta("classes"));
+        long tracked = 0;
+        if (file.Metadata.TryGetValue("num_batches_tracked", out var t) &&
+            !long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out tracked))
+        {
+            throw DiffSegException.For(path, $"metadata 'num_batches_tracked' is \"{Shorten(t)}\", expected a count");
+        }
         var e = new PixelEnsemble(plan, layout);
         try
         {
-            var host = new float[(long)layout.Members * layout.Size];
-            var stats = new[] { new float[e.RunningMean1.Length], new float[e.RunningVar1.Length], new float[e.RunningMean2.Length],
-                new float[e.RunningVar2.Length] };
-            for (int m = 0; m < layout.Members; m++)
-            {
-                foreach (var (name, offset, shape) in layout.Parameters())
-                {
-                    Read($"member.{m}.{name}", shape, host.AsSpan(m * layout.Size + offset));
-                }
-                Read($"member.{m}.layers.2.running_mean", [layout.Hidden1], stats[0].AsSpan(m * layout.Hidden1));
-                Read($"member.{m}.layers.2.running_var", [layout.Hidden1], stats[1].AsSpan(m * layout.Hidden1));
-                Read($"member.{m}.layers.5.running_mean", [layout.Hidden2], stats[2].AsSpan(m * layout.Hidden2));
-                Read($"member.{m}.layers.5.running_var", [layout.Hidden2], stats[3].AsSpan(m * layout.Hidden2));
-            }
             e.Parameters.CopyFrom(host);
             e.RunningMean1.View.CopyFromCPU(stats[0]);
             e.RunningVar1.View.CopyFromCPU(stats[1]);
             e.RunningMean2.View.CopyFromCPU(stats[2]);
             e.RunningVar2.View.CopyFromCPU(stats[3]);
-            e.BatchesTracked = long.Parse(file.Metadata.GetValueOrDefault("num_batches_tracked", "0"), CultureInfo.InvariantCulture);
+            e.BatchesTracked = tracked;
             foreach (var (k, v) in file.Metadata)
             {
                 e.Metadata[k] = v;
@@ -246,16 +254,71 @@ public sealed class PixelEnsemble : IDisposable
             throw;
         }
 
-        void Read(string name, int[] shape, Span<float> destination)
+        void Read(string name, int[] shape, Span<float> destination, bool variance)
         {
-            if (!file.TryGet(name, out var entry) || !entry.Shape.SequenceEqual(shape))
-            {
-                throw DiffSegException.For(path, $"tensor '{name}' is missing or not of shape ({string.Join(", ", shape)})");
-            }
+            var entry = file.TryGet(name, out var found) && found.Shape.SequenceEqual(shape) && found.DType == "F32" ? found
+                : throw DiffSegException.For(path, $"tensor '{name}' is missing or not F32 of shape ({string.Join(", ", shape)})");
             using var mapped = file.Map(entry);
-            mapped.Span.CopyTo(destination);
+            var values = mapped.Span;
+            int bad = Finite.IndexOfNonFinite(values);
+            if (bad >= 0)
+            {
+                throw DiffSegException.For(path, $"tensor '{name}' holds {Finite.Name(values[bad])} at index {Npy.IndexString(shape, bad)}");
+            }
+            if (variance && values.IndexOfAnyInRange(float.NegativeInfinity, -float.Epsilon) is var neg && neg >= 0)
+            {
+                throw DiffSegException.For(path, $"tensor '{name}' holds the negative variance {values[neg]} at index {neg}");
+            }
+            values.CopyTo(destination);
         }
     }
+
+    /// <summary>The layout the metadata describes, checked: sizes in range and one member's tensors for each member, no more.</summary>
+    static MlpLayout LayoutOf(SafetensorsFile file, string path)
+    {
+        if (!file.Metadata.TryGetValue("format", out var format) || format != "ilgpudiffseg-ensemble-v1")
+        {
+            throw DiffSegException.For(path, "is not a pixel-classifier ensemble written by 'diffseg train'");
+        }
+        int Meta(string key, int min, int max)
+        {
+            if (!file.Metadata.TryGetValue(key, out var text))
+            {
+                throw DiffSegException.For(path, $"metadata lacks '{key}'");
+            }
+            if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int v) || v < min || v > max)
+            {
+                throw DiffSegException.For(path, $"metadata '{key}' is \"{Shorten(text)}\", expected an integer in {min}..{max}");
+            }
+            return v;
+        }
+        int members = Meta("members", 1, MaxMembers);
+        int inFeatures = Meta("in_features", 1, 1 << 20);
+        int classes = Meta("classes", 2, 255);
+        var hidden = file.Metadata.GetValueOrDefault("hidden", "").Split(',');
+        if (hidden.Length != 2 || !hidden.All(h => int.TryParse(h, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v is >= 1 and <= 1 << 16))
+        {
+            throw DiffSegException.For(path, $"metadata 'hidden' is \"{Shorten(file.Metadata.GetValueOrDefault("hidden", ""))}\", expected two sizes " +
+                                             "such as \"128,32\"");
+        }
+        var layout = new MlpLayout(members, inFeatures, int.Parse(hidden[0], CultureInfo.InvariantCulture),
+            int.Parse(hidden[1], CultureInfo.InvariantCulture), classes);
+        if ((long)members * (layout.Hidden1 * (long)inFeatures + layout.Hidden2 * (long)layout.Hidden1) > int.MaxValue / 2)
+        {
+            throw DiffSegException.For(path, $"metadata describes {members} members of {inFeatures}→{layout.Hidden1}→{layout.Hidden2}, too large");
+        }
+        int expected = members * 14;
+        if (file.Entries.Count != expected)
+        {
+            throw DiffSegException.For(path, $"holds {file.Entries.Count} tensors, but its metadata ({members} members) implies {expected}");
+        }
+        return layout;
+    }
+
+    /// <summary>Ensembles with more members than this are refused.</summary>
+    public const int MaxMembers = 1000;
+
+    static string Shorten(string s) => s.Length > 40 ? s[..40] + "…" : s;
 
     public void Dispose()
     {

@@ -70,76 +70,242 @@ public sealed class SafetensorsFile : IDisposable
         byName = entries.ToDictionary(e => e.Name);
     }
 
+    /// <summary>Headers longer than this are refused (a 550M-parameter UNet's is ~60 KB).</summary>
+    public const long MaxHeaderLength = 100_000_000;
+
+    /// <summary>
+    /// Opens a file and checks its header against it before anything else: a JSON object whose <c>__metadata__</c> is an
+    /// object of strings and whose tensors each have a known dtype, non-negative dimensions and data offsets that tile the
+    /// data section exactly (in order, no gap, no overlap, nothing after the last), as the format requires.
+    /// </summary>
     public static SafetensorsFile Open(string path)
     {
-        if (!File.Exists(path))
-        {
-            throw DiffSegException.For(path, "file not found");
-        }
-        long length = new FileInfo(path).Length;
-        if (length < 8)
-        {
-            throw DiffSegException.For(path, "not a safetensors file (shorter than its 8-byte header length)");
-        }
+        long length;
         long headerLength;
         byte[] headerBytes;
-        using (var f = File.OpenRead(path))
+        using (var f = InputFile.OpenRead(path))
         {
+            length = f.Length;
+            if (length < 8)
+            {
+                throw DiffSegException.For(path, length == 0 ? "empty file, not a safetensors file"
+                    : "not a safetensors file (shorter than its 8-byte header length)");
+            }
             var lenBytes = new byte[8];
             f.ReadExactly(lenBytes);
             headerLength = BinaryPrimitives.ReadInt64LittleEndian(lenBytes);
-            if (headerLength <= 1 || headerLength > 100_000_000 || 8 + headerLength > length)
+            if (headerLength < 2 || headerLength > MaxHeaderLength || headerLength > length - 8)
             {
-                throw DiffSegException.For(path, "not a safetensors file (bad header length)");
+                throw DiffSegException.For(path, $"not a safetensors file, or truncated (its header length {headerLength} " +
+                                                 (headerLength > length - 8 ? $"is past the file's {length} bytes)" : "is implausible)"));
             }
             headerBytes = new byte[headerLength];
-            f.ReadExactly(headerBytes);
-        }
-        JsonObject header;
-        try
-        {
-            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes).TrimEnd(' ', '\0'))?.AsObject()
-                     ?? throw new JsonException("empty header");
-        }
-        catch (Exception e) when (e is JsonException or InvalidOperationException)
-        {
-            throw DiffSegException.For(path, $"not a safetensors file (header is not JSON: {e.Message})");
-        }
-        var metadata = new Dictionary<string, string>();
-        var entries = new List<SafetensorEntry>();
-        long dataLength = length - 8 - headerLength;
-        foreach (var (name, node) in header)
-        {
-            if (name == "__metadata__")
-            {
-                foreach (var (k, v) in node?.AsObject() ?? new JsonObject())
-                {
-                    metadata[k] = v?.GetValue<string>() ?? "";
-                }
-                continue;
-            }
             try
             {
-                var o = node!.AsObject();
-                string dtype = o["dtype"]!.GetValue<string>();
-                int[] shape = o["shape"]!.AsArray().Select(d => d!.GetValue<int>()).ToArray();
-                long[] offsets = o["data_offsets"]!.AsArray().Select(d => d!.GetValue<long>()).ToArray();
-                var entry = new SafetensorEntry(name, dtype, shape, offsets[0], offsets[1]);
-                long elem = dtype switch { "F32" or "I32" => 4, "F16" or "BF16" or "I16" => 2, "F64" or "I64" => 8, _ => 1 };
-                if (offsets.Length != 2 || entry.Begin < 0 || entry.End > dataLength || entry.End - entry.Begin != entry.Count * elem)
-                {
-                    throw DiffSegException.For(path, $"tensor '{name}' has data offsets outside the file or not matching its shape " +
-                                                     "(truncated file?)");
-                }
-                entries.Add(entry);
+                f.ReadExactly(headerBytes);
             }
-            catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException or IndexOutOfRangeException)
+            catch (Exception e) when (e is EndOfStreamException or IOException)
             {
-                throw DiffSegException.For(path, $"malformed header entry for '{name}'");
+                throw DiffSegException.For(path, $"cannot read its header: {e.Message}");
             }
         }
-        var map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        var (metadata, entries) = ParseHeader(headerBytes, length - 8 - headerLength, path);
+        MemoryMappedFile map;
+        try
+        {
+            map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            throw DiffSegException.For(path, $"cannot map: {e.Message}");
+        }
         return new SafetensorsFile(path, map, 8 + headerLength, metadata, entries);
+    }
+
+    static long ElementSize(string dtype) => dtype switch
+    {
+        "F64" or "I64" or "U64" => 8,
+        "F32" or "I32" or "U32" => 4,
+        "F16" or "BF16" or "I16" or "U16" => 2,
+        "I8" or "U8" or "BOOL" or "F8_E4M3" or "F8_E5M2" => 1,
+        _ => 0,
+    };
+
+    /// <summary>Parses and checks a header (for tests and fuzzing, too); <paramref name="dataLength"/> is the bytes after it.</summary>
+    public static (Dictionary<string, string> Metadata, List<SafetensorEntry> Entries) ParseHeader(byte[] headerBytes, long dataLength, string path)
+    {
+        var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
+        var entries = new List<SafetensorEntry>();
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        try
+        {
+            var reader = new Utf8JsonReader(headerBytes.AsSpan().TrimEnd((byte)' ').TrimEnd((byte)0),
+                new JsonReaderOptions { MaxDepth = 8 });
+            Read(ref reader);
+            Expect(reader.TokenType == JsonTokenType.StartObject, "the header is not a JSON object");
+            while (Read(ref reader) != JsonTokenType.EndObject)
+            {
+                string name = reader.GetString()!;
+                if (!names.Add(name))
+                {
+                    throw DiffSegException.For(path, $"the header names '{name}' twice");
+                }
+                Read(ref reader);
+                if (name == "__metadata__")
+                {
+                    Expect(reader.TokenType == JsonTokenType.StartObject, "'__metadata__' is not an object of strings");
+                    while (Read(ref reader) != JsonTokenType.EndObject)
+                    {
+                        string key = reader.GetString()!;
+                        Read(ref reader);
+                        Expect(reader.TokenType == JsonTokenType.String, $"'__metadata__' value '{key}' is not a string");
+                        if (!metadata.TryAdd(key, reader.GetString()!))
+                        {
+                            throw DiffSegException.For(path, $"'__metadata__' holds '{key}' twice");
+                        }
+                    }
+                    continue;
+                }
+                entries.Add(ReadEntry(ref reader, name, path));
+            }
+            Expect(Read(ref reader, allowEnd: true) == JsonTokenType.None, "text after the header's JSON object");
+        }
+        catch (JsonException e)
+        {
+            throw DiffSegException.For(path, $"not a safetensors file (header is not valid JSON: {e.Message.Split(" LineNumber")[0].TrimEnd('.')})");
+        }
+        catch (InvalidOperationException e)
+        {
+            throw DiffSegException.For(path, $"not a safetensors file (malformed header: {e.Message.TrimEnd('.')})");
+        }
+        // The tensors tile the data section: sorted by offset, each begins where the previous ended, the last ends the file.
+        long expectedBegin = 0;
+        foreach (var e in entries.OrderBy(e => e.Begin).ThenBy(e => e.End))
+        {
+            if (e.Begin != expectedBegin)
+            {
+                throw DiffSegException.For(path, e.Begin < expectedBegin
+                    ? $"tensor '{e.Name}' overlaps the tensor before it (data offsets [{e.Begin}, {e.End}])"
+                    : $"the data section has a gap before tensor '{e.Name}' (data offsets [{e.Begin}, {e.End}])");
+            }
+            expectedBegin = e.End;
+        }
+        if (expectedBegin != dataLength)
+        {
+            throw DiffSegException.For(path, expectedBegin > dataLength
+                ? $"truncated: the tensors need {expectedBegin:N0} bytes of data, the file holds {dataLength:N0}"
+                : $"has {dataLength - expectedBegin:N0} bytes after its last tensor (a damaged file, or a wrong header length)");
+        }
+        return (metadata, entries);
+
+        void Expect(bool ok, string what)
+        {
+            if (!ok)
+            {
+                throw DiffSegException.For(path, $"malformed header: {what}");
+            }
+        }
+    }
+
+    static JsonTokenType Read(ref Utf8JsonReader reader, bool allowEnd = false)
+    {
+        if (!reader.Read())
+        {
+            if (allowEnd)
+            {
+                return JsonTokenType.None;
+            }
+            throw new JsonException("the header ends early");
+        }
+        return reader.TokenType;
+    }
+
+    static SafetensorEntry ReadEntry(ref Utf8JsonReader reader, string name, string path)
+    {
+        DiffSegException Bad(string what) => DiffSegException.For(path, $"tensor '{name}': {what}");
+        if (reader.TokenType != JsonTokenType.StartObject)
+        {
+            throw Bad("its header entry is not an object");
+        }
+        string? dtype = null;
+        int[]? shape = null;
+        long[]? offsets = null;
+        while (Read(ref reader) != JsonTokenType.EndObject)
+        {
+            string key = reader.GetString()!;
+            Read(ref reader);
+            switch (key)
+            {
+                case "dtype" when dtype is null:
+                    dtype = reader.TokenType == JsonTokenType.String ? reader.GetString()! : throw Bad("dtype is not a string");
+                    break;
+                case "shape" when shape is null:
+                    shape = ReadIntegers(ref reader, int.MaxValue, 16) is { } s ? s.Select(d => (int)d).ToArray()
+                        : throw Bad("shape is not a list of at most 16 sizes in [0, 2^31)");
+                    break;
+                case "data_offsets" when offsets is null:
+                    offsets = ReadIntegers(ref reader, long.MaxValue, 2) is { Length: 2 } o ? o
+                        : throw Bad("data_offsets is not a pair of non-negative integers");
+                    break;
+                case "dtype" or "shape" or "data_offsets":
+                    throw Bad($"'{key}' appears twice");
+                default:
+                    throw Bad($"unexpected field '{key}'");
+            }
+        }
+        if (dtype is null || shape is null || offsets is null)
+        {
+            throw Bad("its header entry lacks dtype, shape or data_offsets");
+        }
+        long elem = ElementSize(dtype);
+        if (elem == 0)
+        {
+            throw Bad($"unknown dtype '{dtype}'");
+        }
+        if (offsets[1] < offsets[0])
+        {
+            throw Bad($"data offsets [{offsets[0]}, {offsets[1]}] end before they begin");
+        }
+        // The shape must account for exactly the bytes its offsets give it; checked dimension by dimension, no overflow.
+        long bytes = offsets[1] - offsets[0];
+        long count = shape.Contains(0) ? 0 : 1;
+        foreach (var d in shape)
+        {
+            if (count != 0 && d > bytes / elem / count)
+            {
+                count = -1;
+                break;
+            }
+            count *= count == 0 ? 1 : d;
+        }
+        if (count < 0 || count * elem != bytes)
+        {
+            throw Bad($"shape ({string.Join(", ", shape)}) of {dtype} does not match its {bytes:N0} bytes of data (offsets [{offsets[0]}, {offsets[1]}])");
+        }
+        return new SafetensorEntry(name, dtype, shape, offsets[0], offsets[1]);
+    }
+
+    /// <summary>A JSON list of at most <paramref name="maxCount"/> integers in [0, max]; null when it is anything else.</summary>
+    static long[]? ReadIntegers(ref Utf8JsonReader reader, long max, int maxCount)
+    {
+        if (reader.TokenType != JsonTokenType.StartArray)
+        {
+            reader.Skip();
+            return null;
+        }
+        var values = new List<long>();
+        bool ok = true;
+        while (Read(ref reader) != JsonTokenType.EndArray)
+        {
+            if (reader.TokenType != JsonTokenType.Number || !reader.TryGetInt64(out long v) || v < 0 || v > max || values.Count >= maxCount)
+            {
+                ok = false;
+                reader.Skip();
+                continue;
+            }
+            values.Add(v);
+        }
+        return ok ? values.ToArray() : null;
     }
 
     public bool TryGet(string name, out SafetensorEntry entry) => byName.TryGetValue(name, out entry!);

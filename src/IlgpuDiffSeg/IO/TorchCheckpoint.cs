@@ -40,7 +40,9 @@ public sealed record TorchTensor(string Name, TorchDType DType, int[] Shape, lon
 /// <summary>
 /// Reads a checkpoint written by torch.save (the zip format, PyTorch ≥ 1.6): data.pkl is unpickled without running
 /// any code, and each tensor's values are streamed from its storage entry on demand, so a 2.2 GB checkpoint is
-/// never held in memory whole.
+/// never held in memory whole. Nothing the archive says is trusted: entries must be unique, data.pkl is read within the
+/// pickle reader's limits, and every tensor's shape, strides and offset must lie inside its storage, whose record must
+/// match the bytes the archive holds for it, before any tensor is read.
 /// </summary>
 public sealed class TorchCheckpoint : IDisposable
 {
@@ -51,26 +53,25 @@ public sealed class TorchCheckpoint : IDisposable
     public string Path { get; }
     public IReadOnlyList<TorchTensor> Tensors { get; }
 
-    TorchCheckpoint(string path, ZipArchive zip, string prefix, IReadOnlyList<TorchTensor> tensors)
+    /// <summary>A strided tensor is gathered through a buffer of the storage span it touches, at most this large (or twice the tensor).</summary>
+    const long MaxStridedSpanBytes = 64L << 20;
+
+    TorchCheckpoint(string path, ZipArchive zip, string prefix, Dictionary<string, ZipArchiveEntry> entries, IReadOnlyList<TorchTensor> tensors)
     {
         Path = path;
         this.zip = zip;
         this.prefix = prefix;
+        this.entries = entries;
         Tensors = tensors;
-        entries = zip.Entries.ToDictionary(e => e.FullName, e => e);
     }
 
     public static TorchCheckpoint Open(string path)
     {
-        if (!File.Exists(path))
-        {
-            throw DiffSegException.For(path, "file not found");
-        }
-        var stream = File.OpenRead(path);
+        var stream = InputFile.OpenRead(path);
         try
         {
             var head = new byte[4];
-            int got = stream.Read(head);
+            int got = stream.ReadAtLeast(head, 4, throwOnEndOfStream: false);
             stream.Position = 0;
             if (got >= 1 && head[0] == 0x80)
             {
@@ -83,17 +84,26 @@ public sealed class TorchCheckpoint : IDisposable
                 throw DiffSegException.For(path, got == 0 ? "empty file" : "not a PyTorch checkpoint (not a zip archive)");
             }
             ZipArchive zip;
+            Dictionary<string, ZipArchiveEntry> entries;
             try
             {
                 zip = new ZipArchive(stream, ZipArchiveMode.Read, leaveOpen: false);
+                entries = new Dictionary<string, ZipArchiveEntry>(StringComparer.Ordinal);
+                foreach (var e in zip.Entries)
+                {
+                    if (!entries.TryAdd(e.FullName, e))
+                    {
+                        throw DiffSegException.For(path, $"zip archive holds the entry '{e.FullName}' twice");
+                    }
+                }
             }
-            catch (InvalidDataException e)
+            catch (Exception e) when (e is InvalidDataException or IOException or ArgumentException or NotSupportedException)
             {
                 throw DiffSegException.For(path, $"truncated or corrupt zip archive ({e.Message.TrimEnd('.')})");
             }
             try
             {
-                return Parse(path, zip);
+                return Parse(path, zip, entries, stream.Length);
             }
             catch
             {
@@ -108,33 +118,41 @@ public sealed class TorchCheckpoint : IDisposable
         }
     }
 
-    static TorchCheckpoint Parse(string path, ZipArchive zip)
+    static TorchCheckpoint Parse(string path, ZipArchive zip, Dictionary<string, ZipArchiveEntry> entries, long fileLength)
     {
-        var pkl = zip.Entries.FirstOrDefault(e => e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal) &&
-                                                  e.FullName.Count(c => c == '/') == 1)
-                  ?? zip.Entries.FirstOrDefault(e => e.FullName == "data.pkl");
-        if (pkl is null)
+        var pkls = entries.Values.Where(e => e.FullName == "data.pkl" ||
+                                             (e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal) && e.FullName.Count(c => c == '/') == 1))
+            .ToList();
+        if (pkls.Count == 0)
         {
             throw DiffSegException.For(path, "zip archive without data.pkl: not a PyTorch checkpoint");
         }
+        if (pkls.Count > 1)
+        {
+            throw DiffSegException.For(path, $"zip archive holds {pkls.Count} data.pkl ('{pkls[0].FullName}', '{pkls[1].FullName}'): " +
+                                             "not one PyTorch checkpoint");
+        }
+        var pkl = pkls[0];
         string prefix = pkl.FullName[..^"data.pkl".Length];
+        var storages = new Dictionary<string, StorageRef>(StringComparer.Ordinal);
         object? root;
         try
         {
             using var s = pkl.Open();
             var reader = new PickleReader(s)
             {
-                PersistentLoad = LoadStorage,
+                PersistentLoad = pid => LoadStorage(pid, storages),
                 Reduce = RebuildTensor,
             };
             root = reader.Load();
         }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or InvalidCastException)
+        catch (Exception e) when (e is PickleException or InvalidDataException or IOException or NotSupportedException)
         {
             throw DiffSegException.For(path, $"corrupt data.pkl ({e.Message.TrimEnd('.')})");
         }
         var state = FindStateDict(root) ?? throw DiffSegException.For(path, "holds no state_dict (a dict of tensors)");
         var tensors = new List<TorchTensor>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (key, value) in state)
         {
             if (key is not string name)
@@ -145,6 +163,10 @@ public sealed class TorchCheckpoint : IDisposable
             {
                 throw DiffSegException.For(path, $"state_dict entry '{name}' is not a tensor");
             }
+            if (!seen.Add(name))
+            {
+                throw DiffSegException.For(path, $"state_dict holds '{name}' twice");
+            }
             tensors.Add(t with { Name = name });
         }
         // Checkpoints saved through nn.DataParallel prefix every key.
@@ -152,17 +174,75 @@ public sealed class TorchCheckpoint : IDisposable
         {
             tensors = tensors.Select(t => t with { Name = t.Name["module.".Length..] }).ToList();
         }
-        return new TorchCheckpoint(path, zip, prefix, tensors);
+        foreach (var storage in storages.Values)
+        {
+            CheckStorage(path, storage, entries.GetValueOrDefault($"{prefix}data/{storage.Key}"), fileLength);
+        }
+        foreach (var t in tensors)
+        {
+            CheckTensor(path, t);
+        }
+        return new TorchCheckpoint(path, zip, prefix, entries, tensors);
     }
 
     sealed record StorageRef(TorchDType DType, string Key, long Numel);
 
-    static object? LoadStorage(object? pid)
+    static int ElementSize(TorchDType t) => t switch { TorchDType.Float64 => 8, TorchDType.Float32 => 4, _ => 2 };
+
+    static string DTypeName(TorchDType t) => t.ToString().ToLowerInvariant();
+
+    /// <summary>The storage's record (numel of its dtype) must be the bytes its entry holds; a deflated entry may not claim more than deflate can give.</summary>
+    static void CheckStorage(string path, StorageRef s, ZipArchiveEntry? entry, long fileLength)
+    {
+        if (entry is null)
+        {
+            throw DiffSegException.For(path, $"storage '{s.Key}' is missing from the archive");
+        }
+        long bytes = s.Numel * ElementSize(s.DType);
+        if (s.Numel > long.MaxValue / 8 || entry.Length != bytes)
+        {
+            throw DiffSegException.For(path, $"storage '{s.Key}' holds {entry.Length:N0} bytes but its record says {s.Numel:N0} " +
+                                             $"{DTypeName(s.DType)} values ({(s.Numel > long.MaxValue / 8 ? "too many" : $"{bytes:N0} bytes")})");
+        }
+        if (entry.CompressedLength > fileLength || entry.Length > entry.CompressedLength * 1100 + 1024)
+        {
+            throw DiffSegException.For(path, $"storage '{s.Key}' claims {entry.Length:N0} bytes from {entry.CompressedLength:N0} compressed " +
+                                             "bytes, more than the archive can hold");
+        }
+    }
+
+    /// <summary>Every element the tensor addresses, offset + Σ (shape−1)·stride, lies inside its storage.</summary>
+    static void CheckTensor(string path, TorchTensor t)
+    {
+        if (t.Count == 0)
+        {
+            return;
+        }
+        long last = t.StorageOffset;
+        for (int d = 0; d < t.Shape.Length; d++)
+        {
+            long step = t.Shape[d] - 1;
+            if (t.Stride[d] != 0 && step > (t.StorageNumel - last) / t.Stride[d])
+            {
+                last = long.MaxValue;
+                break;
+            }
+            last += step * t.Stride[d];
+        }
+        if (last >= t.StorageNumel)
+        {
+            throw DiffSegException.For(path, $"tensor '{t.Name}' of shape {t.ShapeString}, strides ({string.Join(", ", t.Stride)}) at " +
+                                             $"offset {t.StorageOffset} reaches past the end of its storage '{t.StorageKey}' " +
+                                             $"({t.StorageNumel:N0} values)");
+        }
+    }
+
+    static object? LoadStorage(object? pid, Dictionary<string, StorageRef> storages)
     {
         // ('storage', torch.FloatStorage, key, location, numel)
-        if (pid is not object?[] { Length: >= 5 } t || t[0] is not "storage" || t[1] is not PyGlobal type)
+        if (pid is not object?[] { Length: 5 } t || t[0] is not "storage" || t[1] is not PyGlobal type)
         {
-            throw new InvalidDataException("unrecognised persistent id");
+            throw new PickleException("unrecognised persistent id (not a torch storage record)");
         }
         var dtype = type.Name switch
         {
@@ -170,9 +250,26 @@ public sealed class TorchCheckpoint : IDisposable
             "HalfStorage" => TorchDType.Float16,
             "BFloat16Storage" => TorchDType.BFloat16,
             "DoubleStorage" => TorchDType.Float64,
-            _ => throw new InvalidDataException($"storage type torch.{type.Name} is not a float type this reader converts"),
+            _ => throw new PickleException($"storage type torch.{type.Name} is not a float type this reader converts"),
         };
-        return new StorageRef(dtype, Convert.ToString(t[2], System.Globalization.CultureInfo.InvariantCulture)!, Convert.ToInt64(t[4]));
+        string key = t[2] switch
+        {
+            string k when k.Length is > 0 and <= 64 && k.All(c => char.IsAsciiLetterOrDigit(c) || c == '_') => k,
+            long k when k >= 0 => k.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            _ => throw new PickleException("storage key is not a plain name"),
+        };
+        if (t[4] is not long numel || numel < 0)
+        {
+            throw new PickleException($"storage '{key}' has a size that is not a non-negative integer");
+        }
+        var storage = new StorageRef(dtype, key, numel);
+        if (storages.TryGetValue(key, out var earlier) && earlier != storage)
+        {
+            throw new PickleException($"storage '{key}' is referenced as {DTypeName(earlier.DType)} × {earlier.Numel} and as " +
+                                      $"{DTypeName(dtype)} × {numel}");
+        }
+        storages[key] = storage;
+        return storage;
     }
 
     static object? RebuildTensor(PyGlobal fn, object?[] args)
@@ -182,14 +279,31 @@ public sealed class TorchCheckpoint : IDisposable
             case "torch._utils._rebuild_tensor_v2":
             case "torch._utils._rebuild_tensor":
             {
-                var storage = args[0] as StorageRef ?? throw new InvalidDataException("tensor without storage");
-                var shape = ((object?[])args[2]!).Select(d => checked((int)Convert.ToInt64(d))).ToArray();
-                var stride = ((object?[])args[3]!).Select(Convert.ToInt64).ToArray();
-                return new TorchTensor("", storage.DType, shape, stride, storage.Key, Convert.ToInt64(args[1]), storage.Numel);
+                if (args.Length < 4 || args[0] is not StorageRef storage)
+                {
+                    throw new PickleException($"{fn.Name} without a storage");
+                }
+                if (args[1] is not long offset || offset < 0)
+                {
+                    throw new PickleException("a tensor's storage offset is not a non-negative integer");
+                }
+                if (args[2] is not object?[] shapeTuple || shapeTuple.Length > 16 ||
+                    shapeTuple.Any(d => d is not long v || v < 0 || v > int.MaxValue))
+                {
+                    throw new PickleException("a tensor's shape is not a tuple of sizes in [0, 2^31)");
+                }
+                if (args[3] is not object?[] strideTuple || strideTuple.Length != shapeTuple.Length ||
+                    strideTuple.Any(d => d is not long v || v < 0))
+                {
+                    throw new PickleException("a tensor's strides are not non-negative integers, one per dimension");
+                }
+                var shape = shapeTuple.Select(d => (int)(long)d!).ToArray();
+                var stride = strideTuple.Select(d => (long)d!).ToArray();
+                return new TorchTensor("", storage.DType, shape, stride, storage.Key, offset, storage.Numel);
             }
             case "torch._utils._rebuild_parameter":
             case "torch._utils._rebuild_parameter_with_state":
-                return args[0];
+                return args.Length >= 1 && args[0] is TorchTensor t ? t : throw new PickleException($"{fn.Name} of something that is not a tensor");
             case "collections.OrderedDict":
                 return new PyDict();
             default:
@@ -232,25 +346,37 @@ public sealed class TorchCheckpoint : IDisposable
         {
             return;
         }
-        int elem = t.DType switch { TorchDType.Float64 => 8, TorchDType.Float32 => 4, _ => 2 };
-        // The span of storage this tensor touches: [offset, offset + max index + 1).
+        int elem = ElementSize(t.DType);
+        if (t.IsContiguous)
+        {
+            using var s = OpenStorage(t, (long)t.StorageOffset * elem);
+            const int chunk = 1 << 18;
+            var raw = new byte[Math.Min(destination.Length, chunk) * elem];
+            for (int start = 0; start < destination.Length; start += chunk)
+            {
+                int n = Math.Min(chunk, destination.Length - start);
+                ReadStorage(t, s, raw.AsSpan(0, n * elem));
+                ConvertToFloat32(raw.AsSpan(0, n * elem), t.DType, destination.Slice(start, n));
+            }
+            return;
+        }
+        // A strided view: gather from the span of storage it touches, [offset, offset + max index + 1).
         long extent = 1;
         for (int d = 0; d < t.Shape.Length; d++)
         {
             extent += (t.Shape[d] - 1) * t.Stride[d];
         }
-        if (t.StorageOffset + extent > t.StorageNumel)
+        if (extent * elem > Math.Max(MaxStridedSpanBytes, 2 * t.Count * elem))
         {
-            throw DiffSegException.For(Path, $"tensor '{t.Name}' reaches past the end of its storage");
+            throw DiffSegException.For(Path, $"tensor '{t.Name}' is a strided view spanning {extent:N0} values of its storage for " +
+                                             $"{t.Count:N0} values; re-save the checkpoint with contiguous tensors (t.contiguous())");
         }
-        var raw = ReadStorage(t, t.StorageOffset * elem, extent * elem);
-        if (t.IsContiguous)
+        var span = new byte[extent * elem];
+        using (var s = OpenStorage(t, (long)t.StorageOffset * elem))
         {
-            ConvertToFloat32(raw, t.DType, destination);
-            return;
+            ReadStorage(t, s, span);
         }
-        var all = new float[extent];
-        ConvertToFloat32(raw, t.DType, all);
+        var one = new float[1];
         var index = new int[t.Shape.Length];
         for (long i = 0; i < t.Count; i++)
         {
@@ -259,7 +385,8 @@ public sealed class TorchCheckpoint : IDisposable
             {
                 src += index[d] * t.Stride[d];
             }
-            destination[(int)i] = all[src];
+            ConvertToFloat32(span.AsSpan((int)(src * elem), elem), t.DType, one);
+            destination[(int)i] = one[0];
             for (int d = index.Length - 1; d >= 0; d--)
             {
                 if (++index[d] < t.Shape[d])
@@ -271,24 +398,36 @@ public sealed class TorchCheckpoint : IDisposable
         }
     }
 
-    byte[] ReadStorage(TorchTensor t, long byteOffset, long byteCount)
+    Stream OpenStorage(TorchTensor t, long byteOffset)
     {
         if (!entries.TryGetValue($"{prefix}data/{t.StorageKey}", out var entry))
         {
             throw DiffSegException.For(Path, $"storage '{t.StorageKey}' of tensor '{t.Name}' is missing from the archive");
         }
-        var buffer = new byte[byteCount];
+        Stream? s = null;
         try
         {
-            using var s = entry.Open();
+            s = entry.Open();
             Skip(s, byteOffset);
+            return s;
+        }
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or IOException or NotSupportedException)
+        {
+            s?.Dispose();
+            throw DiffSegException.For(Path, $"storage of tensor '{t.Name}' is truncated or corrupt ({e.Message.TrimEnd('.')})");
+        }
+    }
+
+    void ReadStorage(TorchTensor t, Stream s, Span<byte> buffer)
+    {
+        try
+        {
             s.ReadExactly(buffer);
         }
         catch (Exception e) when (e is InvalidDataException or EndOfStreamException or IOException)
         {
             throw DiffSegException.For(Path, $"storage of tensor '{t.Name}' is truncated or corrupt ({e.Message.TrimEnd('.')})");
         }
-        return buffer;
     }
 
     static void Skip(Stream s, long count)
@@ -299,6 +438,10 @@ public sealed class TorchCheckpoint : IDisposable
         }
         if (s.CanSeek)
         {
+            if (count > s.Length - s.Position)
+            {
+                throw new EndOfStreamException();
+            }
             s.Seek(count, SeekOrigin.Current);
             return;
         }

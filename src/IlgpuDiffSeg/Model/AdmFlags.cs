@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using IlgpuDiffSeg.IO;
 
 namespace IlgpuDiffSeg.Model;
 
@@ -102,9 +103,9 @@ public sealed class AdmFlags
         {
             return list.Split(',').Select(s => int.Parse(s.Trim(), CultureInfo.InvariantCulture)).ToArray();
         }
-        catch (FormatException)
+        catch (Exception e) when (e is FormatException or OverflowException)
         {
-            throw new DiffSegException($"{name} \"{list}\" is not a comma-separated list of integers");
+            throw new DiffSegException($"{name} \"{Shorten(list)}\" is not a comma-separated list of integers");
         }
     }
 
@@ -146,35 +147,52 @@ public sealed class AdmFlags
 
     public static AdmFlags Load(string path)
     {
-        string text;
+        var bytes = InputFile.ReadUtf8(path, 1 << 20, "a flags file");
+        JsonNode? node;
         try
         {
-            text = File.ReadAllText(path);
+            node = JsonNode.Parse(bytes.Span);
         }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        catch (JsonException e)
         {
-            throw DiffSegException.For(path, "file not found");
+            throw DiffSegException.For(path, $"not valid JSON ({e.Message})");
         }
-        return Parse(text, path);
+        return ParseNode(node, path);
     }
 
     /// <summary>Parses a JSON object of flags; <paramref name="source"/> names it in errors.</summary>
     public static AdmFlags Parse(string json, string source)
     {
-        JsonObject obj;
+        JsonNode? node;
         try
         {
-            obj = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("the top level is not an object");
-            // Objects are built lazily; counting builds it, so duplicate keys fail here.
-            _ = obj.Count;
+            node = JsonNode.Parse(json);
         }
         catch (JsonException e)
         {
             throw DiffSegException.For(source, $"not valid JSON ({e.Message})");
         }
+        return ParseNode(node, source);
+    }
+
+    static AdmFlags ParseNode(JsonNode? node, string source)
+    {
+        if (node is not JsonObject obj)
+        {
+            throw DiffSegException.For(source, "not valid flags: the top level is not a JSON object");
+        }
+        try
+        {
+            // Objects are built lazily; counting builds it, so duplicate keys fail here.
+            _ = obj.Count;
+        }
         catch (ArgumentException e)
         {
             throw DiffSegException.For(source, $"not valid JSON ({e.Message.Split(" (Parameter")[0]})");
+        }
+        catch (InvalidOperationException e)
+        {
+            throw DiffSegException.For(source, $"not valid JSON ({e.Message.TrimEnd('.')})");
         }
         return FromJson(obj, source);
     }
@@ -206,8 +224,68 @@ public sealed class AdmFlags
             }
             flags.ImageSize = flags.LargeSize;
         }
+        flags.Validate(source);
         return flags;
     }
+
+    /// <summary>
+    /// Refuses values guided-diffusion could not have trained with, before any model is built from them: sizes are bounded
+    /// (so a typo such as num_res_blocks 100000 is an error, not gigabytes of modules), the schedule is one it knows.
+    /// </summary>
+    public void Validate(string source)
+    {
+        void Range(string key, long value, long min, long max, string? why = null)
+        {
+            if (value < min || value > max)
+            {
+                throw DiffSegException.For(source, $"flag '{key}' is {value}, expected {min}..{max}{why}");
+            }
+        }
+        Range("image_size", ImageSize, 8, 8192);
+        Range("num_channels", NumChannels, 1, 8192);
+        Range("num_res_blocks", NumResBlocks, 0, 64);
+        Range("num_heads", NumHeads, 1, 4096);
+        if (NumHeadsUpsample != -1)
+        {
+            Range("num_heads_upsample", NumHeadsUpsample, 1, 4096, " (or -1)");
+        }
+        if (NumHeadChannels != -1)
+        {
+            Range("num_head_channels", NumHeadChannels, 1, 8192, " (or -1)");
+        }
+        Range("diffusion_steps", DiffusionSteps, 1, 1_000_000);
+        if (NoiseSchedule is not ("linear" or "cosine"))
+        {
+            throw DiffSegException.For(source, $"flag 'noise_schedule' is \"{Shorten(NoiseSchedule)}\", expected \"linear\" or \"cosine\"");
+        }
+        if (!(Dropout >= 0 && Dropout < 1))
+        {
+            throw DiffSegException.For(source, $"flag 'dropout' is {Dropout.ToString(CultureInfo.InvariantCulture)}, expected 0 ≤ dropout < 1");
+        }
+        try
+        {
+            var mult = ChannelMultipliers();
+            if (mult.Length is < 1 or > 10 || mult.Any(m => m is < 0.5 or > 64))
+            {
+                throw DiffSegException.For(source, $"flag 'channel_mult' is \"{Shorten(ChannelMult)}\", expected 1 to 10 multipliers of 1..64");
+            }
+            if (AttentionResolutions.Trim() != "")
+            {
+                var res = ParseInts(AttentionResolutions, "attention_resolutions");
+                if (res.Length > 16 || res.Any(r => r < 1 || r > ImageSize))
+                {
+                    throw DiffSegException.For(source, $"flag 'attention_resolutions' is \"{Shorten(AttentionResolutions)}\", expected up to " +
+                                                       $"16 resolutions in 1..image_size ({ImageSize})");
+                }
+            }
+        }
+        catch (DiffSegException e) when (!e.Message.StartsWith(source, StringComparison.Ordinal))
+        {
+            throw DiffSegException.For(source, e.Message);
+        }
+    }
+
+    static string Shorten(string s) => s.Length > 40 ? s[..40] + "…" : s;
 
     // Users copy flags from shell scripts, so "True", "256" and [32, 16, 8] are accepted where the
     // intent is plain; anything else is a type error naming the flag.

@@ -38,6 +38,16 @@ public static class ModelWeights
         }
     }
 
+    /// <summary>Weights must be finite: a NaN would silently turn every output and feature into NaN.</summary>
+    static void RequireFinite(string path, string name, ReadOnlySpan<float> values, int[] shape)
+    {
+        int bad = Finite.IndexOfNonFinite(values);
+        if (bad >= 0)
+        {
+            throw DiffSegException.For(path, $"weight '{name}' holds {Finite.Name(values[bad])} at index {Npy.IndexString(shape, bad)}");
+        }
+    }
+
     static string More(List<string> keys) => keys.Count > 1 ? $" (and {keys.Count - 1} more)" : "";
 
     static string Hint(List<string> keys, AdmFlags flags)
@@ -74,7 +84,11 @@ public static class ModelWeights
         }
         CheckAgainst(model, byName.ToDictionary(kv => kv.Key, kv => kv.Value.Shape), checkpointPath);
         var sources = model.Parameters()
-            .Select(p => new SafetensorSource(p.Name, p.Shape, span => ckpt.ReadFloat32(byName[p.Name], span)))
+            .Select(p => new SafetensorSource(p.Name, p.Shape, span =>
+            {
+                ckpt.ReadFloat32(byName[p.Name], span);
+                RequireFinite(checkpointPath, p.Name, span, p.Shape);
+            }))
             .ToList();
         var metadata = new Dictionary<string, string>
         {
@@ -324,6 +338,7 @@ public static class ModelWeights
             {
                 file.TryGet(p.Name, out var entry);
                 using var mapped = file.Map(entry);
+                RequireFinite(path, p.Name, mapped.Span, p.Shape);
                 Place(p, plan, mapped.Span);
             }
         }

@@ -19,8 +19,8 @@ public static class EvaluationRun
         }
         using var segmenter = Segmenter.Open(cfg, plan);
         log($"evaluating {images.Count} images from {cfg.TestingPath}: {segmenter.Describe()}");
-        string predictions = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "predictions")).FullName;
-        string pictures = Directory.CreateDirectory(Path.Combine(cfg.ExpDir, "visualizations")).FullName;
+        string predictions = OutputScope.CreateDirectory(Path.Combine(cfg.ExpDir, "predictions"));
+        string pictures = OutputScope.CreateDirectory(Path.Combine(cfg.ExpDir, "visualizations"));
         var iou = new IoUAccumulator(cfg.NumberClass, cfg.IgnoreLabel);
         var progress = new Progress(log, "test images", images.Count);
         var uncertainties = new List<double>();

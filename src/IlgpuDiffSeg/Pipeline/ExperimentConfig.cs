@@ -43,15 +43,12 @@ public sealed class ExperimentConfig
     public static ExperimentConfig Load(string path, Action<string>? warn = null)
     {
         JsonObject o;
+        var bytes = IO.InputFile.ReadUtf8(path, MaxFileBytes, "an experiment file");
         try
         {
-            o = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new JsonException("the top level is not an object");
+            o = JsonNode.Parse(bytes.Span) as JsonObject ?? throw new JsonException("the top level is not an object");
             // Objects are built lazily; counting builds it, so duplicate keys fail here.
             _ = o.Count;
-        }
-        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
-        {
-            throw DiffSegException.For(path, "file not found");
         }
         catch (JsonException e)
         {
@@ -61,19 +58,37 @@ public sealed class ExperimentConfig
         {
             throw DiffSegException.For(path, $"not valid JSON ({e.Message.Split(" (Parameter")[0]})");
         }
+        catch (InvalidOperationException e)
+        {
+            throw DiffSegException.For(path, $"not valid JSON ({e.Message.TrimEnd('.')})");
+        }
         var reader = new Reader(path, o);
         string baseDir = Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".";
-        string Resolve(string p) => Path.IsPathRooted(p) || File.Exists(p) || Directory.Exists(p) ? p
+        string Resolve(string key)
+        {
+            string p = reader.String(key);
+            return string.IsNullOrWhiteSpace(p) ? throw DiffSegException.For(path, $"'{key}' is empty") : ResolvePath(p);
+        }
+        string ResolvePath(string p) => Path.IsPathRooted(p) || File.Exists(p) || Directory.Exists(p) ? p
             : File.Exists(Path.Combine(baseDir, p)) || Directory.Exists(Path.Combine(baseDir, p)) ? Path.Combine(baseDir, p) : p;
 
         var steps = reader.IntArray("steps");
         var blocks = reader.IntArray("blocks");
         var dim = reader.IntArray("dim");
-        if (dim.Length != 3 || dim[0] <= 0 || dim[0] != dim[1])
+        if (dim.Length != 3 || dim[0] != dim[1] || dim[0] < 8 || dim[0] > MaxImageSize || dim[2] < 1 || dim[2] > MaxFeatureDim)
         {
-            throw DiffSegException.For(path, $"'dim' must be [size, size, feature_dim], got [{string.Join(", ", dim)}]");
+            throw DiffSegException.For(path, $"'dim' must be [size, size, feature_dim] with size in 8..{MaxImageSize} and feature_dim in " +
+                                             $"1..{MaxFeatureDim}, got [{string.Join(", ", dim)}]");
         }
-        if (reader.Optional("upsample_mode") is { } mode && mode.GetValue<string>() != "bilinear")
+        if (steps.Length is 0 or > 64 || steps.Any(t => t < 0))
+        {
+            throw DiffSegException.For(path, $"'steps' must hold 1 to 64 diffusion steps t ≥ 0, got {reader.Text("steps")}");
+        }
+        if (blocks.Length is 0 or > 64 || blocks.Any(b => b < 0))
+        {
+            throw DiffSegException.For(path, $"'blocks' must hold 1 to 64 decoder block indices ≥ 0, got {reader.Text("blocks")}");
+        }
+        if (reader.Optional("upsample_mode") is not null && reader.String("upsample_mode") != "bilinear")
         {
             throw DiffSegException.For(path, "'upsample_mode' must be \"bilinear\" (the only mode the original's DDPM configs use)");
         }
@@ -85,9 +100,9 @@ public sealed class ExperimentConfig
         var config = new ExperimentConfig
         {
             SourcePath = path,
-            ModelPath = Resolve(reader.String("model_path")),
-            TrainingPath = Resolve(reader.String("training_path")),
-            TestingPath = Resolve(reader.String("testing_path")),
+            ModelPath = Resolve("model_path"),
+            TrainingPath = Resolve("training_path"),
+            TestingPath = Resolve("testing_path"),
             // The original appends "<steps>_<blocks>" to exp_dir.
             ExpDir = Path.Combine(expDir, $"{string.Join("_", steps)}_{string.Join("_", blocks)}"),
             Dim = dim,
@@ -101,7 +116,7 @@ public sealed class ExperimentConfig
             TestingNumber = reader.Int("testing_number", 0),
             ShareNoise = reader.Bool("share_noise", true),
             Category = reader.String("category", ""),
-            NoisePath = reader.Optional("noise_path") is null ? null : Resolve(reader.String("noise_path")),
+            NoisePath = reader.Optional("noise_path") is null ? null : Resolve("noise_path"),
             Seed = reader.Int("seed", 0),
             FeaturePath = reader.Choice("feature_path", "lean", "lean", "materialized"),
             FeatureStorage = reader.Choice("feature_storage", "fp32", "fp32", "fp16"),
@@ -115,19 +130,69 @@ public sealed class ExperimentConfig
         {
             throw DiffSegException.For(path, $"'ignore_label' must be in [0, 255], got {config.IgnoreLabel}");
         }
-        if (config.ModelNum < 1 || config.BatchSize < 2 || config.MaxEpochs < 1)
+        void Range(string key, long value, long min, long max)
         {
-            throw DiffSegException.For(path, "'model_num' must be ≥ 1, 'batch_size' ≥ 2 and 'max_epochs' ≥ 1");
+            if (value < min || value > max)
+            {
+                throw DiffSegException.For(path, $"'{key}' is {value}, expected {min}..{max}");
+            }
         }
-        if (steps.Length == 0 || blocks.Length == 0)
+        Range("model_num", config.ModelNum, 1, MaxMembers);
+        Range("batch_size", config.BatchSize, 2, 1 << 20);
+        Range("max_epochs", config.MaxEpochs, 1, 1_000_000);
+        Range("training_number", config.TrainingNumber, 0, int.MaxValue);
+        Range("testing_number", config.TestingNumber, 0, int.MaxValue);
+        foreach (var (key, value) in new[] { ("exp_dir", expDir), ("model_path", config.ModelPath), ("training_path", config.TrainingPath),
+                     ("testing_path", config.TestingPath) })
         {
-            throw DiffSegException.For(path, "'steps' and 'blocks' must not be empty");
+            if (string.IsNullOrWhiteSpace(value))
+            {
+                throw DiffSegException.For(path, $"'{key}' is empty");
+            }
         }
         foreach (var key in o.Select(kv => kv.Key).Where(k => !reader.Seen.Contains(k) && !Ignored.Contains(k)))
         {
             warn?.Invoke($"{path}: ignoring unknown key '{key}'");
         }
         return config;
+    }
+
+    /// <summary>Experiment files are small; anything longer is not one.</summary>
+    public const int MaxFileBytes = 1 << 20;
+
+    /// <summary>Bounds on what a config may ask for, far above the original's experiments (256², 8448 channels, 10 members).</summary>
+    public const int MaxImageSize = 4096;
+
+    public const int MaxFeatureDim = 1 << 20;
+
+    public const int MaxMembers = 100;
+
+    /// <summary>
+    /// Refuses an ensemble that was not trained for this config: a different number of members than model_num, or steps,
+    /// blocks, classes, ignore label or image size in its metadata (written by 'diffseg train') that differ from the config's.
+    /// </summary>
+    public void CheckEnsemble(IReadOnlyDictionary<string, string> metadata, int members, string ensemblePath)
+    {
+        if (members != ModelNum)
+        {
+            throw DiffSegException.For(ensemblePath, $"holds {members} trained members but model_num in {SourcePath} is {ModelNum}; " +
+                                                     "train again or set model_num to match");
+        }
+        foreach (var (key, expected) in new[]
+                 {
+                     ("steps", string.Join(",", Steps)), ("blocks", string.Join(",", Blocks)),
+                     ("number_class", NumberClass.ToString(CultureInfo.InvariantCulture)),
+                     ("ignore_label", IgnoreLabel.ToString(CultureInfo.InvariantCulture)),
+                     ("image_size", ImageSize.ToString(CultureInfo.InvariantCulture)),
+                 })
+        {
+            if (metadata.TryGetValue(key, out var stored) && stored != expected)
+            {
+                string shown = stored.Length > 40 ? stored[..40] + "…" : stored;
+                throw DiffSegException.For(ensemblePath, $"was trained with {key} {shown} but {SourcePath} gives {expected}; " +
+                                                         "train again for this config");
+            }
+        }
     }
 
     /// <summary>Typed access to the JSON object; every error names the file and the key.</summary>
@@ -143,8 +208,13 @@ public sealed class ExperimentConfig
 
         JsonNode Required(string key) => Optional(key) ?? throw DiffSegException.For(path, $"missing key '{key}'");
 
-        DiffSegException Wrong(string key, string expected) =>
-            DiffSegException.For(path, $"'{key}' is {o[key]?.ToJsonString() ?? "null"}, expected {expected}");
+        public string Text(string key)
+        {
+            string text = o[key]?.ToJsonString() ?? "null";
+            return text.Length > 60 ? text[..60] + "…" : text;
+        }
+
+        DiffSegException Wrong(string key, string expected) => DiffSegException.For(path, $"'{key}' is {Text(key)}, expected {expected}");
 
         public string String(string key, string? fallback = null)
         {
@@ -153,7 +223,9 @@ public sealed class ExperimentConfig
             {
                 return fallback!;
             }
-            return n is JsonValue v && v.GetValueKind() == JsonValueKind.String ? v.GetValue<string>() : throw Wrong(key, "a string");
+            return n is JsonValue v && v.GetValueKind() == JsonValueKind.String && !v.GetValue<string>().Contains('\0')
+                ? v.GetValue<string>()
+                : throw Wrong(key, "a string (without NUL characters)");
         }
 
         public int Int(string key, int? fallback = null)

@@ -39,7 +39,9 @@ public sealed class NoiseSource
             {
                 throw DiffSegException.For(c.NoisePath, $"noise shape is {a.ShapeString}, expected (1, 3, {size}, {size})");
             }
-            return new NoiseSource(a.ToFloat32(c.NoisePath), c.Seed, size, c.Steps.Length, $"shared, from {c.NoisePath}");
+            var values = a.ToFloat32(c.NoisePath);
+            Npy.RequireFinite(c.NoisePath, values, a.Shape);
+            return new NoiseSource(values, c.Seed, size, c.Steps.Length, $"shared, from {c.NoisePath}");
         }
         if (c.ShareNoise)
         {

@@ -12,6 +12,10 @@ public static class PredictionRun
 {
     public static int Run(ExperimentConfig cfg, ExecutionPlan plan, string input, string outputDir, Action<string> log)
     {
+        if (File.Exists(outputDir))
+        {
+            throw DiffSegException.For(outputDir, "exists and is a file, expected a folder for the predictions");
+        }
         var inputs = File.Exists(input) ? [input] : Directory.Exists(input) ? ImageData.ListImages(input)
             : throw DiffSegException.For(input, "no such file or folder");
         if (inputs.Count == 0)
@@ -28,7 +32,7 @@ public static class PredictionRun
             }
         }
         using var segmenter = Segmenter.Open(cfg, plan);
-        Directory.CreateDirectory(outputDir);
+        OutputScope.CreateDirectory(outputDir);
         log($"labelling {inputs.Count} image(s): {segmenter.Describe()}");
         var progress = new Progress(log, "images", inputs.Count);
         var scores = new List<string> { "image\tuncertainty" };

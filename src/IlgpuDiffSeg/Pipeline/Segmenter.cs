@@ -53,11 +53,19 @@ public sealed class Segmenter : IDisposable
         {
             var extractor = CreateExtractor(model, cfg);
             var ensemble = PixelEnsemble.Load(path, plan);
-            if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
+            try
+            {
+                if (ensemble.Layout.In != extractor.Channels || ensemble.Layout.Classes != cfg.NumberClass)
+                {
+                    throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
+                                                     $"the config gives {extractor.Channels} and {cfg.NumberClass}");
+                }
+                cfg.CheckEnsemble(ensemble.Metadata, ensemble.Layout.Members, path);
+            }
+            catch
             {
                 ensemble.Dispose();
-                throw DiffSegException.For(path, $"was trained for {ensemble.Layout.In}-dim features and {ensemble.Layout.Classes} classes; " +
-                                                 $"the config gives {extractor.Channels} and {cfg.NumberClass}");
+                throw;
             }
             return new Segmenter(cfg, plan, model, extractor, ensemble, NoiseSource.Create(cfg));
         }
@@ -72,6 +80,16 @@ public sealed class Segmenter : IDisposable
     public static FeatureExtractor CreateExtractor(UNetModel model, ExperimentConfig cfg)
     {
         FeatureExtractor extractor;
+        if (cfg.ImageSize != model.Flags.ImageSize)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"dim[0] is {cfg.ImageSize} but {cfg.ModelPath} was trained at image_size " +
+                                                       $"{model.Flags.ImageSize}; ddpm-segmentation runs the UNet at its training size");
+        }
+        if (Array.FindIndex(cfg.Steps, t => t < 0 || t >= model.Flags.DiffusionSteps) is var i && i >= 0 && cfg.Steps[i] is var step)
+        {
+            throw DiffSegException.For(cfg.SourcePath, $"step {step} in 'steps' is outside [0, {model.Flags.DiffusionSteps}), the diffusion " +
+                                                       $"steps of {cfg.ModelPath}");
+        }
         try
         {
             extractor = new FeatureExtractor(model, cfg.Steps, cfg.Blocks);

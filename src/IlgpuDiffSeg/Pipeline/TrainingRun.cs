@@ -47,7 +47,7 @@ public static class TrainingRun
             ImageData.Validate(image, mask!, cfg.NumberClass, cfg.IgnoreLabel);
         }
         var noise = NoiseSource.Create(cfg);
-        AtomicFile.CheckWritable(Path.Combine(Directory.CreateDirectory(cfg.ExpDir).FullName, EnsembleFile));
+        AtomicFile.CheckWritable(Path.Combine(OutputScope.CreateDirectory(cfg.ExpDir), EnsembleFile));
         log($"training on {images.Count} images from {cfg.TrainingPath}; {cfg}; features {extractor.Channels}-dim " +
             $"({cfg.FeaturePath} path); noise {noise.Description}");
 
@@ -227,6 +227,8 @@ public static class TrainingRun
             var host = b.Buffer.ToArray();
             return new SafetensorSource(b.Name, [host.Length], span => host.CopyTo(span));
         }).ToList();
+        // The state stays when the command fails later: it is complete, and the same command resumes from it.
+        OutputScope.Keep(path);
         SafetensorsFile.Write(path, sources, new Dictionary<string, string>
         {
             ["fingerprint"] = fingerprint,
@@ -256,11 +258,19 @@ public static class TrainingRun
                 return (0, 0);
             }
             using var mapped = file.Map(entry);
+            if (Finite.IndexOfNonFinite(mapped.Span) is var bad && bad >= 0)
+            {
+                throw DiffSegException.For(path, $"saved state '{name}' holds {Finite.Name(mapped.Span[bad])} at index {bad}; delete it to start afresh");
+            }
             buffer.CopyFrom(mapped.Span);
         }
-        t.Steps = long.Parse(file.Metadata["steps"], CultureInfo.InvariantCulture);
-        int epoch = int.Parse(file.Metadata["epoch"], CultureInfo.InvariantCulture);
-        int iteration = int.Parse(file.Metadata["iteration"], CultureInfo.InvariantCulture);
+        if (!long.TryParse(file.Metadata.GetValueOrDefault("steps"), NumberStyles.None, CultureInfo.InvariantCulture, out long steps) ||
+            !int.TryParse(file.Metadata.GetValueOrDefault("epoch"), NumberStyles.None, CultureInfo.InvariantCulture, out int epoch) ||
+            !int.TryParse(file.Metadata.GetValueOrDefault("iteration"), NumberStyles.None, CultureInfo.InvariantCulture, out int iteration))
+        {
+            throw DiffSegException.For(path, "saved state has no valid epoch, iteration and steps; delete it to start afresh");
+        }
+        t.Steps = steps;
         log($"resuming from {path}: epoch {epoch}, iteration {iteration} ({t.Steps} steps done)");
         return (epoch, iteration);
     }

@@ -28,25 +28,85 @@ public sealed class UNetRun
 
     public sealed record Result(float[] Output, int[] OutputShape, SortedDictionary<int, (float[] Values, int[] Shape)> Blocks);
 
+    /// <summary>
+    /// Reads and checks every input against the model's flags (read from the file's header, before any weight): x is
+    /// (N, 3, H, W) with N ≥ 1 and H, W multiples of the UNet's size step, finite; t holds N timesteps in
+    /// [0, diffusion_steps); y, for class-conditional models only, N labels in [0, classes). Each problem names its file.
+    /// </summary>
     public static UNetRun Prepare(string modelPath, string xPath, string tPath, string? yPath, string outputPath)
     {
         AtomicFile.CheckWritable(outputPath);
-        if (!File.Exists(modelPath))
+        AdmFlags flags;
+        using (var file = SafetensorsFile.Open(modelPath))
         {
-            throw DiffSegException.For(modelPath, "file not found");
+            flags = ModelWeights.FlagsOf(file);
         }
+        // UNetModel.SizeMultiple: one factor of 2 per resolution level below the first.
+        int sizeMultiple = 1 << (flags.ChannelMultipliers().Length - 1);
         var xs = Npy.ReadFloat32(xPath, out var shape, -1, AdmFlags.InChannels, -1, -1);
-        var tArray = Npy.Read(tPath);
-        Npy.CheckShape(tPath, tArray, [shape[0]]);
-        var ts = tArray.ToInt64(tPath);
+        if (shape[0] == 0 || shape[2] == 0 || shape[3] == 0 || shape[2] % sizeMultiple != 0 || shape[3] % sizeMultiple != 0)
+        {
+            throw DiffSegException.For(xPath, $"shape is {Npy.ShapeString(shape)}: the batch must not be empty and H, W must be positive " +
+                                              $"multiples of {sizeMultiple}, as the UNet of {modelPath} needs");
+        }
+        CheckSize(xPath, shape[0], shape[2], shape[3], flags, modelPath);
+        Npy.RequireFinite(xPath, xs, shape);
+        var ts = ReadPerImage(tPath, shape[0], xPath);
+        for (int i = 0; i < ts.Length; i++)
+        {
+            if (ts[i] < 0 || ts[i] >= flags.DiffusionSteps)
+            {
+                throw DiffSegException.For(tPath, $"timestep {ts[i]} at index {i} is outside [0, {flags.DiffusionSteps}), the diffusion " +
+                                                  $"steps of {modelPath}");
+            }
+        }
         long[]? ys = null;
         if (yPath is not null)
         {
-            var yArray = Npy.Read(yPath);
-            Npy.CheckShape(yPath, yArray, [shape[0]]);
-            ys = yArray.ToInt64(yPath);
+            if (!flags.ClassCond)
+            {
+                throw DiffSegException.For(modelPath, "is not class-conditional: --y must not be given");
+            }
+            ys = ReadPerImage(yPath, shape[0], xPath);
+            if (Array.FindIndex(ys, v => v < 0 || v >= flags.NumClasses) is var i && i >= 0 && ys[i] is var bad)
+            {
+                throw DiffSegException.For(yPath, $"class label {bad} is outside [0, {flags.NumClasses})");
+            }
         }
         return new UNetRun(modelPath, xs, shape, ts.Select(v => (float)v).ToArray(), ys);
+    }
+
+    /// <summary>
+    /// The UNet's activations grow with the pixels it is given: images up to twice the model's training size per side, and
+    /// batches up to 256 images at that size, so that a large but valid input file is refused rather than run out of memory.
+    /// </summary>
+    public static void CheckSize(string path, int n, int h, int w, AdmFlags flags, string modelPath)
+    {
+        int side = 2 * flags.ImageSize;
+        if (h > side || w > side)
+        {
+            throw DiffSegException.For(path, $"is {w}×{h}; the UNet of {modelPath} (image_size {flags.ImageSize}) takes images up to " +
+                                             $"{side}×{side}: resize it first");
+        }
+        if ((long)n * h * w > 256L * flags.ImageSize * flags.ImageSize)
+        {
+            throw DiffSegException.For(path, $"holds a batch of {n} images of {w}×{h}, more than 256 images at the model's image_size " +
+                                             $"{flags.ImageSize}: split it");
+        }
+    }
+
+    static long[] ReadPerImage(string path, int n, string xPath)
+    {
+        var a = Npy.Read(path);
+        if (a.Shape.Length != 1 || a.Shape[0] != n)
+        {
+            throw DiffSegException.For(path, $"shape is {a.ShapeString}, expected ({n}) to match the batch of {xPath}");
+        }
+        if (a.Type == NpyType.Bool)
+        {
+            throw DiffSegException.For(path, "is a bool array, expected integers");
+        }
+        return a.ToInt64(path);
     }
 
     public Result Execute(ExecutionPlan plan, bool capture, Action<string>? log = null)

@@ -51,7 +51,9 @@ public sealed class SynthesizeCommandTests : IDisposable
         foreach (var key in a.Keys)
         {
             Assert.Equal(a[key].Shape, b[key].Shape);
-            Assert.True(a[key].Data.AsSpan().SequenceEqual(b[key].Data), $"{key} differs");
+            Assert.True(a[key].Data.AsSpan().SequenceEqual(b[key].Data), a[key].Type == NpyType.Float32
+                ? $"{key} differs: [{string.Join(", ", a[key].ToFloat32(key))}] vs [{string.Join(", ", b[key].ToFloat32(key))}]"
+                : $"{key} differs");
         }
     }
 
@@ -97,7 +99,7 @@ public sealed class SynthesizeCommandTests : IDisposable
             ConfigPath = config, OutputDir = stopped, NumSamples = 5, BatchSize = 2, TimestepRespacing = "3", UncertaintyPortion = 0.4,
         };
         var cfg = SynthesizeRun.Prepare(o);
-        using (var dev = ComputeDevice.Create(DeviceChoice.Cpu))
+        using (var dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true))
         {
             Assert.Throws<IlgpuDiffSeg.Training.TrainingStoppedException>(() => SynthesizeRun.Run(o, cfg, ExecutionPlan.For(dev),
                 stopRequested: () => File.Exists(SynthesizeRun.BatchPath(stopped, 0))));
@@ -123,8 +125,9 @@ public sealed class SynthesizeCommandTests : IDisposable
             ConfigPath = config, OutputDir = two, NumSamples = 5, BatchSize = 2, TimestepRespacing = "3", UncertaintyPortion = 0.4,
         };
         var cfg = SynthesizeRun.Prepare(o);
-        using var a = ComputeDevice.Create(DeviceChoice.Cpu);
-        using var b = ComputeDevice.Create(DeviceChoice.Cpu);
+        // The command line's CPU device runs its kernels as host code (--cpu-backend simd); these do too.
+        using var a = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
+        using var b = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
         var sum = SynthesizeRun.Run(o, cfg, [ExecutionPlan.For(a), ExecutionPlan.For(b)]);
         Assert.Equal(3, sum.BatchesDone);
         AssertSameArrays(Samples(one), Samples(two));
