@@ -14,29 +14,49 @@ public sealed record SafetensorEntry(string Name, string DType, int[] Shape, lon
     public string ShapeString => "(" + string.Join(", ", Shape) + ")";
 }
 
-/// <summary>A tensor to be written: name, shape and a callback that writes its float32 values.</summary>
-public sealed record SafetensorSource(string Name, int[] Shape, Action<Span<float>> Fill)
+/// <summary>
+/// A tensor to be written: name, shape and a callback that writes its float32 values, stored as F32 or, with
+/// <paramref name="Half"/>, rounded to F16 (half the bytes; values past fp16's range are refused when written).
+/// </summary>
+public sealed record SafetensorSource(string Name, int[] Shape, Action<Span<float>> Fill, bool Half = false)
 {
     public long Count => Shape.Aggregate(1L, (a, d) => a * d);
+
+    public string DType => Half ? "F16" : "F32";
+
+    public long Bytes => Count * (Half ? 2 : 4);
 }
 
-/// <summary>One tensor's bytes mapped into memory; valid until disposed, which unmaps them.</summary>
+/// <summary>
+/// One tensor's values as float32: an F32 tensor's bytes mapped into memory (valid until disposed, which unmaps them), an
+/// F16 tensor's widened into an array of its own.
+/// </summary>
 public sealed unsafe class MappedTensor : IDisposable
 {
     readonly MemoryMappedViewAccessor view;
     readonly byte* pointer;
     readonly int count;
+    readonly float[]? widened;
 
-    internal MappedTensor(MemoryMappedViewAccessor view, int count)
+    internal MappedTensor(MemoryMappedViewAccessor view, int count, bool half = false)
     {
         this.view = view;
         this.count = count;
         byte* p = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref p);
         pointer = p + view.PointerOffset;
+        if (half)
+        {
+            var halves = new ReadOnlySpan<Half>(pointer, count);
+            widened = GC.AllocateUninitializedArray<float>(count);
+            for (int i = 0; i < count; i++)
+            {
+                widened[i] = (float)halves[i];
+            }
+        }
     }
 
-    public ReadOnlySpan<float> Span => new(pointer, count);
+    public ReadOnlySpan<float> Span => widened ?? new ReadOnlySpan<float>(pointer, count);
 
     public void Dispose()
     {
@@ -310,18 +330,19 @@ public sealed class SafetensorsFile : IDisposable
 
     public bool TryGet(string name, out SafetensorEntry entry) => byName.TryGetValue(name, out entry!);
 
-    /// <summary>Maps one float32 tensor; dispose the result to unmap it.</summary>
+    /// <summary>Maps one F32 tensor, or widens one F16 tensor; dispose the result to unmap it.</summary>
     public MappedTensor Map(SafetensorEntry e)
     {
-        if (e.DType != "F32")
+        if (e.DType is not ("F32" or "F16"))
         {
-            throw DiffSegException.For(Path, $"tensor '{e.Name}' is {e.DType}; only F32 is loaded");
+            throw DiffSegException.For(Path, $"tensor '{e.Name}' is {e.DType}; only F32 and F16 are loaded");
         }
         if (e.Count == 0)
         {
             return new MappedTensor(map.CreateViewAccessor(0, 1, MemoryMappedFileAccess.Read), 0);
         }
-        return new MappedTensor(map.CreateViewAccessor(dataStart + e.Begin, e.End - e.Begin, MemoryMappedFileAccess.Read), checked((int)e.Count));
+        var view = map.CreateViewAccessor(dataStart + e.Begin, e.End - e.Begin, MemoryMappedFileAccess.Read);
+        return new MappedTensor(view, checked((int)e.Count), half: e.DType == "F16");
     }
 
     /// <summary>A copy of one float32 tensor's values.</summary>
@@ -332,6 +353,20 @@ public sealed class SafetensorsFile : IDisposable
     }
 
     public void Dispose() => map.Dispose();
+
+    static Half[] ToHalf(string path, string name, float[] values)
+    {
+        var halves = new Half[values.Length];
+        for (int i = 0; i < values.Length; i++)
+        {
+            halves[i] = (Half)values[i];
+            if (Half.IsInfinity(halves[i]) && float.IsFinite(values[i]))
+            {
+                throw DiffSegException.For(path, $"cannot store tensor '{name}' in F16: {values[i]} at index {i} is past fp16's range");
+            }
+        }
+        return halves;
+    }
 
     /// <summary>
     /// Writes float32 tensors in the given order with string metadata; the file appears only when complete.
@@ -350,10 +385,10 @@ public sealed class SafetensorsFile : IDisposable
         long offset = 0;
         foreach (var t in tensors)
         {
-            long bytes = t.Count * 4;
+            long bytes = t.Bytes;
             header[t.Name] = new JsonObject
             {
-                ["dtype"] = "F32",
+                ["dtype"] = t.DType,
                 ["shape"] = new JsonArray(t.Shape.Select(d => (JsonNode)d).ToArray()),
                 ["data_offsets"] = new JsonArray(offset, offset + bytes),
             };
@@ -375,7 +410,14 @@ public sealed class SafetensorsFile : IDisposable
             {
                 var values = new float[tensors[i].Count];
                 tensors[i].Fill(values);
-                stream.Write(MemoryMarshal.AsBytes(values.AsSpan()));
+                if (tensors[i].Half)
+                {
+                    stream.Write(MemoryMarshal.AsBytes(ToHalf(path, tensors[i].Name, values).AsSpan()));
+                }
+                else
+                {
+                    stream.Write(MemoryMarshal.AsBytes(values.AsSpan()));
+                }
                 progress?.Invoke(i + 1, tensors.Count);
             }
         });

@@ -115,10 +115,16 @@ public static class ModelWeights
     /// torch.save(model.state_dict()) writes, keys in state_dict order, after checking every key and shape against the
     /// flags. With <paramref name="flagsOutPath"/>, also the flags as FLAGS.json in guided-diffusion's names, which
     /// 'diffseg convert' reads back. Tensors are streamed one at a time from the memory-mapped input. Writes nothing on
-    /// failure.
+    /// failure. An output named *.safetensors is a converted model again (for --half or a new "source" note).
     /// </summary>
-    public static void Export(string modelPath, string outputPath, string? flagsOutPath = null, Action<string>? log = null)
+    public static void Export(string modelPath, string outputPath, string? flagsOutPath = null, Action<string>? log = null,
+        bool half = false, string? source = null)
     {
+        bool toSafetensors = outputPath.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase);
+        if (!toSafetensors && (half || source is not null))
+        {
+            throw DiffSegException.For(outputPath, "--half and --source write a .safetensors model; name the output *.safetensors");
+        }
         AtomicFile.CheckWritable(outputPath);
         if (flagsOutPath is not null)
         {
@@ -136,9 +142,30 @@ public static class ModelWeights
         var flags = FlagsOf(file);
         var model = BuildChecked(flags, modelPath + " (metadata)");
         CheckAgainst(model, file.Entries.ToDictionary(e => e.Name, e => e.Shape), modelPath);
-        if (file.Entries.FirstOrDefault(e => e.DType != "F32") is { } notFloat)
+        if (file.Entries.FirstOrDefault(e => e.DType is not ("F32" or "F16")) is { } notFloat)
         {
-            throw DiffSegException.For(modelPath, $"tensor '{notFloat.Name}' is {notFloat.DType}; only F32 models are exported");
+            throw DiffSegException.For(modelPath, $"tensor '{notFloat.Name}' is {notFloat.DType}; only F32 and F16 models are exported");
+        }
+        if (toSafetensors)
+        {
+            var metadata = file.Metadata.ToDictionary();
+            if (source is not null)
+            {
+                metadata["source"] = source;
+            }
+            var tensors = model.Parameters().Select(p =>
+            {
+                file.TryGet(p.Name, out var entry);
+                return new SafetensorSource(p.Name, p.Shape, span =>
+                {
+                    using var mapped = file.Map(entry);
+                    mapped.Span.CopyTo(span);
+                }, half);
+            }).ToList();
+            SafetensorsFile.Write(outputPath, tensors, metadata);
+            log?.Invoke($"{modelPath}: {tensors.Count} tensors written as " + (half ? "F16" : "F32"));
+            WriteFlags(flags, flagsOutPath, outputPath);
+            return;
         }
         var sources = model.Parameters().Select(p =>
         {
@@ -160,6 +187,11 @@ public static class ModelWeights
                 log($"  writing {outputPath}: {pct}%");
             }
         });
+        WriteFlags(flags, flagsOutPath, outputPath);
+    }
+
+    static void WriteFlags(AdmFlags flags, string? flagsOutPath, string outputPath)
+    {
         if (flagsOutPath is null)
         {
             return;

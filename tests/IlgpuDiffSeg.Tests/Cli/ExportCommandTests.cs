@@ -46,6 +46,38 @@ public sealed class ExportCommandTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// --half stores the weights as F16 and --source notes their origin: the file is about half the size, every weight
+    /// loads as its fp32 value rounded to fp16, the flags are kept, and a .pt output refuses both options.
+    /// </summary>
+    [Fact]
+    public void HalfSafetensorsLoadAsTheRoundedWeights()
+    {
+        string model = Converted(), half = tmp.File("half.safetensors");
+        var r = CliRunner.Run("export", model, "-o", half, "--half", "--source", "a test");
+        Assert.True(r.ExitCode == 0, r.Error);
+        Assert.InRange(new FileInfo(half).Length, new FileInfo(model).Length * 0.45, new FileInfo(model).Length * 0.55);
+        using (var a = SafetensorsFile.Open(model))
+        using (var b = SafetensorsFile.Open(half))
+        {
+            Assert.Equal("a test", b.Metadata["source"]);
+            Assert.Equal(a.Metadata["flags"], b.Metadata["flags"]);
+            foreach (var (ea, eb) in a.Entries.Zip(b.Entries))
+            {
+                Assert.Equal("F16", eb.DType);
+                var rounded = a.ReadFloat32(ea).Select(v => (float)(Half)v).ToArray();
+                Assert.True(rounded.AsSpan().SequenceEqual(b.ReadFloat32(eb)), $"'{ea.Name}' differs");
+            }
+        }
+        using (var dev = IlgpuDiffSeg.Kernels.ComputeDevice.Create(IlgpuDiffSeg.Kernels.DeviceChoice.Cpu))
+        using (var loaded = IlgpuDiffSeg.Model.ModelWeights.Load(half, IlgpuDiffSeg.Kernels.ExecutionPlan.For(dev)))
+        {
+            Assert.Equal(2_007_462, loaded.ParameterCount);
+        }
+        CliRunner.AssertOneLineError(CliRunner.Run("export", model, "-o", tmp.File("m.pt"), "--half"), "m.pt", "*.safetensors");
+        AssertNothingWritten(tmp.File("m.pt"));
+    }
+
     void AssertNothingWritten(params string[] paths)
     {
         foreach (var p in paths)
