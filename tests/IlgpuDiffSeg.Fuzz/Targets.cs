@@ -44,7 +44,8 @@ public sealed record Target(string Name, string Corpus, string Extension, Action
     ];
 
     public static Target Get(string name) =>
-        All.FirstOrDefault(t => t.Name == name) ?? throw new ArgumentException($"no target '{name}' (targets: {string.Join(", ", All.Select(t => t.Name))})");
+        All.FirstOrDefault(t => t.Name == name) ??
+        throw new ArgumentException($"no target '{name}' (targets: {string.Join(", ", All.Select(t => t.Name))})");
 
     /// <summary>
     /// Reads <paramref name="path"/> and returns null when the reader accepted it or refused it cleanly, else what broke

@@ -38,7 +38,6 @@ public sealed partial class SourceStyleTests
         "src/IlgpuDiffSeg.Cli/Program.cs",
         "src/IlgpuDiffSeg.Cli/UNetCommand.cs",
         "src/IlgpuDiffSeg/Classifier/PixelEnsemble.cs",
-        "src/IlgpuDiffSeg/Data/ImageData.cs",
         "src/IlgpuDiffSeg/IO/Safetensors.cs",
         "src/IlgpuDiffSeg/Model/Blocks.cs",
         "src/IlgpuDiffSeg/Model/ModelWeights.cs",

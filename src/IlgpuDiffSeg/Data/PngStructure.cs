@@ -61,7 +61,8 @@ public static class PngStructure
                 }
                 if (w * h > maxPixels)
                 {
-                    throw DiffSegException.For(path, $"is {w}×{h}, {w * h:N0} pixels: more than the {maxPixels:N0} this reader decodes; resize it first");
+                    throw DiffSegException.For(path, $"is {w}×{h}, {w * h:N0} pixels: more than the {maxPixels:N0} this reader " +
+                                                     "decodes; resize it first");
                 }
                 bool depthOk = colourType switch
                 {
@@ -72,8 +73,8 @@ public static class PngStructure
                 };
                 if (!depthOk || ihdr[10] != 0 || ihdr[11] != 0 || interlace > 1)
                 {
-                    throw DiffSegException.For(path, $"PNG header is invalid (bit depth {bitDepth}, colour type {colourType}, compression " +
-                                                     $"{ihdr[10]}, filter {ihdr[11]}, interlace {interlace})");
+                    throw DiffSegException.For(path, $"PNG header is invalid (bit depth {bitDepth}, colour type {colourType}, " +
+                                                     $"compression {ihdr[10]}, filter {ihdr[11]}, interlace {interlace})");
                 }
                 (width, height) = ((int)w, (int)h);
                 sawIhdr = true;
@@ -122,7 +123,8 @@ public static class PngStructure
         }
         if (inflated < expected)
         {
-            throw DiffSegException.For(path, $"truncated PNG: its image data inflates to {inflated:N0} bytes, {width}×{height} pixels need {expected:N0}");
+            throw DiffSegException.For(path, $"truncated PNG: its image data inflates to {inflated:N0} bytes, {width}×{height} pixels " +
+                                             $"need {expected:N0}");
         }
     }
 
@@ -135,7 +137,8 @@ public static class PngStructure
         {
             return Rows(width, height);
         }
-        (int X0, int Y0, int Dx, int Dy)[] passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)];
+        (int X0, int Y0, int Dx, int Dy)[] passes =
+            [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)];
         return passes.Sum(p => Rows((width - p.X0 + p.Dx - 1) / p.Dx, (height - p.Y0 + p.Dy - 1) / p.Dy));
     }
 

@@ -37,7 +37,9 @@ public static class InputFile
         }
     }
 
-    /// <summary>The whole file, refused when longer than <paramref name="maxBytes"/> (read to that limit, not trusting its length).</summary>
+    /// <summary>
+    /// The whole file, refused when longer than <paramref name="maxBytes"/> (read to that limit, not trusting its length).
+    /// </summary>
     public static byte[] ReadAllBytes(string path, long maxBytes, string what)
     {
         using var s = OpenRead(path);

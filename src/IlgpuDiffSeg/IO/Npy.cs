@@ -1,3 +1,5 @@
+// Npy: the .npy element types and header record, and the reader: header checks, streamed values, shape and finiteness checks.
+
 using System.Buffers.Binary;
 using System.Globalization;
 using System.Runtime.InteropServices;
@@ -27,109 +29,12 @@ public sealed record NpyHeader(NpyType Type, int[] Shape, long DataOffset)
 }
 
 /// <summary>
-/// An .npy array held in memory: C order, little-endian, its values in an array of their own type (float[], long[], …),
-/// so an array past 2 GB is held without one byte array the size of the file.
-/// </summary>
-public sealed class NpyArray
-{
-    readonly Array values;
-
-    internal NpyArray(NpyType type, int[] shape, Array values)
-    {
-        Type = type;
-        Shape = shape;
-        this.values = values;
-    }
-
-    /// <summary>An array from raw little-endian bytes (kept for callers of the earlier byte-array form).</summary>
-    public NpyArray(NpyType type, int[] shape, byte[] data)
-        : this(type, shape, type switch
-        {
-            NpyType.Float32 => MemoryMarshal.Cast<byte, float>(data).ToArray(),
-            NpyType.Float64 => MemoryMarshal.Cast<byte, double>(data).ToArray(),
-            NpyType.Float16 => MemoryMarshal.Cast<byte, Half>(data).ToArray(),
-            NpyType.Int64 => MemoryMarshal.Cast<byte, long>(data).ToArray(),
-            NpyType.Int32 => MemoryMarshal.Cast<byte, int>(data).ToArray(),
-            NpyType.Int8 => MemoryMarshal.Cast<byte, sbyte>(data).ToArray(),
-            _ => (byte[])data.Clone(),
-        })
-    {
-    }
-
-    /// <summary>A copy of the raw little-endian bytes (at most 2 GB: larger arrays are read through ToFloat32/ToInt64).</summary>
-    public byte[] Data => values switch
-    {
-        float[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        double[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        Half[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        long[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        int[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        sbyte[] a => MemoryMarshal.AsBytes(a.AsSpan()).ToArray(),
-        byte[] a => (byte[])a.Clone(),
-        _ => throw new InvalidOperationException(),
-    };
-
-    public NpyType Type { get; }
-    public int[] Shape { get; }
-    public long Count => Npy.CountOf(Shape);
-    public string ShapeString => Npy.ShapeString(Shape);
-
-    /// <summary>The values as float32, converting from any float type (float32 arrays are returned as held, not copied).</summary>
-    public float[] ToFloat32(string path)
-    {
-        return values switch
-        {
-            float[] f => f,
-            double[] d => Array.ConvertAll(d, v => (float)v),
-            Half[] h => Array.ConvertAll(h, v => (float)v),
-            _ => throw DiffSegException.For(path, $"dtype is {Npy.Descr(Type)}, expected a float array"),
-        };
-    }
-
-    /// <summary>The values as int64 from any integer type (or floats that hold whole numbers).</summary>
-    public long[] ToInt64(string path)
-    {
-        return values switch
-        {
-            long[] l => l,
-            int[] i => Array.ConvertAll(i, v => (long)v),
-            byte[] b => Array.ConvertAll(b, v => (long)v),
-            sbyte[] s => Array.ConvertAll(s, v => (long)v),
-            _ => FloatsAsIntegers(path),
-        };
-    }
-
-    long[] FloatsAsIntegers(string path)
-    {
-        var f = values switch
-        {
-            float[] a => Array.ConvertAll(a, v => (double)v),
-            double[] a => a,
-            Half[] a => Array.ConvertAll(a, v => (double)v),
-            _ => throw DiffSegException.For(path, $"dtype {Npy.Descr(Type)} is not numeric"),
-        };
-        var result = new long[f.Length];
-        for (int i = 0; i < f.Length; i++)
-        {
-            double v = f[i];
-            if (!(v == Math.Floor(v) && Math.Abs(v) < 1e15))
-            {
-                throw DiffSegException.For(path, $"holds the non-integer value {v.ToString(CultureInfo.InvariantCulture)} at index " +
-                                                 $"{Npy.IndexString(Shape, i)}, expected integers");
-            }
-            result[i] = (long)v;
-        }
-        return result;
-    }
-}
-
-/// <summary>
 /// Reader and writer for NumPy's .npy format (versions 1–3). The reader trusts nothing in the header: it is parsed as the
 /// strict literal NumPy writes, its length must end the header on its newline, and the shape must account for exactly the
 /// bytes that follow it in the file, before anything the size of the data is allocated. Both directions stream: values go
 /// between the file and their typed array in 1 MiB chunks, so files past 2 GB are read and written.
 /// </summary>
-public static class Npy
+public static partial class Npy
 {
     static readonly byte[] Magic = [0x93, (byte)'N', (byte)'U', (byte)'M', (byte)'P', (byte)'Y'];
 
@@ -289,11 +194,13 @@ public static class Npy
         }
         if (headerLength > MaxHeaderLength)
         {
-            throw DiffSegException.For(path, $"header length {headerLength:N0} is past the {MaxHeaderLength:N0}-byte limit: not a NumPy header");
+            throw DiffSegException.For(path, $"header length {headerLength:N0} is past the {MaxHeaderLength:N0}-byte limit: " +
+                                             "not a NumPy header");
         }
         if (headerStart + headerLength > fileLength)
         {
-            throw DiffSegException.For(path, $"truncated .npy header: it claims {headerLength} bytes, the file has {fileLength - headerStart}");
+            throw DiffSegException.For(path, $"truncated .npy header: it claims {headerLength} bytes, " +
+                                             $"the file has {fileLength - headerStart}");
         }
         var headerBytes = new byte[headerLength];
         if (ReadUpTo(stream, headerBytes, path) < headerLength)
@@ -332,7 +239,8 @@ public static class Npy
         string dimsText = string.Join(", ", shape);
         if (shape.FirstOrDefault(d => d < 0 || d > int.MaxValue) is var bad && bad != 0)
         {
-            throw DiffSegException.For(path, $"shape ({dimsText}) has the dimension {bad}: " + (bad < 0 ? "negative" : $"past {int.MaxValue}"));
+            throw DiffSegException.For(path, $"shape ({dimsText}) has the dimension {bad}: " +
+                                             (bad < 0 ? "negative" : $"past {int.MaxValue}"));
         }
         long count = shape.Contains(0) ? 0 : 1;
         foreach (var d in shape)
@@ -366,257 +274,6 @@ public static class Npy
             throw DiffSegException.For(path, $"cannot read: {e.Message}");
         }
     }
-
-    /// <summary>The header's dict literal: {'descr': str, 'fortran_order': bool, 'shape': tuple of ints}, each key once.</summary>
-    static class HeaderLiteral
-    {
-        public static (string Descr, bool Fortran, long[] Shape) Parse(string s, string path)
-        {
-            int i = 0;
-            string? descr = null;
-            bool? fortran = null;
-            long[]? shape = null;
-            Skip(s, ref i);
-            Expect(s, ref i, '{', path);
-            while (true)
-            {
-                Skip(s, ref i);
-                if (Peek(s, i) == '}')
-                {
-                    i++;
-                    break;
-                }
-                string key = ReadString(s, ref i, path);
-                Skip(s, ref i);
-                Expect(s, ref i, ':', path);
-                Skip(s, ref i);
-                switch (key)
-                {
-                    case "descr" when descr is null:
-                        descr = Peek(s, i) is '\'' or '"' ? ReadString(s, ref i, path)
-                            : throw Malformed(path, "'descr' is not a string (structured dtypes are not supported)");
-                        break;
-                    case "fortran_order" when fortran is null:
-                        fortran = ReadWord(s, ref i) switch
-                        {
-                            "True" => true,
-                            "False" => false,
-                            var w => throw Malformed(path, $"'fortran_order' is '{w}', expected True or False"),
-                        };
-                        break;
-                    case "shape" when shape is null:
-                        shape = ReadShape(s, ref i, path);
-                        break;
-                    case "descr" or "fortran_order" or "shape":
-                        throw Malformed(path, $"the key '{key}' appears twice");
-                    default:
-                        throw Malformed(path, $"unexpected key '{key}'");
-                }
-                Skip(s, ref i);
-                if (Peek(s, i) == ',')
-                {
-                    i++;
-                    continue;
-                }
-                Skip(s, ref i);
-                Expect(s, ref i, '}', path);
-                break;
-            }
-            if (s.AsSpan(i).Trim(" \n\0").Length != 0)
-            {
-                throw Malformed(path, "text after the header's dict");
-            }
-            if (descr is null || fortran is null || shape is null)
-            {
-                throw Malformed(path, "the header lacks 'descr', 'fortran_order' or 'shape'");
-            }
-            return (descr, fortran.Value, shape);
-        }
-
-        static long[] ReadShape(string s, ref int i, string path)
-        {
-            Expect(s, ref i, '(', path);
-            var dims = new List<long>();
-            while (true)
-            {
-                Skip(s, ref i);
-                if (Peek(s, i) == ')')
-                {
-                    i++;
-                    return dims.ToArray();
-                }
-                int start = i;
-                while (i < s.Length && char.IsAsciiDigit(s[i]))
-                {
-                    i++;
-                }
-                if (i == start || i - start > 18)
-                {
-                    throw Malformed(path, i == start ? "'shape' is not a tuple of non-negative integers"
-                        : "'shape' has a dimension with more than 18 digits");
-                }
-                dims.Add(long.Parse(s.AsSpan(start, i - start), CultureInfo.InvariantCulture));
-                if (Peek(s, i) == 'L')
-                {
-                    i++; // Python 2 longs
-                }
-                if (dims.Count > 32)
-                {
-                    throw Malformed(path, "'shape' has more than 32 dimensions");
-                }
-                Skip(s, ref i);
-                if (Peek(s, i) == ',')
-                {
-                    i++;
-                }
-                else if (Peek(s, i) != ')')
-                {
-                    throw Malformed(path, "'shape' is not a tuple of non-negative integers");
-                }
-            }
-        }
-
-        static string ReadString(string s, ref int i, string path)
-        {
-            char q = Peek(s, i);
-            if (q is not ('\'' or '"'))
-            {
-                throw Malformed(path, "expected a quoted key");
-            }
-            int end = s.IndexOf(q, i + 1);
-            if (end < 0 || end - i > 64)
-            {
-                throw Malformed(path, "unterminated string");
-            }
-            string value = s[(i + 1)..end];
-            i = end + 1;
-            return value;
-        }
-
-        static string ReadWord(string s, ref int i)
-        {
-            int start = i;
-            while (i < s.Length && char.IsAsciiLetter(s[i]))
-            {
-                i++;
-            }
-            return s[start..i];
-        }
-
-        static char Peek(string s, int i) => i < s.Length ? s[i] : '\0';
-
-        static void Skip(string s, ref int i)
-        {
-            while (i < s.Length && s[i] is ' ' or '\t')
-            {
-                i++;
-            }
-        }
-
-        static void Expect(string s, ref int i, char c, string path)
-        {
-            if (Peek(s, i) != c)
-            {
-                throw Malformed(path, $"expected '{c}' at header byte {i}");
-            }
-            i++;
-        }
-
-        static DiffSegException Malformed(string path, string what) => DiffSegException.For(path, $"malformed .npy header: {what}");
-    }
-
-    /// <summary>
-    /// Writes an array as .npy, streaming its values in chunks (no copy of the whole file is made, so a 2.2 GB feature
-    /// array is written like a small one). The file appears only when complete.
-    /// </summary>
-    public static void Write<T>(string path, NpyType type, ReadOnlySpan<T> data, IReadOnlyList<int> shape) where T : unmanaged
-    {
-        if (Marshal.SizeOf<T>() != ElementSize(type))
-        {
-            throw new ArgumentException($"{typeof(T).Name} values cannot be written as {Descr(type)}");
-        }
-        long count = shape.Aggregate(1L, (a, d) => a * d);
-        if (shape.Any(d => d < 0) || count != data.Length)
-        {
-            throw new ArgumentException($"shape ({string.Join(", ", shape)}) does not hold {data.Length} values");
-        }
-        using var writer = AtomicFile.Create(path);
-        writer.Stream.Write(HeaderBytes(type, shape));
-        int perChunk = ChunkBytes / Marshal.SizeOf<T>();
-        try
-        {
-            for (int start = 0; start < data.Length; start += perChunk)
-            {
-                writer.Stream.Write(MemoryMarshal.AsBytes(data.Slice(start, Math.Min(perChunk, data.Length - start))));
-            }
-        }
-        catch (IOException e)
-        {
-            throw DiffSegException.For(path, $"cannot write: {e.Message}");
-        }
-        writer.Commit();
-    }
-
-    /// <summary>Version 1.0 header (2.0 when the dict is past 65,535 bytes), padded so the data starts on a 64-byte boundary.</summary>
-    public static byte[] HeaderBytes(NpyType type, IReadOnlyList<int> shape)
-    {
-        string dims = shape.Count == 1 ? $"{shape[0]}," : string.Join(", ", shape);
-        string dict = $"{{'descr': '{Descr(type)}', 'fortran_order': False, 'shape': ({dims}), }}";
-        bool v2 = dict.Length + 11 > ushort.MaxValue;
-        int pre = v2 ? 12 : 10;
-        int pad = (64 - (pre + dict.Length + 1) % 64) % 64;
-        string header = dict + new string(' ', pad) + "\n";
-        var buffer = new byte[pre + header.Length];
-        Magic.CopyTo(buffer, 0);
-        buffer[6] = (byte)(v2 ? 2 : 1);
-        if (v2)
-        {
-            BinaryPrimitives.WriteUInt32LittleEndian(buffer.AsSpan(8), (uint)header.Length);
-        }
-        else
-        {
-            BinaryPrimitives.WriteUInt16LittleEndian(buffer.AsSpan(8), (ushort)header.Length);
-        }
-        Encoding.Latin1.GetBytes(header, buffer.AsSpan(pre));
-        return buffer;
-    }
-
-    public static void Write(string path, NpyType type, ReadOnlySpan<byte> data, IReadOnlyList<int> shape)
-    {
-        CheckByteCount(type, data, shape);
-        using var writer = AtomicFile.Create(path);
-        writer.Stream.Write(HeaderBytes(type, shape));
-        writer.Stream.Write(data);
-        writer.Commit();
-    }
-
-    /// <summary>The bytes of an .npy file holding <paramref name="data"/>, for an .npz entry.</summary>
-    public static byte[] Encode(NpyType type, ReadOnlySpan<byte> data, IReadOnlyList<int> shape)
-    {
-        CheckByteCount(type, data, shape);
-        var header = HeaderBytes(type, shape);
-        var buffer = new byte[header.Length + data.Length];
-        header.CopyTo(buffer, 0);
-        data.CopyTo(buffer.AsSpan(header.Length));
-        return buffer;
-    }
-
-    static void CheckByteCount(NpyType type, ReadOnlySpan<byte> data, IReadOnlyList<int> shape)
-    {
-        long count = shape.Aggregate(1L, (a, d) => a * d);
-        if (count * ElementSize(type) != data.Length)
-        {
-            throw new ArgumentException($"shape ({string.Join(", ", shape)}) of {Descr(type)} does not hold {data.Length} bytes");
-        }
-    }
-
-    public static void Write(string path, ReadOnlySpan<float> data, IReadOnlyList<int> shape) => Write(path, NpyType.Float32, data, shape);
-
-    public static void Write(string path, ReadOnlySpan<long> data, IReadOnlyList<int> shape) => Write(path, NpyType.Int64, data, shape);
-
-    public static void Write(string path, ReadOnlySpan<byte> data, IReadOnlyList<int> shape) => Write(path, NpyType.UInt8, data, shape);
-
-    public static void Write(string path, ReadOnlySpan<double> data, IReadOnlyList<int> shape) => Write(path, NpyType.Float64, data, shape);
 
     /// <summary>Reads a float array and checks its shape; -1 in <paramref name="expected"/> matches any size.</summary>
     public static float[] ReadFloat32(string path, out int[] shape, params int[] expected)
@@ -652,35 +309,4 @@ public static class Npy
             throw DiffSegException.For(path, $"{what} {Finite.Name(values[i])} at index {IndexString(shape, i)}; inputs must be finite");
         }
     }
-}
-
-/// <summary>Finding NaN and ±Inf fast: x − x is 0 for every finite x and NaN otherwise.</summary>
-public static class Finite
-{
-    public static int IndexOfNonFinite(ReadOnlySpan<float> values)
-    {
-        int i = 0;
-        if (System.Numerics.Vector.IsHardwareAccelerated)
-        {
-            var v = MemoryMarshal.Cast<float, System.Numerics.Vector<float>>(values);
-            for (int k = 0; k < v.Length; k++)
-            {
-                if (!System.Numerics.Vector.EqualsAll(v[k] - v[k], System.Numerics.Vector<float>.Zero))
-                {
-                    break;
-                }
-                i += System.Numerics.Vector<float>.Count;
-            }
-        }
-        for (; i < values.Length; i++)
-        {
-            if (!float.IsFinite(values[i]))
-            {
-                return i;
-            }
-        }
-        return -1;
-    }
-
-    public static string Name(float v) => float.IsNaN(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf";
 }

@@ -174,7 +174,9 @@ public sealed class PickleReader(Stream stream)
                 case (byte)'2': Push(Peek()); break;                       // DUP
                 default:
                     throw Fail($"unsupported pickle opcode 0x{op:x2}" +
-                               (op is (byte)'i' or (byte)'o' or 0x82 or 0x83 or 0x84 ? " (it would call code; this reader never does)" : ""));
+                               (op is (byte)'i' or (byte)'o' or 0x82 or 0x83 or 0x84
+                                   ? " (it would call code; this reader never does)"
+                                   : ""));
             }
         }
     }
@@ -310,10 +312,14 @@ public sealed class PickleReader(Stream stream)
     }
 
     static double ParseFloatLine(string s) =>
-        double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : throw Fail($"pickle float literal '{Shorten(s)}' is malformed");
+        double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double v)
+            ? v
+            : throw Fail($"pickle float literal '{Shorten(s)}' is malformed");
 
     static long ParseMemoKey(string s) =>
-        long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out long v) ? v : throw Fail($"pickle memo key '{Shorten(s)}' is malformed");
+        long.TryParse(s, NumberStyles.None, CultureInfo.InvariantCulture, out long v)
+            ? v
+            : throw Fail($"pickle memo key '{Shorten(s)}' is malformed");
 
     static string Shorten(string s) => s.Length > 40 ? s[..40] + "…" : s;
 

@@ -1,5 +1,6 @@
+// TorchCheckpoint: opening a torch.save zip archive and unpickling its state_dict into tensor records.
+
 using System.IO.Compression;
-using System.Runtime.InteropServices;
 
 namespace IlgpuDiffSeg.IO;
 
@@ -44,7 +45,7 @@ public sealed record TorchTensor(string Name, TorchDType DType, int[] Shape, lon
 /// pickle reader's limits, and every tensor's shape, strides and offset must lie inside its storage, whose record must
 /// match the bytes the archive holds for it, before any tensor is read.
 /// </summary>
-public sealed class TorchCheckpoint : IDisposable
+public sealed partial class TorchCheckpoint : IDisposable
 {
     readonly ZipArchive zip;
     readonly string prefix;
@@ -53,10 +54,8 @@ public sealed class TorchCheckpoint : IDisposable
     public string Path { get; }
     public IReadOnlyList<TorchTensor> Tensors { get; }
 
-    /// <summary>A strided tensor is gathered through a buffer of the storage span it touches, at most this large (or twice the tensor).</summary>
-    const long MaxStridedSpanBytes = 64L << 20;
-
-    TorchCheckpoint(string path, ZipArchive zip, string prefix, Dictionary<string, ZipArchiveEntry> entries, IReadOnlyList<TorchTensor> tensors)
+    TorchCheckpoint(string path, ZipArchive zip, string prefix, Dictionary<string, ZipArchiveEntry> entries,
+        IReadOnlyList<TorchTensor> tensors)
     {
         Path = path;
         this.zip = zip;
@@ -121,7 +120,8 @@ public sealed class TorchCheckpoint : IDisposable
     static TorchCheckpoint Parse(string path, ZipArchive zip, Dictionary<string, ZipArchiveEntry> entries, long fileLength)
     {
         var pkls = entries.Values.Where(e => e.FullName == "data.pkl" ||
-                                             (e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal) && e.FullName.Count(c => c == '/') == 1))
+                                             (e.FullName.EndsWith("/data.pkl", StringComparison.Ordinal) &&
+                                              e.FullName.Count(c => c == '/') == 1))
             .ToList();
         if (pkls.Count == 0)
         {
@@ -191,52 +191,6 @@ public sealed class TorchCheckpoint : IDisposable
 
     static string DTypeName(TorchDType t) => t.ToString().ToLowerInvariant();
 
-    /// <summary>The storage's record (numel of its dtype) must be the bytes its entry holds; a deflated entry may not claim more than deflate can give.</summary>
-    static void CheckStorage(string path, StorageRef s, ZipArchiveEntry? entry, long fileLength)
-    {
-        if (entry is null)
-        {
-            throw DiffSegException.For(path, $"storage '{s.Key}' is missing from the archive");
-        }
-        long bytes = s.Numel * ElementSize(s.DType);
-        if (s.Numel > long.MaxValue / 8 || entry.Length != bytes)
-        {
-            throw DiffSegException.For(path, $"storage '{s.Key}' holds {entry.Length:N0} bytes but its record says {s.Numel:N0} " +
-                                             $"{DTypeName(s.DType)} values ({(s.Numel > long.MaxValue / 8 ? "too many" : $"{bytes:N0} bytes")})");
-        }
-        if (entry.CompressedLength > fileLength || entry.Length > entry.CompressedLength * 1100 + 1024)
-        {
-            throw DiffSegException.For(path, $"storage '{s.Key}' claims {entry.Length:N0} bytes from {entry.CompressedLength:N0} compressed " +
-                                             "bytes, more than the archive can hold");
-        }
-    }
-
-    /// <summary>Every element the tensor addresses, offset + Σ (shape−1)·stride, lies inside its storage.</summary>
-    static void CheckTensor(string path, TorchTensor t)
-    {
-        if (t.Count == 0)
-        {
-            return;
-        }
-        long last = t.StorageOffset;
-        for (int d = 0; d < t.Shape.Length; d++)
-        {
-            long step = t.Shape[d] - 1;
-            if (t.Stride[d] != 0 && step > (t.StorageNumel - last) / t.Stride[d])
-            {
-                last = long.MaxValue;
-                break;
-            }
-            last += step * t.Stride[d];
-        }
-        if (last >= t.StorageNumel)
-        {
-            throw DiffSegException.For(path, $"tensor '{t.Name}' of shape {t.ShapeString}, strides ({string.Join(", ", t.Stride)}) at " +
-                                             $"offset {t.StorageOffset} reaches past the end of its storage '{t.StorageKey}' " +
-                                             $"({t.StorageNumel:N0} values)");
-        }
-    }
-
     static object? LoadStorage(object? pid, Dictionary<string, StorageRef> storages)
     {
         // ('storage', torch.FloatStorage, key, location, numel)
@@ -303,7 +257,9 @@ public sealed class TorchCheckpoint : IDisposable
             }
             case "torch._utils._rebuild_parameter":
             case "torch._utils._rebuild_parameter_with_state":
-                return args.Length >= 1 && args[0] is TorchTensor t ? t : throw new PickleException($"{fn.Name} of something that is not a tensor");
+                return args.Length >= 1 && args[0] is TorchTensor t
+                    ? t
+                    : throw new PickleException($"{fn.Name} of something that is not a tensor");
             case "collections.OrderedDict":
                 return new PyDict();
             default:
@@ -333,165 +289,6 @@ public sealed class TorchCheckpoint : IDisposable
             }
         }
         return null;
-    }
-
-    /// <summary>Copies one tensor's values, converted to float32, into <paramref name="destination"/> (C order).</summary>
-    public void ReadFloat32(TorchTensor t, Span<float> destination)
-    {
-        if (destination.Length != t.Count)
-        {
-            throw new ArgumentException($"destination holds {destination.Length} values, tensor {t.Name} has {t.Count}");
-        }
-        if (t.Count == 0)
-        {
-            return;
-        }
-        int elem = ElementSize(t.DType);
-        if (t.IsContiguous)
-        {
-            using var s = OpenStorage(t, (long)t.StorageOffset * elem);
-            const int chunk = 1 << 18;
-            var raw = new byte[Math.Min(destination.Length, chunk) * elem];
-            for (int start = 0; start < destination.Length; start += chunk)
-            {
-                int n = Math.Min(chunk, destination.Length - start);
-                ReadStorage(t, s, raw.AsSpan(0, n * elem));
-                ConvertToFloat32(raw.AsSpan(0, n * elem), t.DType, destination.Slice(start, n));
-            }
-            return;
-        }
-        // A strided view: gather from the span of storage it touches, [offset, offset + max index + 1).
-        long extent = 1;
-        for (int d = 0; d < t.Shape.Length; d++)
-        {
-            extent += (t.Shape[d] - 1) * t.Stride[d];
-        }
-        if (extent * elem > Math.Max(MaxStridedSpanBytes, 2 * t.Count * elem))
-        {
-            throw DiffSegException.For(Path, $"tensor '{t.Name}' is a strided view spanning {extent:N0} values of its storage for " +
-                                             $"{t.Count:N0} values; re-save the checkpoint with contiguous tensors (t.contiguous())");
-        }
-        var span = new byte[extent * elem];
-        using (var s = OpenStorage(t, (long)t.StorageOffset * elem))
-        {
-            ReadStorage(t, s, span);
-        }
-        var one = new float[1];
-        var index = new int[t.Shape.Length];
-        for (long i = 0; i < t.Count; i++)
-        {
-            long src = 0;
-            for (int d = 0; d < index.Length; d++)
-            {
-                src += index[d] * t.Stride[d];
-            }
-            ConvertToFloat32(span.AsSpan((int)(src * elem), elem), t.DType, one);
-            destination[(int)i] = one[0];
-            for (int d = index.Length - 1; d >= 0; d--)
-            {
-                if (++index[d] < t.Shape[d])
-                {
-                    break;
-                }
-                index[d] = 0;
-            }
-        }
-    }
-
-    Stream OpenStorage(TorchTensor t, long byteOffset)
-    {
-        if (!entries.TryGetValue($"{prefix}data/{t.StorageKey}", out var entry))
-        {
-            throw DiffSegException.For(Path, $"storage '{t.StorageKey}' of tensor '{t.Name}' is missing from the archive");
-        }
-        Stream? s = null;
-        try
-        {
-            s = entry.Open();
-            Skip(s, byteOffset);
-            return s;
-        }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or IOException or NotSupportedException)
-        {
-            s?.Dispose();
-            throw DiffSegException.For(Path, $"storage of tensor '{t.Name}' is truncated or corrupt ({e.Message.TrimEnd('.')})");
-        }
-    }
-
-    void ReadStorage(TorchTensor t, Stream s, Span<byte> buffer)
-    {
-        try
-        {
-            s.ReadExactly(buffer);
-        }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or IOException)
-        {
-            throw DiffSegException.For(Path, $"storage of tensor '{t.Name}' is truncated or corrupt ({e.Message.TrimEnd('.')})");
-        }
-    }
-
-    static void Skip(Stream s, long count)
-    {
-        if (count == 0)
-        {
-            return;
-        }
-        if (s.CanSeek)
-        {
-            if (count > s.Length - s.Position)
-            {
-                throw new EndOfStreamException();
-            }
-            s.Seek(count, SeekOrigin.Current);
-            return;
-        }
-        var scratch = new byte[Math.Min(count, 1 << 20)];
-        while (count > 0)
-        {
-            int n = s.Read(scratch, 0, (int)Math.Min(count, scratch.Length));
-            if (n == 0)
-            {
-                throw new EndOfStreamException();
-            }
-            count -= n;
-        }
-    }
-
-    static void ConvertToFloat32(ReadOnlySpan<byte> raw, TorchDType type, Span<float> dst)
-    {
-        switch (type)
-        {
-            case TorchDType.Float32:
-                MemoryMarshal.Cast<byte, float>(raw)[..dst.Length].CopyTo(dst);
-                break;
-            case TorchDType.Float64:
-            {
-                var src = MemoryMarshal.Cast<byte, double>(raw);
-                for (int i = 0; i < dst.Length; i++)
-                {
-                    dst[i] = (float)src[i];
-                }
-                break;
-            }
-            case TorchDType.Float16:
-            {
-                var src = MemoryMarshal.Cast<byte, Half>(raw);
-                for (int i = 0; i < dst.Length; i++)
-                {
-                    dst[i] = (float)src[i];
-                }
-                break;
-            }
-            case TorchDType.BFloat16:
-            {
-                var src = MemoryMarshal.Cast<byte, ushort>(raw);
-                for (int i = 0; i < dst.Length; i++)
-                {
-                    dst[i] = BitConverter.Int32BitsToSingle(src[i] << 16);
-                }
-                break;
-            }
-        }
     }
 
     public void Dispose() => zip.Dispose();

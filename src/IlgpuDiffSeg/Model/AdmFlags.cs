@@ -260,22 +260,24 @@ public sealed class AdmFlags
         }
         if (!(Dropout >= 0 && Dropout < 1))
         {
-            throw DiffSegException.For(source, $"flag 'dropout' is {Dropout.ToString(CultureInfo.InvariantCulture)}, expected 0 ≤ dropout < 1");
+            throw DiffSegException.For(source, $"flag 'dropout' is {Dropout.ToString(CultureInfo.InvariantCulture)}, " +
+                                               "expected 0 ≤ dropout < 1");
         }
         try
         {
             var mult = ChannelMultipliers();
             if (mult.Length is < 1 or > 10 || mult.Any(m => m is < 0.5 or > 64))
             {
-                throw DiffSegException.For(source, $"flag 'channel_mult' is \"{Shorten(ChannelMult)}\", expected 1 to 10 multipliers of 1..64");
+                throw DiffSegException.For(source, $"flag 'channel_mult' is \"{Shorten(ChannelMult)}\", " +
+                                                   "expected 1 to 10 multipliers of 1..64");
             }
             if (AttentionResolutions.Trim() != "")
             {
                 var res = ParseInts(AttentionResolutions, "attention_resolutions");
                 if (res.Length > 16 || res.Any(r => r < 1 || r > ImageSize))
                 {
-                    throw DiffSegException.For(source, $"flag 'attention_resolutions' is \"{Shorten(AttentionResolutions)}\", expected up to " +
-                                                       $"16 resolutions in 1..image_size ({ImageSize})");
+                    throw DiffSegException.For(source, $"flag 'attention_resolutions' is \"{Shorten(AttentionResolutions)}\", " +
+                                                       $"expected up to 16 resolutions in 1..image_size ({ImageSize})");
                 }
             }
         }

@@ -87,12 +87,12 @@ public sealed class BadInputRegressionTests : IDisposable
         var r = CliRunner.Run("features", "--model", model, "--image", tmp.File("empty.npy"), "-o", tmp.File("f.npy"), "--device", "cpu");
         CliRunner.AssertOneLineError(r, "empty.npy", "at least one pixel");
         Npy.Write(tmp.File("big.npy"), new float[3 * 128 * 128], [3, 128, 128]);
-        r = CliRunner.Run("features", "--model", model, "--image", tmp.File("big.npy"), "--steps", "50", "--blocks", "2", "-o", tmp.File("f.npy"),
-            "--device", "cpu");
+        r = CliRunner.Run("features", "--model", model, "--image", tmp.File("big.npy"), "--steps", "50", "--blocks", "2",
+            "-o", tmp.File("f.npy"), "--device", "cpu");
         CliRunner.AssertOneLineError(r, "big.npy", "takes images up to 64×64");
         Npy.Write(tmp.File("odd.npy"), new float[3 * 30 * 30], [3, 30, 30]);
-        r = CliRunner.Run("features", "--model", model, "--image", tmp.File("odd.npy"), "--steps", "50", "--blocks", "2", "-o", tmp.File("f.npy"),
-            "--device", "cpu");
+        r = CliRunner.Run("features", "--model", model, "--image", tmp.File("odd.npy"), "--steps", "50", "--blocks", "2",
+            "-o", tmp.File("f.npy"), "--device", "cpu");
         CliRunner.AssertOneLineError(r, "odd.npy", "multiples of 4");
     }
 
@@ -101,8 +101,8 @@ public sealed class BadInputRegressionTests : IDisposable
     {
         string image = tmp.File("img.npy");
         Npy.Write(image, new float[3 * 32 * 32], [3, 32, 32]);
-        CliRunner.Result Features(string steps, string blocks) => CliRunner.Run("features", "--model", model, "--image", image, "--steps", steps,
-            "--blocks", blocks, "-o", tmp.File("f.npy"), "--device", "cpu");
+        CliRunner.Result Features(string steps, string blocks) => CliRunner.Run("features", "--model", model, "--image", image,
+            "--steps", steps, "--blocks", blocks, "-o", tmp.File("f.npy"), "--device", "cpu");
         CliRunner.AssertOneLineError(Features("99999999999", "2"), "--steps", "not a comma-separated list");
         CliRunner.AssertOneLineError(Features("1000", "2"), "--steps", "step 1000", "[0, 1000)");
         CliRunner.AssertOneLineError(Features("-1", "2"), "--steps", "step -1");
@@ -118,7 +118,8 @@ public sealed class BadInputRegressionTests : IDisposable
         foreach (var (key, value, phrase) in new[]
                  {
                      ("diffusion_steps", (JsonNode)0, "'diffusion_steps' is 0"), ("noise_schedule", "cubic", "noise_schedule"),
-                     ("num_res_blocks", 100000, "'num_res_blocks' is 100000"), ("attention_resolutions", "99999999999", "attention_resolutions"),
+                     ("num_res_blocks", 100000, "'num_res_blocks' is 100000"),
+                     ("attention_resolutions", "99999999999", "attention_resolutions"),
                  })
         {
             var edited = flags.DeepClone().AsObject();
@@ -165,7 +166,9 @@ public sealed class BadInputRegressionTests : IDisposable
         return path;
     }
 
-    /// <summary>Exit code 1 and, after the progress lines, exactly one last line "error: …" mentioning <paramref name="mentions"/>.</summary>
+    /// <summary>
+    /// Exit code 1 and, after the progress lines, exactly one last line "error: …" mentioning <paramref name="mentions"/>.
+    /// </summary>
     static void AssertFailsWith(CliRunner.Result r, params string[] mentions)
     {
         Assert.Equal(1, r.ExitCode);
@@ -190,7 +193,8 @@ public sealed class BadInputRegressionTests : IDisposable
         AssertFailsWith(r, "scene_001.png", "is a folder");
         Assert.Contains("images 1/2", r.Error);
         // What it wrote is gone, what it replaced is back, what was there stays.
-        Assert.Equal(["scene_000.npy", "scene_001.png"], Directory.GetFileSystemEntries(pred).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["scene_000.npy", "scene_001.png"],
+            Directory.GetFileSystemEntries(pred).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         Assert.Equal("from an earlier run", File.ReadAllText(Path.Combine(pred, "scene_000.npy")));
         Assert.Empty(Directory.GetFiles(pred, "*.tmp", SearchOption.AllDirectories));
 
@@ -214,11 +218,14 @@ public sealed class BadInputRegressionTests : IDisposable
     [Fact]
     public void EnsembleMustMatchTheConfig()
     {
-        CliRunner.AssertOneLineError(CliRunner.Run("evaluate", "--config", Experiment(overrides: """{"model_num": 5}"""), "--device", "cpu"),
+        CliRunner.AssertOneLineError(
+            CliRunner.Run("evaluate", "--config", Experiment(overrides: """{"model_num": 5}"""), "--device", "cpu"),
             "ensemble.safetensors", "holds 2 trained members", "model_num", "is 5");
-        CliRunner.AssertOneLineError(CliRunner.Run("evaluate", "--config", Experiment(edit: e => e.Metadata["steps"] = "50,250"), "--device", "cpu"),
+        CliRunner.AssertOneLineError(
+            CliRunner.Run("evaluate", "--config", Experiment(edit: e => e.Metadata["steps"] = "50,250"), "--device", "cpu"),
             "ensemble.safetensors", "trained with steps 50,250", "50,150");
-        CliRunner.AssertOneLineError(CliRunner.Run("evaluate", "--config", Experiment(edit: e => e.Metadata["blocks"] = "2,5,8"), "--device", "cpu"),
+        CliRunner.AssertOneLineError(
+            CliRunner.Run("evaluate", "--config", Experiment(edit: e => e.Metadata["blocks"] = "2,5,8"), "--device", "cpu"),
             "ensemble.safetensors", "blocks 2,5,8");
         CliRunner.AssertOneLineError(CliRunner.Run("evaluate", "--config", Experiment(edit: e => e.Parameters.CopyFrom(
                 Enumerable.Repeat(float.NaN, (int)e.Parameters.Length).ToArray())), "--device", "cpu"),
@@ -265,7 +272,8 @@ public sealed class BadInputRegressionTests : IDisposable
         foreach (var (overrides, phrase) in new[]
                  {
                      ("""{"model_num": 100000}""", "'model_num' is 100000"), ("""{"dim": [100000, 100000, 320]}""", "'dim'"),
-                     ("""{"steps": [-1]}""", "'steps'"), ("""{"dim": [64, 64, 320]}""", "trained at image_size 32"), ("""{"steps": [1000]}""", "step 1000"), ("""{"batch_size": 1}""", "'batch_size'"),
+                     ("""{"steps": [-1]}""", "'steps'"), ("""{"dim": [64, 64, 320]}""", "trained at image_size 32"),
+                     ("""{"steps": [1000]}""", "step 1000"), ("""{"batch_size": 1}""", "'batch_size'"),
                  })
         {
             string cfg = Experiment("bounded.json", overrides);

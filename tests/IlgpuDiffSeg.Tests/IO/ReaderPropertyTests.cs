@@ -27,9 +27,13 @@ public sealed class ReaderPropertyTests : IDisposable
     static int Seconds => int.TryParse(Environment.GetEnvironmentVariable("DIFFSEG_FUZZ_SECONDS"), out int s) && s > 0 ? s : 1;
 
     static readonly long[] Interesting =
-        [0, 1, 2, 3, 7, 8, 255, 256, 65535, 65536, int.MaxValue, 1L << 31, uint.MaxValue, 1L << 32, 1L << 40, 1L << 62, long.MaxValue, -1, -2, int.MinValue];
+        [
+            0, 1, 2, 3, 7, 8, 255, 256, 65535, 65536, int.MaxValue, 1L << 31, uint.MaxValue, 1L << 32, 1L << 40, 1L << 62, long.MaxValue,
+            -1, -2, int.MinValue,
+        ];
 
-    static readonly string[] Tokens = ["-1", "0", "99999999999", "2147483648", "1e400", "NaN", "null", "[", "]", "{", "}", "\"", ",", "(", ")", "'", "\0"];
+    static readonly string[] Tokens =
+        ["-1", "0", "99999999999", "2147483648", "1e400", "NaN", "null", "[", "]", "{", "}", "\"", ",", "(", ")", "'", "\0"];
 
     /// <summary>One byte-level edit: (kind, position as a fraction of the length, value).</summary>
     static readonly Gen<(int Kind, uint Where, int Value)> Edit = Gen.Select(Gen.Int[0, 8], Gen.UInt, Gen.Int[0, 1 << 20]);
@@ -48,7 +52,8 @@ public sealed class ReaderPropertyTests : IDisposable
                 case 2 when at + 4 <= b.Count:
                 {
                     var w = new byte[4];
-                    if (value % 2 == 0) BinaryPrimitives.WriteInt32LittleEndian(w, (int)v); else BinaryPrimitives.WriteInt32BigEndian(w, (int)v);
+                    if (value % 2 == 0) BinaryPrimitives.WriteInt32LittleEndian(w, (int)v);
+                    else BinaryPrimitives.WriteInt32BigEndian(w, (int)v);
                     for (int i = 0; i < 4; i++) b[at + i] = w[i];
                     break;
                 }
@@ -107,12 +112,17 @@ public sealed class ReaderPropertyTests : IDisposable
             long count = shape.All(d => d is >= 0 and < 64) ? shape.Aggregate(1L, (a, d) => a * d) : 16;
             int elem = descr.Length == 3 && char.IsAsciiDigit(descr[2]) ? descr[2] - '0' : 4;
             var data = new byte[Math.Max(0, count * elem + dataDelta)];
-            string dict = $"{{'descr': '{descr}', 'fortran_order': {(fortran ? "True" : "False")}, 'shape': ({string.Join(", ", shape)}{(shape.Length == 1 ? "," : "")}), }}";
+            string dict = $"{{'descr': '{descr}', 'fortran_order': {(fortran ? "True" : "False")}, " +
+                          $"'shape': ({string.Join(", ", shape)}{(shape.Length == 1 ? "," : "")}), }}";
             int pre = version == 1 ? 10 : 12;
             string header = dict + new string(' ', (64 - (pre + dict.Length + 1) % 64) % 64) + "\n";
-            var bytes = new List<byte>(Encoding.ASCII.GetBytes("\u0093NUMPY").Select((c, i) => i == 0 ? (byte)0x93 : c)) { (byte)version, 0 };
+            var bytes = new List<byte>(Encoding.ASCII.GetBytes("\u0093NUMPY").Select((c, i) => i == 0 ? (byte)0x93 : c))
+            {
+                (byte)version, 0,
+            };
             long length = header.Length + headerDelta;
-            if (version == 1) bytes.AddRange(BitConverter.GetBytes((ushort)length)); else bytes.AddRange(BitConverter.GetBytes((uint)length));
+            if (version == 1) bytes.AddRange(BitConverter.GetBytes((ushort)length));
+            else bytes.AddRange(BitConverter.GetBytes((uint)length));
             bytes.AddRange(Encoding.Latin1.GetBytes(header));
             bytes.AddRange(data);
             try
@@ -133,8 +143,10 @@ public sealed class ReaderPropertyTests : IDisposable
     public void SafetensorsHeadersMustTileTheData()
     {
         var entry = Gen.Select(Gen.OneOf("a", "b", "c", "a"), Gen.OneOf("F32", "F16", "I64", "U8", "Q7"),
-            Gen.Int[0, Interesting.Length - 1].Array[0, 3], Gen.Int[0, Interesting.Length - 1], Gen.Int[0, Interesting.Length - 1], Gen.Bool);
-        Gen.Select(entry.Array[0, 4], Gen.OneOf(0, 0, 8, 40, 4096), Gen.OneOf("none", "object", "list", "number-value")).Sample((entries, dataLength, meta) =>
+            Gen.Int[0, Interesting.Length - 1].Array[0, 3], Gen.Int[0, Interesting.Length - 1], Gen.Int[0, Interesting.Length - 1],
+            Gen.Bool);
+        var headers = Gen.Select(entry.Array[0, 4], Gen.OneOf(0, 0, 8, 40, 4096), Gen.OneOf("none", "object", "list", "number-value"));
+        headers.Sample((entries, dataLength, meta) =>
         {
             var header = new JsonObject();
             if (meta != "none")
@@ -154,7 +166,8 @@ public sealed class ReaderPropertyTests : IDisposable
                 header[name] = new JsonObject
                 {
                     ["dtype"] = dtype,
-                    ["shape"] = new JsonArray(dims.Select(d => (JsonNode)(small ? Math.Abs(Interesting[d]) % 9 : Interesting[d])).ToArray()),
+                    ["shape"] = new JsonArray(
+                        dims.Select(d => (JsonNode)(small ? Math.Abs(Interesting[d]) % 9 : Interesting[d])).ToArray()),
                     ["data_offsets"] = new JsonArray(b, e),
                 };
             }
@@ -210,11 +223,19 @@ public sealed class ReaderPropertyTests : IDisposable
     [Fact]
     public void JsonFilesWithHostileValuesAreAcceptedOrRefusedCleanly()
     {
-        string[] values = ["-1", "0", "1", "2", "32", "99999999999", "2147483648", "1e300", "1.5", "\"\"", "\"x\"", "\"1,2,x\"", "\"-8\"",
-            "[]", "[1]", "[-1]", "[99999999999]", "[32, 32, 320]", "[0, 0, 0]", "{}", "null", "true", "\"True\"", "\"/proc/self\"", "\"cubic\""];
+        string[] values =
+        [
+            "-1", "0", "1", "2", "32", "99999999999", "2147483648", "1e300", "1.5", "\"\"", "\"x\"", "\"1,2,x\"", "\"-8\"",
+            "[]", "[1]", "[-1]", "[99999999999]", "[32, 32, 320]", "[0, 0, 0]", "{}", "null", "true", "\"True\"", "\"/proc/self\"",
+            "\"cubic\"",
+        ];
         var flagKeys = AdmFlags.Names.ToArray();
-        string[] configKeys = ["exp_dir", "model_path", "training_path", "testing_path", "dim", "steps", "blocks", "number_class", "ignore_label",
-            "model_num", "batch_size", "max_epochs", "training_number", "seed", "share_noise", "noise_path", "feature_path", "upsample_mode"];
+        string[] configKeys =
+        [
+            "exp_dir", "model_path", "training_path", "testing_path", "dim", "steps", "blocks", "number_class", "ignore_label",
+            "model_num", "batch_size", "max_epochs", "training_number", "seed", "share_noise", "noise_path", "feature_path",
+            "upsample_mode",
+        ];
         var pair = Gen.Select(Gen.Int[0, 63], Gen.Int[0, values.Length - 1]);
         pair.Array[0, 12].Sample(edits =>
         {

@@ -57,7 +57,8 @@ public sealed class StreamingAndRollbackTests : IDisposable
         Assert.Equal("before", File.ReadAllText(tmp.File("old.txt")));
         Assert.False(Directory.Exists(tmp.File("made")));
         Assert.True(File.Exists(tmp.File("state.bin")));
-        Assert.Equal(["old.txt", "state.bin"], Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["old.txt", "state.bin"],
+            Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         Assert.Null(OutputScope.Current);
 
         using (var scope = OutputScope.Begin())
@@ -66,7 +67,8 @@ public sealed class StreamingAndRollbackTests : IDisposable
             scope.Commit();
         }
         Assert.Equal([5], File.ReadAllBytes(tmp.File("old.txt")));
-        Assert.Equal(["old.txt", "state.bin"], Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["old.txt", "state.bin"],
+            Directory.GetFileSystemEntries(tmp.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -87,9 +89,14 @@ public sealed class StreamingAndRollbackTests : IDisposable
     [Trait("Category", "Large")]
     public async Task FeaturesPast2GiBAreWrittenAndReadBack()
     {
-        Assert.SkipUnless(Environment.GetEnvironmentVariable("DIFFSEG_LARGE_TESTS") == "1", "set DIFFSEG_LARGE_TESTS=1 to write a 2.2 GB .npy");
+        Assert.SkipUnless(Environment.GetEnvironmentVariable("DIFFSEG_LARGE_TESTS") == "1",
+            "set DIFFSEG_LARGE_TESTS=1 to write a 2.2 GB .npy");
         string fuzz = typeof(IlgpuDiffSeg.Fuzz.Target).Assembly.Location;
-        var start = new ProcessStartInfo("dotnet", [fuzz, "big-npy", tmp.Path]) { RedirectStandardOutput = true, RedirectStandardError = true };
+        var start = new ProcessStartInfo("dotnet", [fuzz, "big-npy", tmp.Path])
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
         start.Environment["DOTNET_GCHeapHardLimit"] = "0xC0000000";
         using var p = Process.Start(start)!;
         var ct = TestContext.Current.CancellationToken;
@@ -121,24 +128,28 @@ public sealed class StreamingAndRollbackTests : IDisposable
     [Trait("Category", "Large")]
     public async Task FeaturesCommandAtLsun256WritesItsNpy()
     {
-        Assert.SkipUnless(Environment.GetEnvironmentVariable("DIFFSEG_LARGE_TESTS") == "1", "set DIFFSEG_LARGE_TESTS=1 to run the LSUN-256 features");
+        Assert.SkipUnless(Environment.GetEnvironmentVariable("DIFFSEG_LARGE_TESTS") == "1",
+            "set DIFFSEG_LARGE_TESTS=1 to run the LSUN-256 features");
         string model = tmp.File("lsun256.safetensors");
         string fuzz = typeof(IlgpuDiffSeg.Fuzz.Target).Assembly.Location;
         var (code, output) = await RunGuarded(["dotnet", fuzz, "lsun256-model", model], TimeSpan.FromMinutes(15), 8L << 30);
         Assert.True(code == 0, output);
         var rng = new Random(0);
-        Npy.Write(tmp.File("image.npy"), Enumerable.Range(0, 3 * 256 * 256).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(), [3, 256, 256]);
+        Npy.Write(tmp.File("image.npy"), Enumerable.Range(0, 3 * 256 * 256).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray(),
+            [3, 256, 256]);
         string diffseg = typeof(IlgpuDiffSeg.Cli.Program).Assembly.Location;
         string features = tmp.File("features.npy");
-        (code, output) = await RunGuarded(["dotnet", diffseg, "features", "--model", model, "--image", tmp.File("image.npy"), "--steps", "50,150,250",
-            "--blocks", "5,6,7,8,12", "-o", features, "--device", "cpu"], TimeSpan.FromMinutes(60), 16L << 30);
+        (code, output) = await RunGuarded(["dotnet", diffseg, "features", "--model", model, "--image", tmp.File("image.npy"),
+            "--steps", "50,150,250", "--blocks", "5,6,7,8,12", "-o", features, "--device", "cpu"], TimeSpan.FromMinutes(60), 16L << 30);
         Assert.True(code == 0, output);
         var header = Npy.ReadHeader(features);
         Assert.Equal([8448, 256, 256], header.Shape);
         Assert.True(new FileInfo(features).Length > int.MaxValue);
     }
 
-    /// <summary>Runs a command, killing it past <paramref name="limit"/> or past <paramref name="maxResidentBytes"/> of resident memory.</summary>
+    /// <summary>
+    /// Runs a command, killing it past <paramref name="limit"/> or past <paramref name="maxResidentBytes"/> of resident memory.
+    /// </summary>
     static async Task<(int Code, string Output)> RunGuarded(string[] command, TimeSpan limit, long maxResidentBytes)
     {
         var start = new ProcessStartInfo(command[0], command[1..]) { RedirectStandardOutput = true, RedirectStandardError = true };
