@@ -34,7 +34,8 @@ public static class ExportCommand
         cmd.SetAction(r => Program.Run(() =>
         {
             string? flags = r.GetValue(flagsOut);
-            ModelWeights.Export(r.GetValue(input)!, r.GetValue(output)!, flags, Console.Error.WriteLine, r.GetValue(half), r.GetValue(source));
+            ModelWeights.Export(
+                r.GetValue(input)!, r.GetValue(output)!, flags, Console.Error.WriteLine, r.GetValue(half), r.GetValue(source));
             Console.WriteLine($"wrote {r.GetValue(output)}");
             if (flags is not null)
             {
