@@ -10,7 +10,7 @@ using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static unsafe class HostBackend
+public static unsafe partial class HostBackend
 {
     /// <summary>Runs a kernel's per-item body for items [0, <paramref name="items"/>) over the cores: the kernel's code, so its
     /// bits.</summary>
