@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using IlgpuDiffSeg.Kernels;
 
 namespace IlgpuDiffSeg.Benchmarks;
@@ -7,12 +8,31 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// <summary>
 /// The CPU backend's UNet ops at the demo ADM's largest shapes (32 channels at 64², batch 8 unless given): each op timed
 /// with a Stopwatch around the call and a Synchronize, best of <c>reps</c>, printed as ms (and GFLOP/s for the
-/// convolutions) — the per-op table of benchmarks/results/cpu-backend.md. Each op is first called for a second (at least
+/// convolutions), with the process's CPU time of its best run (all cores; on a loaded machine the less disturbed figure) — the per-op table of benchmarks/results/cpu-backend.md. Each op is first called for a second (at least
 /// twice, at most 40 times): the JIT compiles a method's loops fully only after some 30 calls, as a training step or a
 /// forward pass calls them.
 /// </summary>
-public static class HostOpsBenchmark
+public static partial class HostOpsBenchmark
 {
+    [StructLayout(LayoutKind.Sequential)]
+    struct Timespec
+    {
+        public long Seconds, Nanoseconds;
+    }
+
+    [LibraryImport("libc", EntryPoint = "clock_gettime")]
+    private static partial int ClockGetTime(int clock, out Timespec time);
+
+    /// <summary>The CPU time of every thread of this process (CLOCK_PROCESS_CPUTIME_ID, ns resolution); NaN off Linux.</summary>
+    static double ProcessCpuMilliseconds()
+    {
+        if (!OperatingSystem.IsLinux() || ClockGetTime(2, out var t) != 0)
+        {
+            return double.NaN;
+        }
+        return t.Seconds * 1e3 + t.Nanoseconds / 1e6;
+    }
+
     public static int Run(int batch, int reps)
     {
         using var dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
@@ -61,16 +81,18 @@ public static class HostOpsBenchmark
                 op();
                 dev.Synchronize();
             }
-            double best = double.MaxValue;
+            double best = double.MaxValue, bestCpu = double.MaxValue;
             for (int i = 0; i < n; i++)
             {
+                double cpu = ProcessCpuMilliseconds();
                 var clock = Stopwatch.StartNew();
                 op();
                 dev.Synchronize();
                 best = Math.Min(best, clock.Elapsed.TotalMilliseconds);
+                bestCpu = Math.Min(bestCpu, ProcessCpuMilliseconds() - cpu);
             }
             string rate = flop > 0 ? string.Create(CultureInfo.InvariantCulture, $"  {flop / best / 1e6,6:F1} GFLOP/s") : "";
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what,-52} {best,8:F2} ms{rate}"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{what,-52} {best,8:F2} ms (CPU {bestCpu,8:F2} ms){rate}"));
         }
     }
 }
