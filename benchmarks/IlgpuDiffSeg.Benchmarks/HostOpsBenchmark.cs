@@ -33,7 +33,7 @@ public static partial class HostOpsBenchmark
         return t.Seconds * 1e3 + t.Nanoseconds / 1e6;
     }
 
-    public static int Run(int batch, int reps)
+    public static int Run(int batch, int reps, string? only = null)
     {
         using var dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
         const int c = 32, h = 64, w = 64;
@@ -75,6 +75,10 @@ public static partial class HostOpsBenchmark
 
         void Time(string what, int n, double flop, Action op)
         {
+            if (only is not null && !what.Contains(only, StringComparison.Ordinal))
+            {
+                return;
+            }
             var warm = Stopwatch.StartNew();
             for (int i = 0; i < 40 && (i < 2 || warm.Elapsed.TotalSeconds < 1); i++)
             {

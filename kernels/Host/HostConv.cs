@@ -17,6 +17,7 @@
 // FLOPs 2·N·Cout·Ho·Wo·Cin·k²; per 16-float vector of a packed panel, MR FMAs per MR rows of weights (Cout of them), so
 // packing (2 memory operations per vector) costs ~5% of the FMAs at Cout = 32.
 using System.Numerics;
+using System.Runtime.Intrinsics;
 
 namespace IlgpuDiffSeg.Kernels;
 
@@ -65,12 +66,16 @@ static unsafe partial class HostConv
         int mSplits = (int)Math.Clamp((4L * HostMath.Cores + spatialTasks - 1) / spatialTasks, 1, mPanels);
         int panelsPerSplit = (mPanels + mSplits - 1) / mSplits;
         mSplits = (mPanels + panelsPerSplit - 1) / panelsPerSplit;
-        var job = new ForwardJob
+        var taps = new Source(s, 0, rowsPerTask).TapOffsets();
+        fixed (int* tapOffsets = taps)
         {
-            S = s, X = x, W = w, Bias = bias, Residual = residual, Y = y, Norm = norm, RoundToHalf = roundToHalf,
-            RowsPerTask = rowsPerTask, RowBlocks = rowBlocks, MSplits = mSplits, PanelsPerSplit = panelsPerSplit,
-        };
-        HostMath.ForEach((int)(spatialTasks * mSplits), 1, t => ForwardTask(job, t));
+            var job = new ForwardJob
+            {
+                S = s, X = x, W = w, Bias = bias, Residual = residual, Y = y, Norm = norm, RoundToHalf = roundToHalf,
+                RowsPerTask = rowsPerTask, RowBlocks = rowBlocks, MSplits = mSplits, PanelsPerSplit = panelsPerSplit, Taps = tapOffsets,
+            };
+            HostMath.ForEach((int)(spatialTasks * mSplits), 1, t => ForwardTask(job, t));
+        }
     }
 
     struct ForwardJob
@@ -80,6 +85,7 @@ static unsafe partial class HostConv
         public HostNorm Norm;
         public bool RoundToHalf;
         public int RowsPerTask, RowBlocks, MSplits, PanelsPerSplit;
+        public int* Taps;
     }
 
     static void ForwardTask(ForwardJob j, int t)
@@ -94,7 +100,7 @@ static unsafe partial class HostConv
         float* c = j.Y + (long)n * s.Cout * pixels + p0;
         float* residual = j.Residual == null ? null : j.Residual + (long)n * s.Cout * pixels + p0;
         InitializeOutput(c, residual, j.Bias, m0, m1, count, pixels);
-        var src = new Source(s, oy0, oy1);
+        var src = new Source(s, oy0, j.RowsPerTask);
         fixed (float* scratch = Scratch(ref sourceScratch, src.Length))
         fixed (float* packed = Scratch(ref panelScratch, (long)Math.Min(k, MaxKc) * panels * nr))
         {
@@ -106,7 +112,7 @@ static unsafe partial class HostConv
                 int kc = Math.Min(kc0, k - k0);
                 for (int pi = 0; pi < panels; pi++)
                 {
-                    src.Pack(scratch, k0, kc, p0 + pi * nr, Math.Min(nr, count - pi * nr), packed + (long)pi * kc * nr);
+                    src.Pack(scratch, j.Taps + k0, kc, p0 + pi * nr, Math.Min(nr, count - pi * nr), packed + (long)pi * kc * nr);
                 }
                 for (int m = m0; m < m1; m += mr)
                 {
@@ -192,20 +198,21 @@ static unsafe partial class HostConv
     }
 
     /// <summary>
-    /// The input rows a block of output rows [oy0, oy1) reads, as written to a task's scratch: channel-major planes of
-    /// <see cref="Rows"/> rows of W + 2·pad, zero where the convolution pads.
+    /// The input rows a block of output rows (rowsPerTask of them from oy0, fewer in the image's last block; the planes
+    /// keep their size) reads, as written to a task's scratch: channel-major planes of <see cref="Rows"/> rows
+    /// of W + 2·pad, zero where the convolution pads or past the image.
     /// </summary>
     readonly struct Source
     {
         readonly ConvShape s;
         readonly int oy0, iy0;
 
-        public Source(ConvShape shape, int firstRow, int endRow)
+        public Source(ConvShape shape, int firstRow, int rowsPerTask)
         {
             s = shape;
             oy0 = firstRow;
             iy0 = firstRow * s.Stride - s.Pad;
-            Rows = (endRow - 1 - firstRow) * s.Stride + s.K;
+            Rows = (rowsPerTask - 1) * s.Stride + s.K;
             RowLength = s.W + 2 * s.Pad;
         }
 
@@ -251,39 +258,73 @@ static unsafe partial class HostConv
             }
         }
 
-        /// <summary>
-        /// One packed panel: rows k0 .. k0 + kc of im2col (k = (ci, ky, kx)) at output pixels p .. p + cols, NR floats a row,
-        /// zero past cols.
-        /// </summary>
-        public void Pack(float* scratch, int k0, int kc, int p, int cols, float* panel)
+        /// <summary>Where tap k = (ci, ky, kx) of im2col starts in the scratch, relative to its output pixel's first value:
+        /// ci·plane + ky·row + kx. Every task's scratch has the same row length, and planes of the first task's size.</summary>
+        public int[] TapOffsets()
         {
-            int nr = HostMicroKernels.NR, kk = s.K * s.K;
-            for (int kr = 0; kr < kc; kr++)
+            var offsets = GC.AllocateUninitializedArray<int>(s.Cin * s.K * s.K, pinned: true);
+            for (int k = 0; k < offsets.Length; k++)
             {
-                int kIndex = k0 + kr, ci = kIndex / kk, ky = kIndex % kk / s.K, kx = kIndex % s.K;
-                float* dst = panel + (long)kr * nr;
-                float* plane = scratch + ci * Plane;
-                for (int j = 0; j < cols;)
+                int ci = k / (s.K * s.K), ky = k / s.K % s.K, kx = k % s.K;
+                offsets[k] = checked((int)(ci * Plane + ky * RowLength + kx));
+            }
+            return offsets;
+        }
+
+        /// <summary>
+        /// One packed panel: rows k0 .. k0 + kc of im2col (<paramref name="taps"/> = TapOffsets() + k0) at output pixels
+        /// p .. p + cols, NR floats a row, zero past cols. A full panel within one output row at stride 1 — the common case —
+        /// is one vector copy per row.
+        /// </summary>
+        public void Pack(float* scratch, int* taps, int kc, int p, int cols, float* panel)
+        {
+            int nr = HostMicroKernels.NR;
+            int oy = p / s.Wo, ox = p % s.Wo;
+            if (s.Stride == 1 && cols == nr && ox + nr <= s.Wo)
+            {
+                float* from = scratch + (long)(oy - oy0) * RowLength + ox;
+                if (nr == 32)
                 {
-                    int oy = (p + j) / s.Wo, ox = (p + j) % s.Wo, run = Math.Min(cols - j, s.Wo - ox);
-                    float* from = plane + (long)((oy - oy0) * s.Stride + ky) * RowLength + ox * s.Stride + kx;
+                    for (int kr = 0; kr < kc; kr++, panel += 32)
+                    {
+                        float* src = from + taps[kr];
+                        Vector512.Store(Vector512.Load(src), panel);
+                        Vector512.Store(Vector512.Load(src + 16), panel + 16);
+                    }
+                    return;
+                }
+                for (int kr = 0; kr < kc; kr++, panel += nr)
+                {
+                    Copy(from + taps[kr], panel, nr);
+                }
+                return;
+            }
+            for (int j = 0; j < cols;)
+            {
+                oy = (p + j) / s.Wo;
+                ox = (p + j) % s.Wo;
+                int run = Math.Min(cols - j, s.Wo - ox);
+                float* from = scratch + (long)(oy - oy0) * s.Stride * RowLength + ox * s.Stride;
+                for (int kr = 0; kr < kc; kr++)
+                {
+                    float* src = from + taps[kr], dst = panel + (long)kr * nr + j;
                     if (s.Stride == 1)
                     {
-                        Copy(from, dst + j, run);
+                        Copy(src, dst, run);
                     }
                     else
                     {
                         for (int q = 0; q < run; q++)
                         {
-                            dst[j + q] = from[q * s.Stride];
+                            dst[q] = src[q * s.Stride];
                         }
                     }
-                    j += run;
                 }
-                for (int j = cols; j < nr; j++)
-                {
-                    dst[j] = 0f;
-                }
+                j += run;
+            }
+            for (int kr = 0; kr < kc && cols < nr; kr++)
+            {
+                new Span<float>(panel + (long)kr * nr + cols, nr - cols).Clear();
             }
         }
     }
