@@ -6,7 +6,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// <summary>
 /// Benchmarks (never tests). Usage:
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
-///   forward [batch] [reps]                                                  one LSUN-256 UNet forward pass, timed
+///   forward [batch] [reps] [lsun256|demo]                                   one LSUN-256 (or demo) UNet forward pass, timed
 ///   precision [--out FILE.md]                                               LSUN-256 features, fp16 operands against fp32
 ///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
 ///   weights [auto|cpu|cuda] [--out FILE.md]                                 device memory of the LSUN-256 weights, fp32 and fp16
@@ -52,7 +52,7 @@ public static class Program
                 return ExportFeatures.Run(args[1], args[2]);
             case "forward":
                 return ForwardBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "1", CultureInfo.InvariantCulture),
-                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture));
+                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "lsun256");
             case "precision":
             {
                 int outAt = Array.IndexOf(args, "--out");
