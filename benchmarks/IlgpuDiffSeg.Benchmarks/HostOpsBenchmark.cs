@@ -6,7 +6,8 @@ using IlgpuDiffSeg.Kernels;
 namespace IlgpuDiffSeg.Benchmarks;
 
 /// <summary>
-/// The CPU backend's UNet ops at the demo ADM's largest shapes (32 channels at 64², batch 8 unless given): each op timed
+/// The CPU backend's UNet ops at the demo ADM's largest shapes (32 channels at 64², batch 8 unless given; any channel count
+/// and size): each op timed
 /// with a Stopwatch around the call and a Synchronize, best of <c>reps</c>, printed as ms (and GFLOP/s for the
 /// convolutions), with the process's CPU time of its best run (all cores; on a loaded machine the less disturbed figure) — the per-op table of benchmarks/results/cpu-backend.md. Each op is first called for a second (at least
 /// twice, at most 40 times): the JIT compiles a method's loops fully only after some 30 calls, as a training step or a
@@ -33,10 +34,10 @@ public static partial class HostOpsBenchmark
         return t.Seconds * 1e3 + t.Nanoseconds / 1e6;
     }
 
-    public static int Run(int batch, int reps, string? only = null)
+    public static int Run(int batch, int reps, string? only = null, int c = 32, int size = 64)
     {
         using var dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
-        const int c = 32, h = 64, w = 64;
+        int h = size, w = size;
         var rng = new Random(1);
         float[] R(long n) => Enumerable.Range(0, (int)n).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
         using var x = dev.Upload(R((long)batch * c * h * w), batch, c, h, w);

@@ -14,7 +14,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 ///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
 ///   train-step [batch] [reps] [fp32|fp16] [demo|lsun256]                    one training step of the demo or LSUN-256 ADM, timed
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
-///   host-ops [batch] [reps] [name part]                                     the CPU backend's UNet ops at the demo's shapes, timed
+///   host-ops [batch] [reps] [name part|all] [channels] [size]               the CPU backend's UNet ops at the demo's shapes, timed
 /// </summary>
 public static class Program
 {
@@ -66,7 +66,9 @@ public static class Program
                     args.ElementAtOrDefault(4) ?? "demo");
             case "host-ops":
                 return HostOpsBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "8", CultureInfo.InvariantCulture),
-                    int.Parse(args.ElementAtOrDefault(2) ?? "5", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3));
+                    int.Parse(args.ElementAtOrDefault(2) ?? "5", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) is "all" or null ? null
+                        : args[3], int.Parse(args.ElementAtOrDefault(4) ?? "32", CultureInfo.InvariantCulture),
+                    int.Parse(args.ElementAtOrDefault(5) ?? "64", CultureInfo.InvariantCulture));
             case "host":
                 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
                 return 0;

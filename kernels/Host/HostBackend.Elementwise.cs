@@ -1,5 +1,5 @@
 // HostBackend, element-wise — the CPU backend's side of the UNet's memory-bound ops (Add, Silu, Dropout, UpsampleNearest2x,
-// AvgPool2x2, ConcatChannels): SIMD lanes (Vector<T>) over contiguous chunks, a few per core (HostMath.For). The ILGPU
+// AvgPool2x2, ConcatChannels) and the EMA of the weights: SIMD lanes (Vector<T>) over contiguous chunks, a few per core (HostMath.For). The ILGPU
 // kernels they replace are grid-stride loops whose 64 launch indices each walk the whole tensor with a stride of 64, so
 // run as host code every core touched every cache line; here each chunk streams its own range once.
 // Results equal the kernels' to the bit except the channel-bias sums (fp32 lanes, then double, as the reference) and
@@ -290,6 +290,30 @@ public static unsafe partial class HostBackend
             else
             {
                 Buffer.MemoryCopy(whole, part, bytes, bytes);
+            }
+        });
+    }
+
+    /// <summary>
+    /// ema ← fma(p, alpha, ema·rate) (Ema's update): the same two roundings as the kernel's RoundedMath, so the same bits.
+    /// </summary>
+    public static void Ema(ComputeDevice dev, ArrayView<float> ema, ArrayView<float> p, float rate, float alpha)
+    {
+        dev.Synchronize();
+        nint pe = (nint)Pointer(ema), pp = (nint)Pointer(p);
+        HostMath.For(ema.Length, ElementGrain, (start, end) =>
+        {
+            float* e = (float*)pe, x = (float*)pp;
+            var r = new Vector<float>(rate);
+            var a = new Vector<float>(alpha);
+            long i = start;
+            for (; i + Lanes <= end; i += Lanes)
+            {
+                Vector.Store(Vector.FusedMultiplyAdd(Vector.Load(x + i), a, Vector.Load(e + i) * r), e + i);
+            }
+            for (; i < end; i++)
+            {
+                e[i] = MathF.FusedMultiplyAdd(x[i], alpha, e[i] * rate);
             }
         });
     }
