@@ -7,11 +7,11 @@ namespace IlgpuDiffSeg.Benchmarks;
 
 /// <summary>
 /// The CPU backend's UNet ops at the demo ADM's largest shapes (32 channels at 64², batch 8 unless given; any channel count
-/// and size): each op timed
-/// with a Stopwatch around the call and a Synchronize, best of <c>reps</c>, printed as ms (and GFLOP/s for the
-/// convolutions), with the process's CPU time of its best run (all cores; on a loaded machine the less disturbed figure) — the per-op table of benchmarks/results/cpu-backend.md. Each op is first called for a second (at least
-/// twice, at most 40 times): the JIT compiles a method's loops fully only after some 30 calls, as a training step or a
-/// forward pass calls them.
+/// and size): each op timed with a Stopwatch around the call and a Synchronize, best of <c>reps</c>, printed as ms (and
+/// GFLOP/s for the convolutions) with the process's CPU time of its best run (all cores; on a loaded machine the less
+/// disturbed figure) — the per-op table of benchmarks/results/cpu-backend.md. Each op is first called for a second (at
+/// least twice, at most 40 times): the JIT compiles a method's loops fully only after some 30 calls, as a training step or
+/// a forward pass calls them.
 /// </summary>
 public static partial class HostOpsBenchmark
 {

@@ -65,10 +65,13 @@ public static class Program
                     int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "fp32",
                     args.ElementAtOrDefault(4) ?? "demo");
             case "host-ops":
+            {
+                string? only = args.ElementAtOrDefault(3) is "all" or null ? null : args[3];
                 return HostOpsBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "8", CultureInfo.InvariantCulture),
-                    int.Parse(args.ElementAtOrDefault(2) ?? "5", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) is "all" or null ? null
-                        : args[3], int.Parse(args.ElementAtOrDefault(4) ?? "32", CultureInfo.InvariantCulture),
+                    int.Parse(args.ElementAtOrDefault(2) ?? "5", CultureInfo.InvariantCulture), only,
+                    int.Parse(args.ElementAtOrDefault(4) ?? "32", CultureInfo.InvariantCulture),
                     int.Parse(args.ElementAtOrDefault(5) ?? "64", CultureInfo.InvariantCulture));
+            }
             case "host":
                 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args[1..]);
                 return 0;

@@ -1,7 +1,7 @@
 // HostBackend, element-wise — the CPU backend's side of the UNet's memory-bound ops (Add, Silu, Dropout, UpsampleNearest2x,
-// AvgPool2x2, ConcatChannels) and the EMA of the weights: SIMD lanes (Vector<T>) over contiguous chunks, a few per core (HostMath.For). The ILGPU
-// kernels they replace are grid-stride loops whose 64 launch indices each walk the whole tensor with a stride of 64, so
-// run as host code every core touched every cache line; here each chunk streams its own range once.
+// AvgPool2x2, ConcatChannels) and the EMA of the weights: SIMD lanes (Vector<T>) over contiguous chunks, a few per core
+// (HostMath.For). The ILGPU kernels they replace are grid-stride loops whose 64 launch indices each walk the whole tensor
+// with a stride of 64, so run as host code every core touched every cache line; here each chunk streams its range once.
 // Results equal the kernels' to the bit except the channel-bias sums (fp32 lanes, then double, as the reference) and
 // SiLU and its derivative, whose exp is HostMath.Exp (≤ 7.8e-8 relative against double, the kernels' MathF.Exp ≤ 6e-8):
 // within every element-wise test's tolerance.

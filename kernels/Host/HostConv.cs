@@ -66,13 +66,15 @@ static unsafe partial class HostConv
         int mSplits = (int)Math.Clamp((4L * HostMath.Cores + spatialTasks - 1) / spatialTasks, 1, mPanels);
         int panelsPerSplit = (mPanels + mSplits - 1) / mSplits;
         mSplits = (mPanels + panelsPerSplit - 1) / panelsPerSplit;
-        var taps = new Source(s, 0, rowsPerTask).TapOffsets();
+        bool direct = s.K == 1 && s.Stride == 1 && !norm.Applies && !roundToHalf;
+        var taps = new Source(s, 0, rowsPerTask, direct).TapOffsets();
         fixed (int* tapOffsets = taps)
         {
             var job = new ForwardJob
             {
                 S = s, X = x, W = w, Bias = bias, Residual = residual, Y = y, Norm = norm, RoundToHalf = roundToHalf,
                 RowsPerTask = rowsPerTask, RowBlocks = rowBlocks, MSplits = mSplits, PanelsPerSplit = panelsPerSplit, Taps = tapOffsets,
+                Direct = direct,
             };
             HostMath.ForEach((int)(spatialTasks * mSplits), 1, t => ForwardTask(job, t));
         }
@@ -83,7 +85,7 @@ static unsafe partial class HostConv
         public ConvShape S;
         public float* X, W, Bias, Residual, Y;
         public HostNorm Norm;
-        public bool RoundToHalf;
+        public bool RoundToHalf, Direct;
         public int RowsPerTask, RowBlocks, MSplits, PanelsPerSplit;
         public int* Taps;
     }
@@ -100,12 +102,18 @@ static unsafe partial class HostConv
         float* c = j.Y + (long)n * s.Cout * pixels + p0;
         float* residual = j.Residual == null ? null : j.Residual + (long)n * s.Cout * pixels + p0;
         InitializeOutput(c, residual, j.Bias, m0, m1, count, pixels);
-        var src = new Source(s, oy0, j.RowsPerTask);
-        fixed (float* scratch = Scratch(ref sourceScratch, src.Length))
+        var src = new Source(s, oy0, j.RowsPerTask, j.Direct);
+        float* image = j.X + (long)n * s.Cin * s.H * s.W;
+        fixed (float* buffer = Scratch(ref sourceScratch, j.Direct ? 0 : src.Length))
         fixed (float* packed = Scratch(ref panelScratch, (long)Math.Min(k, MaxKc) * panels * nr))
         {
-            src.Fill(scratch, j.X + (long)n * s.Cin * s.H * s.W, j.Norm.Applies ? j.Norm.Coefficients + 4L * n * s.Cin : null,
-                j.Norm.Silu, j.RoundToHalf);
+            // A plain 1×1 convolution packs straight from x: its rows need no padding, and a copy would cost more than its
+            // 2·Cout flops per value.
+            float* scratch = j.Direct ? image + (long)oy0 * s.W : buffer;
+            if (!j.Direct)
+            {
+                src.Fill(scratch, image, j.Norm.Applies ? j.Norm.Coefficients + 4L * n * s.Cin : null, j.Norm.Silu, j.RoundToHalf);
+            }
             int kBlocks = (k + MaxKc - 1) / MaxKc, kc0 = (k + kBlocks - 1) / kBlocks;
             for (int k0 = 0; k0 < k; k0 += kc0)
             {
@@ -207,18 +215,21 @@ static unsafe partial class HostConv
         readonly ConvShape s;
         readonly int oy0, iy0;
 
-        public Source(ConvShape shape, int firstRow, int rowsPerTask)
+        /// <summary><paramref name="direct"/>: the rows are x's own (a 1×1 convolution at stride 1 without norm), planes
+        /// H·W apart.</summary>
+        public Source(ConvShape shape, int firstRow, int rowsPerTask, bool direct)
         {
             s = shape;
             oy0 = firstRow;
             iy0 = firstRow * s.Stride - s.Pad;
             Rows = (rowsPerTask - 1) * s.Stride + s.K;
             RowLength = s.W + 2 * s.Pad;
+            Plane = direct ? (long)s.H * s.W : (long)Rows * RowLength;
         }
 
         public int Rows { get; }
         public int RowLength { get; }
-        public long Plane => (long)Rows * RowLength;
+        public long Plane { get; }
         public long Length => s.Cin * Plane;
 
         /// <summary>Writes the rows of image <paramref name="x"/>: normalized (coefficients of its channels, or none), padded.</summary>
