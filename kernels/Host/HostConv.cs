@@ -3,12 +3,14 @@
 // NormalizedIm2ColOperand, so a normalized activation is never written to memory, in the forward and in the
 // backward's recomputation alike.
 //   Forward   y = W·im2col(act(norm(x))) + b (+ residual): a task per (image, block of output rows[, block of output
-//             channels when images × row blocks are too few to fill the cores]). The task writes the input rows it
-//             reads — normalized, zero-padded to W + 2·pad, fp16-rounded for the fp16 kernel — once into a per-thread
-//             scratch, packs im2col panels of NR output pixels from it (row segments: vector copies), and runs the
-//             micro-kernel (HostMicroKernels.Gemm) over MR output channels × NR pixels with the weights read in place
-//             (row stride Cin·k²: never packed). K is cut into blocks of ≤ 512 so a block of panels (≤ 512 KB) stays in
-//             L2 while every MR rows of weights pass over it. C starts as bias + residual and the products add to it.
+//             channels when images × row blocks are too few to fill the cores]). K runs in blocks of whole input
+//             channels (≤ 512 taps): for each, the task writes the input rows the block reads — normalized, zero-padded
+//             to W + 2·pad, fp16-rounded for the fp16 kernel — into a per-thread scratch, packs im2col panels of NR
+//             output pixels from it (a row segment per tap: vector copies), and runs the micro-kernel
+//             (HostMicroKernels.Gemm) over MR output channels × NR pixels with the weights read in place (row stride
+//             Cin·k²: never packed). Scratch and panels (≤ 512 KB) stay in L2 while every MR rows of weights pass over
+//             them (the LSUN model's 256-channel rows at 256², filled whole, were 792 KB: 6% of its forward in Fill).
+//             C starts as bias + residual and the products add to it.
 //   Backward input, stride 1: dx = conv(dy, W') with W'[ci, co, t] = W[co, ci, k² − 1 − t] (transposed, kernel
 //             flipped, built per call): the forward's engine, dx as the residual when accumulating. No col2im.
 //   Backward weights: HostConv.Weights.cs.
@@ -67,14 +69,14 @@ static unsafe partial class HostConv
         int panelsPerSplit = (mPanels + mSplits - 1) / mSplits;
         mSplits = (mPanels + panelsPerSplit - 1) / panelsPerSplit;
         bool direct = s.K == 1 && s.Stride == 1 && !norm.Applies && !roundToHalf;
-        var taps = new Source(s, 0, rowsPerTask, direct).TapOffsets();
+        var taps = new Source(s, 0, rowsPerTask, direct).TapOffsets(BlockChannels(s));
         fixed (int* tapOffsets = taps)
         {
             var job = new ForwardJob
             {
                 S = s, X = x, W = w, Bias = bias, Residual = residual, Y = y, Norm = norm, RoundToHalf = roundToHalf,
                 RowsPerTask = rowsPerTask, RowBlocks = rowBlocks, MSplits = mSplits, PanelsPerSplit = panelsPerSplit, Taps = tapOffsets,
-                Direct = direct,
+                Direct = direct, BlockChannels = BlockChannels(s),
             };
             HostMath.ForEach((int)(spatialTasks * mSplits), 1, t => ForwardTask(job, t));
         }
@@ -86,7 +88,7 @@ static unsafe partial class HostConv
         public float* X, W, Bias, Residual, Y;
         public HostNorm Norm;
         public bool RoundToHalf, Direct;
-        public int RowsPerTask, RowBlocks, MSplits, PanelsPerSplit;
+        public int RowsPerTask, RowBlocks, MSplits, PanelsPerSplit, BlockChannels;
         public int* Taps;
     }
 
@@ -104,23 +106,26 @@ static unsafe partial class HostConv
         InitializeOutput(c, residual, j.Bias, m0, m1, count, pixels);
         var src = new Source(s, oy0, j.RowsPerTask, j.Direct);
         float* image = j.X + (long)n * s.Cin * s.H * s.W;
-        fixed (float* buffer = Scratch(ref sourceScratch, j.Direct ? 0 : src.Length))
-        fixed (float* packed = Scratch(ref panelScratch, (long)Math.Min(k, MaxKc) * panels * nr))
+        float* coefficients = j.Norm.Applies ? j.Norm.Coefficients + 4L * n * s.Cin : null;
+        int kk = s.K * s.K, blockChannels = j.BlockChannels;
+        fixed (float* buffer = Scratch(ref sourceScratch, j.Direct ? 0 : blockChannels * src.Plane))
+        fixed (float* packed = Scratch(ref panelScratch, (long)blockChannels * kk * panels * nr))
         {
-            // A plain 1×1 convolution packs straight from x: its rows need no padding, and a copy would cost more than its
-            // 2·Cout flops per value.
-            float* scratch = j.Direct ? image + (long)oy0 * s.W : buffer;
-            if (!j.Direct)
+            // K runs in blocks of whole input channels: the scratch holds one block's rows (the L2 keeps them while the
+            // block's panels are packed), and the tap offsets are the same in every block.
+            for (int c0 = 0; c0 < s.Cin; c0 += blockChannels)
             {
-                src.Fill(scratch, image, j.Norm.Applies ? j.Norm.Coefficients + 4L * n * s.Cin : null, j.Norm.Silu, j.RoundToHalf);
-            }
-            int kBlocks = (k + MaxKc - 1) / MaxKc, kc0 = (k + kBlocks - 1) / kBlocks;
-            for (int k0 = 0; k0 < k; k0 += kc0)
-            {
-                int kc = Math.Min(kc0, k - k0);
+                int channels = Math.Min(blockChannels, s.Cin - c0), k0 = c0 * kk, kc = channels * kk;
+                // A plain 1×1 convolution packs straight from x: its rows need no padding, and a copy would cost more than
+                // its 2·Cout flops per value.
+                float* scratch = j.Direct ? image + c0 * src.Plane + (long)oy0 * s.W : buffer;
+                if (!j.Direct)
+                {
+                    src.Fill(scratch, image, c0, channels, coefficients, j.Norm.Silu, j.RoundToHalf);
+                }
                 for (int pi = 0; pi < panels; pi++)
                 {
-                    src.Pack(scratch, j.Taps + k0, kc, p0 + pi * nr, Math.Min(nr, count - pi * nr), packed + (long)pi * kc * nr);
+                    src.Pack(scratch, j.Taps, kc, p0 + pi * nr, Math.Min(nr, count - pi * nr), packed + (long)pi * kc * nr);
                 }
                 for (int m = m0; m < m1; m += mr)
                 {
@@ -141,6 +146,13 @@ static unsafe partial class HostConv
                 }
             }
         }
+    }
+
+    /// <summary>Input channels per K block: blocks of ≤ MaxKc taps, as even as whole channels allow.</summary>
+    static int BlockChannels(ConvShape s)
+    {
+        int kk = s.K * s.K, most = Math.Max(1, MaxKc / kk), blocks = (s.Cin + most - 1) / most;
+        return (s.Cin + blocks - 1) / blocks;
     }
 
     /// <summary>The micro-kernel on a partial tile: A's missing rows read as zeros, C's missing rows and columns dropped.</summary>
@@ -230,16 +242,16 @@ static unsafe partial class HostConv
         public int Rows { get; }
         public int RowLength { get; }
         public long Plane { get; }
-        public long Length => s.Cin * Plane;
 
-        /// <summary>Writes the rows of image <paramref name="x"/>: normalized (coefficients of its channels, or none), padded.</summary>
-        public void Fill(float* dst, float* x, float* coefficients, bool silu, bool roundToHalf)
+        /// <summary>Writes the rows of channels [c0, c0 + channels) of image <paramref name="x"/> to planes 0, 1, …:
+        /// normalized (coefficients of the image's channels, or none), padded.</summary>
+        public void Fill(float* dst, float* x, int c0, int channels, float* coefficients, bool silu, bool roundToHalf)
         {
-            for (int ci = 0; ci < s.Cin; ci++)
+            for (int ci = c0; ci < c0 + channels; ci++)
             {
                 for (int r = 0; r < Rows; r++)
                 {
-                    float* row = dst + ci * Plane + (long)r * RowLength;
+                    float* row = dst + (ci - c0) * Plane + (long)r * RowLength;
                     int iy = iy0 + r;
                     if (iy < 0 || iy >= s.H)
                     {
@@ -271,9 +283,9 @@ static unsafe partial class HostConv
 
         /// <summary>Where tap k = (ci, ky, kx) of im2col starts in the scratch, relative to its output pixel's first value:
         /// ci·plane + ky·row + kx. Every task's scratch has the same row length, and planes of the first task's size.</summary>
-        public int[] TapOffsets()
+        public int[] TapOffsets(int channels)
         {
-            var offsets = GC.AllocateUninitializedArray<int>(s.Cin * s.K * s.K, pinned: true);
+            var offsets = GC.AllocateUninitializedArray<int>(channels * s.K * s.K, pinned: true);
             for (int k = 0; k < offsets.Length; k++)
             {
                 int ci = k / (s.K * s.K), ky = k / s.K % s.K, kx = k % s.K;
@@ -283,7 +295,8 @@ static unsafe partial class HostConv
         }
 
         /// <summary>
-        /// One packed panel: rows k0 .. k0 + kc of im2col (<paramref name="taps"/> = TapOffsets() + k0) at output pixels
+        /// One packed panel: kc rows of im2col (the taps of a block of channels, <paramref name="taps"/> = TapOffsets()) at
+        /// output pixels
         /// p .. p + cols, NR floats a row, zero past cols. A full panel within one output row at stride 1 — the common case —
         /// is one vector copy per row.
         /// </summary>
