@@ -1,6 +1,7 @@
 """The peer of `$B train-step`: one training step of the demo ADM (64², 1.9M parameters) in the official
 guided-diffusion code on PyTorch — create_model_and_diffusion, training_losses with the uniform sampler, backward,
-AdamW, an EMA update — timed after a warm-up step on the same CPU threads.
+AdamW, an EMA update — timed after a warm-up step on the same CPU threads. With --forward, the peer of `$B forward`:
+one UNet forward pass (eval mode, no grad) of the chosen configuration at the batch size.
 
     git clone https://github.com/openai/guided-diffusion /tmp/guided-diffusion        (not part of this repository)
     /usr/bin/python3 benchmarks/train_step_peer.py --guided-diffusion /tmp/guided-diffusion [--batch 16] [--reps 3] [--threads 2]
@@ -9,6 +10,7 @@ Without --guided-diffusion it runs tests/generators/{adm_reference,diffusion_ref
 the same code (bit-identical on the official fixtures), and says so.
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("--config", choices=sorted(CONFIGS), default="demo")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fp16", action="store_true", help="autocast the model to fp16 (CUDA)")
+    ap.add_argument("--forward", action="store_true", help="time the UNet forward pass instead of a training step")
     a = ap.parse_args()
     FLAGS.clear()
     FLAGS.update(CONFIGS[a.config])
@@ -67,6 +70,8 @@ def main():
     torch.manual_seed(0)
     model, steps, loss_of, what = official(a.guided_diffusion) if a.guided_diffusion else reference()
     dev = torch.device(a.device)
+    if a.forward:
+        return forward(a, model.to(dev).eval(), dev, what)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ema = [p.detach().clone() for p in model.parameters()]
@@ -77,7 +82,8 @@ def main():
     def step():
         opt.zero_grad()
         t = torch.randint(0, steps, (a.batch,), device=dev)
-        with torch.autocast(a.device, dtype=torch.float16, enabled=a.fp16):
+        # torch 1.13 refuses fp16 autocast on the CPU even when disabled: enter it only when asked.
+        with torch.autocast(a.device, dtype=torch.float16) if a.fp16 else contextlib.nullcontext():
             loss = loss_of(x, t, torch.randn_like(x))
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -97,6 +103,20 @@ def main():
     peak = f", peak {torch.cuda.max_memory_allocated() / 1e9:.2f} GB" if dev.type == "cuda" else ""
     print(f"peer train step batch {a.batch}: {each:.3f} s per step (PyTorch {torch.__version__}, {a.config}, "
           f"{'fp16 autocast' if a.fp16 else 'fp32'}, {a.device}, {a.threads} threads{peak}, {what})")
+
+
+def forward(a, model, dev, what):
+    size = FLAGS["image_size"]
+    x = torch.randn(a.batch, 3, size, size, device=dev)
+    t = torch.full((a.batch,), 250, dtype=torch.long, device=dev)
+    with torch.no_grad():
+        model(x, t)
+        start = time.perf_counter()
+        for _ in range(a.reps):
+            model(x, t)
+    each = (time.perf_counter() - start) / a.reps
+    print(f"peer forward batch {a.batch}: {each:.3f} s per pass (PyTorch {torch.__version__}, {a.config}, fp32, {a.device}, "
+          f"{a.threads} threads, {what})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 /// <summary>
 /// Benchmarks (never tests). Usage:
 ///   memory [cpu-scaled|bedroom28] [images] [auto|cpu|cuda] [--out FILE]   feature-path memory and time, lean vs materialised
-///   forward [batch] [reps]                                                  one LSUN-256 UNet forward pass, timed
+///   forward [batch] [reps] [lsun256|demo]                                   one LSUN-256 (or demo) UNet forward pass, timed
 ///   precision [--out FILE.md]                                               LSUN-256 features, fp16 operands against fp32
 ///   gpu [--small] [--out FILE.md]                                          kernels and stages at LSUN-256 shapes (CUDA events)
 ///   weights [auto|cpu|cuda] [--out FILE.md]                                 device memory of the LSUN-256 weights, fp32 and fp16
@@ -14,6 +14,7 @@ namespace IlgpuDiffSeg.Benchmarks;
 ///   train-trace FEATURES_DIR CLASSES STEPS OUT_DIR                         one member's training, for original_mlp.py --replay
 ///   train-step [batch] [reps] [fp32|fp16] [demo|lsun256]                    one training step of the demo or LSUN-256 ADM, timed
 ///   host [BenchmarkDotNet args]                                             CPU backend kernels (BenchmarkDotNet)
+///   host-ops [batch] [reps] [name part|all] [channels] [size]               the CPU backend's UNet ops at the demo's shapes, timed
 /// </summary>
 public static class Program
 {
@@ -51,7 +52,7 @@ public static class Program
                 return ExportFeatures.Run(args[1], args[2]);
             case "forward":
                 return ForwardBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "1", CultureInfo.InvariantCulture),
-                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture));
+                    int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "lsun256");
             case "precision":
             {
                 int outAt = Array.IndexOf(args, "--out");
@@ -63,6 +64,14 @@ public static class Program
                 return TrainStepBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "16", CultureInfo.InvariantCulture),
                     int.Parse(args.ElementAtOrDefault(2) ?? "3", CultureInfo.InvariantCulture), args.ElementAtOrDefault(3) ?? "fp32",
                     args.ElementAtOrDefault(4) ?? "demo");
+            case "host-ops":
+            {
+                string? only = args.ElementAtOrDefault(3) is "all" or null ? null : args[3];
+                return HostOpsBenchmark.Run(int.Parse(args.ElementAtOrDefault(1) ?? "8", CultureInfo.InvariantCulture),
+                    int.Parse(args.ElementAtOrDefault(2) ?? "5", CultureInfo.InvariantCulture), only,
+                    int.Parse(args.ElementAtOrDefault(4) ?? "32", CultureInfo.InvariantCulture),
+                    int.Parse(args.ElementAtOrDefault(5) ?? "64", CultureInfo.InvariantCulture));
+            }
             case "host":
                 return RunBenchmarkDotNet(args[1..]);
             default:

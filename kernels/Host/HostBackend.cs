@@ -1,16 +1,17 @@
 // HostBackend — the CPU backend's side of every op that has one: the host runs them straight on the CPU accelerator's
 // memory (no copies), after the queued ILGPU kernels have finished. ILGPU's CPU accelerator runs one simulated GPU thread
-// per OS thread and cannot vectorise, so without a GPU the products (HostGemm: convolutions through im2col, linear
-// layers, attention, the pixel classifier) and the classifier's small per-item kernels (one simulated thread each costs
-// more than its work) go here, while every other op stays an ILGPU kernel. A launcher asks once — its kernel choice
-// IsHost(), or the plan's OnHost — and hands the whole op to one method here.
+// per OS thread and cannot vectorise, so without a GPU the products (HostConv: the convolutions, GroupNorm applied as
+// they read their input; HostGemm: linear layers, attention, the pixel classifier), the UNet's element-wise ops and
+// norms (HostBackend.Elementwise.cs, HostBackend.GroupNorm.cs) and the classifier's small per-item kernels go here; the
+// remaining implicitly grouped kernels run as host code (HostLaunch). A launcher asks once — the device's
+// RunsKernelsOnHost, its kernel choice IsHost(), or the plan's OnHost — and hands the whole op to one method here.
 using System.Runtime.InteropServices;
 using ILGPU;
 using ILGPU.Runtime;
 
 namespace IlgpuDiffSeg.Kernels;
 
-public static unsafe class HostBackend
+public static unsafe partial class HostBackend
 {
     /// <summary>Runs a kernel's per-item body for items [0, <paramref name="items"/>) over the cores: the kernel's code, so its
     /// bits.</summary>
@@ -36,63 +37,17 @@ public static unsafe class HostBackend
         HostGemm.Run(s, ha.Pointer, hb.Pointer, Pointer(c), bias is { } bv ? Pointer(bv) : null, residual is { } rv ? Pointer(rv) : null);
     }
 
-    /// <summary>Output pixels per im2col block: the column matrix stays a few MB whatever the image.</summary>
-    const int ConvColumns = 4096;
-
-    /// <summary>y = conv(x, w) + b (+ residual) as im2col + HostGemm, one image and one block of output pixels at a time.</summary>
+    /// <summary>
+    /// y = conv(act(norm(x)), w) + b (+ residual) on the host (HostConv.Forward); <paramref name="norm"/>: GroupNorm's
+    /// coefficients (N, Cin, 4) and SiLU, or none.
+    /// </summary>
     public static void Conv2d(ComputeDevice dev, ConvShape s, ArrayView<float> x, ArrayView<float> w, ArrayView<float>? bias,
-        ArrayView<float>? residual, ArrayView<float> y, bool roundToHalf)
+        ArrayView<float>? residual, ArrayView<float> y, bool roundToHalf, ArrayView<float>? norm = null, bool silu = false)
     {
         dev.Synchronize();
-        using var hx = new HostOperand(x, roundToHalf);
         using var hw = new HostOperand(w, roundToHalf);
-        float* pb = bias is { } bv ? Pointer(bv) : null;
-        float* pr = residual is { } rv ? Pointer(rv) : null;
-        float* py = Pointer(y);
-        int rows = s.Cin * s.K * s.K, pixels = s.Ho * s.Wo;
-        bool direct = s.K == 1 && s.Stride == 1 && s.Pad == 0;
-        int columns = Math.Min(pixels, ConvColumns);
-        var cols = direct ? [] : GC.AllocateUninitializedArray<float>(rows * columns, pinned: true);
-        fixed (float* pc = cols)
-        {
-            nint colPtr = (nint)pc, xPtr = (nint)hx.Pointer;
-            for (int n = 0; n < s.N; n++)
-            {
-                for (int p0 = 0; p0 < pixels; p0 += columns)
-                {
-                    int count = Math.Min(columns, pixels - p0);
-                    float* xn = hx.Pointer + (long)n * s.Cin * s.H * s.W;
-                    var g = new GemmShape
-                    {
-                        M = s.Cout, N = count, K = rows, Batch0 = 1, Batch1 = 1, Alpha = 1f,
-                        ARow = rows, ACol = 1,
-                        BRow = direct ? pixels : count, BCol = 1,
-                        CRow = pixels, CCol = 1, COffset = n * s.Cout * pixels + p0,
-                        BiasRow = 1, HasBias = s.HasBias, HasResidual = s.HasResidual,
-                    };
-                    if (!direct)
-                    {
-                        int nn = n, start = p0;
-                        Parallel.For(0, rows, r => Im2ColRow(s, (float*)xPtr + (long)nn * s.Cin * s.H * s.W, r, start, count,
-                            (float*)colPtr + (long)r * count));
-                    }
-                    HostGemm.Run(g, hw.Pointer, direct ? xn + p0 : pc, py, pb, pr);
-                }
-            }
-        }
-    }
-
-    /// <summary>Row r = (ci, ky, kx) of the column matrix for output pixels [p0, p0 + count).</summary>
-    static void Im2ColRow(ConvShape s, float* x, int r, int p0, int count, float* dst)
-    {
-        int kx = r % s.K, ky = r / s.K % s.K, ci = r / (s.K * s.K);
-        float* plane = x + (long)ci * s.H * s.W;
-        for (int q = 0; q < count; q++)
-        {
-            int p = p0 + q, oy = p / s.Wo, ox = p % s.Wo;
-            int iy = oy * s.Stride - s.Pad + ky, ix = ox * s.Stride - s.Pad + kx;
-            dst[q] = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? plane[iy * s.W + ix] : 0f;
-        }
+        HostConv.Forward(s, Pointer(x), hw.Pointer, bias is { } bv ? Pointer(bv) : null, residual is { } rv ? Pointer(rv) : null,
+            Pointer(y), new HostNorm(norm is { } nv ? Pointer(nv) : null, silu), roundToHalf);
     }
 
     /// <summary>Floats of the backward passes' column buffer (4 MB): blocks of output rows are sized to it.</summary>
@@ -102,14 +57,21 @@ public static unsafe class HostBackend
     static int GradBlockRows(ConvShape s, int columnRows) => Math.Clamp(GradColumnFloats / Math.Max(1, columnRows * s.Wo), 1, s.Ho);
 
     /// <summary>
-    /// dx (+)= conv_transpose(dy, w) on the host: per image and block of dy rows, the column buffer cols = wᵀ·dy (HostGemm,
-    /// (Cin·k²) × pixels), then col2im adds it into dx, one task per input channel — each plane written by one task, taps
-    /// in order: deterministic. A 1×1 convolution at stride 1 is the product itself.
+    /// dx (+)= conv_transpose(dy, w) on the host. Stride 1: the forward of dy with the flipped, transposed weights
+    /// (HostConv.BackwardInput). Stride 2: per image and block of dy rows, the column buffer cols = wᵀ·dy (HostGemm, (Cin·k²)
+    /// × pixels), then col2im adds it into dx, one task per input channel — each plane written by one task, taps in order:
+    /// deterministic.
     /// </summary>
     public static void Conv2dBackwardInput(ComputeDevice dev, ConvShape s, ArrayView<float> dy, ArrayView<float> w, ArrayView<float> dx,
         bool accumulate, bool roundToHalf)
     {
         dev.Synchronize();
+        if (s.Stride == 1)
+        {
+            using var rounded = new HostOperand(w, roundToHalf);
+            HostConv.BackwardInput(s, Pointer(dy), rounded.Pointer, Pointer(dx), accumulate, roundToHalf);
+            return;
+        }
         using var hdy = new HostOperand(dy, roundToHalf);
         using var hw = new HostOperand(w, roundToHalf);
         float* pdx = Pointer(dx);
@@ -125,16 +87,6 @@ public static unsafe class HostBackend
         }
         fixed (float* pt = transposed)
         {
-            if (s.K == 1 && s.Stride == 1)
-            {
-                var direct = new GemmShape
-                {
-                    M = s.Cin, N = pixels, K = s.Cout, Batch0 = s.N, Batch1 = 1, Alpha = 1f, ARow = s.Cout, ACol = 1,
-                    BRow = pixels, BCol = 1, BBatch0 = s.Cout * pixels, CRow = pixels, CCol = 1, CBatch0 = s.Cin * pixels,
-                };
-                HostGemm.Run(direct, pt, hdy.Pointer, pdx, null, accumulate ? pdx : null);
-                return;
-            }
             if (!accumulate)
             {
                 new Span<float>(pdx, s.N * s.Cin * plane).Clear();
@@ -198,81 +150,29 @@ public static unsafe class HostBackend
             Math.Min(s.Wo, (int)Math.Floor((s.W - 1 + s.Pad - kx) / (double)s.Stride) + 1));
 
     /// <summary>
-    /// dw += Σ dy ⊗ im2col(x) on the host: per image and block of output rows, the transposed column buffer (pixels ×
-    /// Cin·k²), then HostGemm dy·cols with residual = dw — the blocks add in order: deterministic. db += Σ dy (double sums,
-    /// from fp32 dy), one task per channel.
+    /// dw += Σ dy ⊗ im2col(act(norm(x))) on the host (HostConv.BackwardWeights), the norm as in <see cref="Conv2d"/>; db += Σ dy
+    /// per channel (fp32 lanes, then double, images in order).
     /// </summary>
     public static void Conv2dBackwardWeights(ComputeDevice dev, ConvShape s, ArrayView<float> x, ArrayView<float> dy, ArrayView<float> dw,
-        ArrayView<float>? db, bool roundToHalf)
+        ArrayView<float>? db, bool roundToHalf, ArrayView<float>? norm = null, bool silu = false)
     {
         dev.Synchronize();
-        int kk = s.K * s.K, rows = s.Cin * kk, pixels = s.Ho * s.Wo;
+        int pixels = s.Ho * s.Wo;
         if (db is { } dbv)
         {
             nint dyRaw = (nint)Pointer(dy), dbPtr = (nint)Pointer(dbv);
-            Parallel.For(0, s.Cout, co =>
+            HostMath.ForEach(s.Cout, 1, co =>
             {
                 double sum = 0;
                 for (int n = 0; n < s.N; n++)
                 {
-                    float* plane = (float*)dyRaw + ((long)n * s.Cout + co) * pixels;
-                    for (int p = 0; p < pixels; p++)
-                    {
-                        sum += plane[p];
-                    }
+                    sum += Sum((float*)dyRaw + ((long)n * s.Cout + co) * pixels, pixels);
                 }
                 ((float*)dbPtr)[co] += (float)sum;
             });
         }
-        using var hx = new HostOperand(x, roundToHalf);
-        using var hdy = new HostOperand(dy, roundToHalf);
-        float* pdw = Pointer(dw);
-        int blockRows = GradBlockRows(s, rows);
-        var cols = GC.AllocateUninitializedArray<float>(blockRows * s.Wo * rows, pinned: true);
-        fixed (float* pc = cols)
-        {
-            nint colPtr = (nint)pc, xPtr = (nint)hx.Pointer;
-            for (int n = 0; n < s.N; n++)
-            {
-                for (int oy0 = 0; oy0 < s.Ho; oy0 += blockRows)
-                {
-                    int blockRowCount = Math.Min(blockRows, s.Ho - oy0), count = blockRowCount * s.Wo;
-                    int nn = n, first = oy0;
-                    Parallel.For(0, blockRowCount, r => Im2ColTransposedRow(s, (float*)xPtr + (long)nn * s.Cin * s.H * s.W, first + r,
-                        (float*)colPtr + (long)r * s.Wo * rows));
-                    var g = new GemmShape
-                    {
-                        M = s.Cout, N = rows, K = count, Batch0 = 1, Batch1 = 1, Alpha = 1f,
-                        AOffset = n * s.Cout * pixels + oy0 * s.Wo, ARow = pixels, ACol = 1,
-                        BRow = rows, BCol = 1, CRow = rows, CCol = 1, HasResidual = 1,
-                    };
-                    HostGemm.Run(g, hdy.Pointer, pc, pdw, null, pdw);
-                }
-            }
-        }
-    }
-
-    /// <summary>Output row oy of the transposed im2col matrix: for each ox the Cin·k² values (ci, ky, kx) it reads, 0 in padding.</summary>
-    static void Im2ColTransposedRow(ConvShape s, float* x, int oy, float* dst)
-    {
-        int rows = s.Cin * s.K * s.K;
-        for (int ox = 0; ox < s.Wo; ox++)
-        {
-            float* d = dst + (long)ox * rows;
-            for (int ci = 0; ci < s.Cin; ci++)
-            {
-                float* plane = x + (long)ci * s.H * s.W;
-                for (int ky = 0; ky < s.K; ky++)
-                {
-                    int iy = oy * s.Stride - s.Pad + ky;
-                    for (int kx = 0; kx < s.K; kx++)
-                    {
-                        int ix = ox * s.Stride - s.Pad + kx;
-                        *d++ = iy >= 0 && iy < s.H && ix >= 0 && ix < s.W ? plane[iy * s.W + ix] : 0f;
-                    }
-                }
-            }
-        }
+        HostConv.BackwardWeights(s, Pointer(x), new HostNorm(norm is { } nv ? Pointer(nv) : null, silu), Pointer(dy), Pointer(dw),
+            roundToHalf);
     }
 
     /// <summary>

@@ -2,8 +2,8 @@
 // SIMD units straight on the CPU accelerator's memory (no copies). ILGPU's CPU accelerator runs one simulated GPU
 // thread per OS thread and cannot vectorise, so on a machine without a GPU the heavy products (convolutions through
 // im2col, linear layers, attention, the pixel classifier) go here; everything else stays on the ILGPU kernels.
-//   Blocking as in BLIS: B packed in NR-wide column panels (KC deep), A in MR-tall row panels, a 6×16 micro-kernel of
-//   12 AVX accumulators (broadcast A, two B vectors, 12 FMAs per k), a per-task MC×NC tile accumulating over K blocks,
+//   Blocking as in BLIS: B packed in NR-wide column panels (KC deep), A in MR rows of KC each, the convolutions'
+//   micro-kernel (HostMicroKernels: 8×32 on AVX-512, 6×16 on AVX2), a per-task MC×NC tile accumulating over K blocks,
 //   and the epilogue applied once per tile. Tasks are (batch, row block, column block), run in parallel.
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -12,7 +12,11 @@ namespace IlgpuDiffSeg.Kernels;
 
 public static unsafe class HostGemm
 {
-    const int MR = 6, NR = 16, KC = 256, MC = 72, NC = 256;
+    const int KC = 256, MC = 72, NC = 256;
+
+    static int MR => HostMicroKernels.MR;
+
+    static int NR => HostMicroKernels.NR;
 
     [ThreadStatic] static float[]? packA;
     [ThreadStatic] static float[]? packB;
@@ -53,7 +57,7 @@ public static unsafe class HostGemm
         float* residual = pres == 0 ? null : (float*)pres + s.COffset + (long)b0 * s.CBatch0 + (long)b1 * s.CBatch1;
         int i0 = iBlock * MC, j0 = jBlock * NC;
         int mc = Math.Min(MC, s.M - i0), nc = Math.Min(NC, s.N - j0);
-        packA ??= GC.AllocateUninitializedArray<float>(MC * KC, pinned: true);
+        packA ??= GC.AllocateUninitializedArray<float>((MC + 8) * KC, pinned: true);
         packB ??= GC.AllocateUninitializedArray<float>(NC * KC, pinned: true);
         tile ??= GC.AllocateUninitializedArray<float>(MC * NC, pinned: true);
         fixed (float* ap = packA, bp = packB, tp = tile)
@@ -68,7 +72,7 @@ public static unsafe class HostGemm
                 {
                     for (int ir = 0; ir < mc; ir += MR)
                     {
-                        Micro(kc, ap + ir * kc, bp + jr * kc, tp + ir * NC + jr);
+                        HostMicroKernels.Gemm(kc, ap + ir * kc, kc, bp + jr * kc, tp + ir * NC + jr, NC);
                     }
                 }
             }
@@ -76,7 +80,7 @@ public static unsafe class HostGemm
         }
     }
 
-    /// <summary>A[i0.., k0..] into MR-row panels: panel p holds, for each k, rows p·MR..p·MR+MR−1 (zero past M).</summary>
+    /// <summary>A[i0.., k0..] into MR-row panels: panel p holds rows p·MR..p·MR+MR−1, kc values each (zero past M).</summary>
     static void PackA(GemmShape s, float* a, int i0, int mc, int k0, int kc, float* dst)
     {
         for (int ir = 0; ir < mc; ir += MR)
@@ -87,16 +91,13 @@ public static unsafe class HostGemm
                 int i = i0 + ir + r;
                 if (ir + r >= mc)
                 {
-                    for (int k = 0; k < kc; k++)
-                    {
-                        panel[k * MR + r] = 0f;
-                    }
+                    new Span<float>(panel + r * kc, kc).Clear();
                     continue;
                 }
                 float* row = a + (long)i * s.ARow + (long)k0 * s.ACol;
                 for (int k = 0; k < kc; k++)
                 {
-                    panel[k * MR + r] = row[(long)k * s.ACol];
+                    panel[r * kc + k] = row[(long)k * s.ACol];
                 }
             }
         }
@@ -115,8 +116,10 @@ public static unsafe class HostGemm
                 float* d = panel + k * NR;
                 if (s.BCol == 1 && width == NR)
                 {
-                    Vector256.Store(Vector256.Load(src), d);
-                    Vector256.Store(Vector256.Load(src + 8), d + 8);
+                    for (int j = 0; j < NR; j += 8)
+                    {
+                        Vector256.Store(Vector256.Load(src + j), d + j);
+                    }
                     continue;
                 }
                 for (int j = 0; j < width; j++)
@@ -129,59 +132,6 @@ public static unsafe class HostGemm
                 }
             }
         }
-    }
-
-    /// <summary>tile[0..6, 0..16] (row stride NC) += Apanel (kc×6) · Bpanel (kc×16).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    static void Micro(int kc, float* a, float* b, float* t)
-    {
-        var c00 = Vector256.Load(t);
-        var c01 = Vector256.Load(t + 8);
-        var c10 = Vector256.Load(t + NC);
-        var c11 = Vector256.Load(t + NC + 8);
-        var c20 = Vector256.Load(t + 2 * NC);
-        var c21 = Vector256.Load(t + 2 * NC + 8);
-        var c30 = Vector256.Load(t + 3 * NC);
-        var c31 = Vector256.Load(t + 3 * NC + 8);
-        var c40 = Vector256.Load(t + 4 * NC);
-        var c41 = Vector256.Load(t + 4 * NC + 8);
-        var c50 = Vector256.Load(t + 5 * NC);
-        var c51 = Vector256.Load(t + 5 * NC + 8);
-        for (int k = 0; k < kc; k++, a += MR, b += NR)
-        {
-            var b0 = Vector256.Load(b);
-            var b1 = Vector256.Load(b + 8);
-            var x = Vector256.Create(a[0]);
-            c00 = Vector256.FusedMultiplyAdd(x, b0, c00);
-            c01 = Vector256.FusedMultiplyAdd(x, b1, c01);
-            x = Vector256.Create(a[1]);
-            c10 = Vector256.FusedMultiplyAdd(x, b0, c10);
-            c11 = Vector256.FusedMultiplyAdd(x, b1, c11);
-            x = Vector256.Create(a[2]);
-            c20 = Vector256.FusedMultiplyAdd(x, b0, c20);
-            c21 = Vector256.FusedMultiplyAdd(x, b1, c21);
-            x = Vector256.Create(a[3]);
-            c30 = Vector256.FusedMultiplyAdd(x, b0, c30);
-            c31 = Vector256.FusedMultiplyAdd(x, b1, c31);
-            x = Vector256.Create(a[4]);
-            c40 = Vector256.FusedMultiplyAdd(x, b0, c40);
-            c41 = Vector256.FusedMultiplyAdd(x, b1, c41);
-            x = Vector256.Create(a[5]);
-            c50 = Vector256.FusedMultiplyAdd(x, b0, c50);
-            c51 = Vector256.FusedMultiplyAdd(x, b1, c51);
-        }
-        c00.Store(t);
-        c01.Store(t + 8);
-        c10.Store(t + NC);
-        c11.Store(t + NC + 8);
-        c20.Store(t + 2 * NC);
-        c21.Store(t + 2 * NC + 8);
-        c30.Store(t + 3 * NC);
-        c31.Store(t + 3 * NC + 8);
-        c40.Store(t + 4 * NC);
-        c41.Store(t + 4 * NC + 8);
-        c50.Store(t + 5 * NC);
-        c51.Store(t + 5 * NC + 8);
     }
 
     static void Epilogue(GemmShape s, float* t, float* c, float* bias, float* residual, int i0, int mc, int j0, int nc)

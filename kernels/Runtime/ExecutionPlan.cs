@@ -92,7 +92,7 @@ public sealed record ExecutionPlan
         }
         Device = device;
         UNetMatmul = unetMatmul;
-        FusesNorms = fuseNorms && unetMatmul.IsTiled();
+        FusesNorms = fuseNorms && (unetMatmul.IsTiled() || unetMatmul.IsHost());
     }
 
     public ComputeDevice Device { get; }
@@ -106,8 +106,12 @@ public sealed record ExecutionPlan
     /// </summary>
     public MatmulKernel Fp32Matmul => OnHost ? MatmulKernel.HostSimd : MatmulKernel.Registers;
 
-    /// <summary>GroupNorm (+scale-shift, +SiLU) applied while the tiled convolution reads its input (v3, v4).</summary>
+    /// <summary>GroupNorm (+scale-shift, +SiLU) applied while the convolution reads its input (v3, v4, host).</summary>
     public bool FusesNorms { get; }
+
+    /// <summary>The backward's weight gradient recomputes the normalized input as it reads x (the host kernels), rather than
+    /// from a normalized copy.</summary>
+    public bool FusesNormsIntoWeightGradients => FusesNorms && OnHost;
 
     /// <summary>The CPU backend: the products and the classifier's small per-item kernels run on the host.</summary>
     public bool OnHost => UNetMatmul.IsHost();

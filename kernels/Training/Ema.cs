@@ -4,6 +4,8 @@
 // The rate arrives as fp32; 1 − rate is taken, as in Python, in double from the decimal the rate was written as (its
 // shortest round-trip form: 0.9999f → 0.9999), since 1 − (double)0.9999f differs from 1 − 0.9999 by 1.7e−4 relative.
 //   v1  grid-stride element-wise. 2 reads + 1 write per parameter.
+//   host  the CPU backend (HostBackend.Elementwise.cs): SIMD lanes over contiguous chunks; fused multiply-add and a
+//         multiply, each rounded once, as RoundedMath's: the same bits.
 using System.Globalization;
 using ILGPU;
 using ILGPU.Runtime;
@@ -47,6 +49,11 @@ public static class Ema
             throw new ArgumentException($"ema: average {ema.ShapeString} and parameter {p.ShapeString} differ");
         }
         var dev = ema.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Ema(dev, ema.View, p.View, rate, Complement(rate));
+            return;
+        }
         var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, float, float, ArrayView<float>,
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(ema.Length);

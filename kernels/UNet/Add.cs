@@ -1,6 +1,7 @@
 // Add — y = a + b, element-wise (residual connections that are not fused into a conv or GEMM epilogue), and
 // its broadcast form y[n,c,:] = x[n,c,:] + b[n,c] (a ResBlock without scale-shift adds emb_out that way).
 //   v1  grid-stride element-wise. 2 reads + 1 write per element.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Accumulate: into += from (gradients meeting at a fork, summed over microbatches), the same kernel with y = a.
 // ChannelBiasBackward: dbias[n, c] = Σ_spatial dy[n, c, :] (written), deterministic:
 //   v1  a thread per (n, c) plane, in order (Reduction.ThreadPerRow: the CPU accelerator).
@@ -105,6 +106,11 @@ public static partial class Add
             throw new ArgumentException($"add: shapes {a.ShapeString} + {b.ShapeString} → {y.ShapeString} differ");
         }
         var dev = a.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Add(dev, a.View, b.View, y.View);
+            return;
+        }
         var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(a.Length);
@@ -120,6 +126,11 @@ public static partial class Add
             throw new ArgumentException($"add channel bias: {x.ShapeString} + {bias.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.ChannelBias(dev, x.View, bias.View, y.View, x.Length / nc);
+            return;
+        }
         var k = dev.Kernel(ChannelBiasKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, ArrayView<float>,
             ArrayView<float>, ArrayView<float>>(ChannelBiasKernel));
         int threads = dev.StrideThreads(x.Length);
@@ -142,6 +153,11 @@ public static partial class Add
         }
         var dev = dy.Device;
         int spatial = dy.Length / planes;
+        if (dev.RunsKernelsOnHost && reduction == Reduction.Auto)
+        {
+            HostBackend.ChannelBiasBackward(dev, dy.View, dbias.View, spatial);
+            return;
+        }
         if (reduction.For(dev) == Reduction.Parallel)
         {
             var k = dev.Kernel(BlockPlaneSumKernel, acc => acc.LoadStreamKernel<int, ArrayView<float>, ArrayView<float>>(

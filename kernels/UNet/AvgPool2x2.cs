@@ -1,6 +1,7 @@
 // AvgPool2x2 — nn.AvgPool2d(2, 2) on NCHW (guided-diffusion's Downsample without conv, and the down-ResBlock's
 // h_upd/x_upd). Summed in PyTorch's order, row by row, then divided by 4.
 //   v1  grid-stride over outputs. 4 reads + 1 write per output.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Backward: each of an output's four inputs gets dy/4 (exact); inputs in a dropped odd row/column get 0. Grid-stride over
 // inputs: 1 read + 1 write per input.
 using ILGPU;
@@ -81,6 +82,11 @@ public static partial class AvgPool2x2
             throw new ArgumentException($"avg_pool2x2: {x.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.AvgPool2x2(dev, x.View, y.View, planes, h, w);
+            return;
+        }
         var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
@@ -96,6 +102,11 @@ public static partial class AvgPool2x2
             throw new ArgumentException($"avg_pool2x2 backward: {dy.ShapeString} → {dx.ShapeString}");
         }
         var dev = dy.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.AvgPool2x2Backward(dev, dy.View, dx.View, planes, h, w);
+            return;
+        }
         var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(dx.Length);

@@ -1,5 +1,6 @@
 // ConcatChannels — torch.cat([a, b], dim=1) for (N, C, ...) tensors: the UNet decoder's [h, skip] input.
 //   v1  grid-stride over outputs. 1 read + 1 write per element.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Backward: the split of dy into da (its first Ca channels) and db (the rest); grid-stride over dy, 1 read + 1 write each.
 using ILGPU;
 using ILGPU.Runtime;
@@ -89,6 +90,11 @@ public static partial class ConcatChannels
             throw new ArgumentException($"concat: {a.ShapeString} ++ {b.ShapeString} → {y.ShapeString}");
         }
         var dev = a.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Concat(dev, a.View, b.View, y.View, n, ca, cb, spatial, forward: true);
+            return;
+        }
         var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
             ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
@@ -104,6 +110,11 @@ public static partial class ConcatChannels
             throw new ArgumentException($"concat backward: {dy.ShapeString} → {da.ShapeString} ++ {db.ShapeString}");
         }
         var dev = dy.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Concat(dev, da.View, db.View, dy.View, n, ca, cb, spatial, forward: false);
+            return;
+        }
         var k = dev.Kernel(BackwardKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
             ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(dy.Length);

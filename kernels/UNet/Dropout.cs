@@ -4,6 +4,7 @@
 // regenerates the forward's mask from the same seed. A caller derives one seed per layer and step.
 // The scale is PyTorch's: 1/(1 − p) in fp32 (noise.div_(1 − p)), applied as x·(mask·scale). p = 1 drops everything.
 //   v1  grid-stride element-wise. 1 read + 1 write per element; the hash is ~10 integer operations.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Forward and backward are the same kernel: y = x·m·scale, dx = dy·m·scale. Either may run in place.
 using ILGPU;
 using ILGPU.Runtime;
@@ -67,6 +68,11 @@ public static class Dropout
             throw new ArgumentException($"{what}: {input.ShapeString} → {output.ShapeString}, p = {p} (must be in [0, 1])");
         }
         var dev = input.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Dropout(dev, input.View, output.View, seed, Threshold(p), Scale(p));
+            return;
+        }
         var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ulong, uint, float, ArrayView<float>,
             ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(input.Length);

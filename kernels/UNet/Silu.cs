@@ -1,6 +1,7 @@
 // Silu — y = x·sigmoid(x) = x / (1 + e^−x) (torch.nn.SiLU). Used on the timestep embedding, which every
 // ResBlock's emb_layers starts with; inside the torso SiLU is fused into GroupNorm.
 //   v1  grid-stride element-wise. 1 read + 1 write per element.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Backward: dx = dy·SiLU'(x), SiLU'(x) = σ(x)·(1 + x·(1 − σ(x))). 2 reads + 1 write per element; dx may alias dy.
 using ILGPU;
 using ILGPU.Algorithms;
@@ -55,6 +56,11 @@ public static partial class Silu
             throw new ArgumentException($"silu: input {x.ShapeString} and output {y.ShapeString} differ");
         }
         var dev = x.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.Silu(dev, x.View, y.View);
+            return;
+        }
         var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(x.Length);
         k(threads, threads, x.Length, x.View, y.View);
@@ -68,6 +74,11 @@ public static partial class Silu
             throw new ArgumentException($"silu backward: input {x.ShapeString}, dy {dy.ShapeString}, dx {dx.ShapeString} differ");
         }
         var dev = x.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.SiluBackward(dev, x.View, dy.View, dx.View);
+            return;
+        }
         var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, ArrayView<float>, ArrayView<float>,
             ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(x.Length);

@@ -1,6 +1,7 @@
 // UpsampleNearest2x — F.interpolate(x, scale_factor=2, mode="nearest") on NCHW: y[.., oy, ox] = x[.., oy/2, ox/2].
 // guided-diffusion's Upsample (and the up-ResBlock's h_upd/x_upd).
 //   v1  grid-stride over outputs. 1 read (cached ×4) + 1 write per output.
+//   host  the CPU backend (HostBackend.Elementwise.cs): contiguous chunks, a few per core, in SIMD lanes where they apply.
 // Backward: dx[.., y, x] = the sum of dy's 2×2 block, ((dy[2y, 2x] + dy[2y, 2x+1]) + dy[2y+1, 2x]) + dy[2y+1, 2x+1] — the order
 // in which the outputs reach their input. Grid-stride over inputs: 4 reads + 1 write per input.
 using ILGPU;
@@ -75,6 +76,11 @@ public static partial class UpsampleNearest2x
             throw new ArgumentException($"upsample_nearest2x: {x.ShapeString} → {y.ShapeString}");
         }
         var dev = x.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.UpsampleNearest2x(dev, x.View, y.View, planes, h, w);
+            return;
+        }
         var k = dev.Kernel(Kernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(Kernel));
         int threads = dev.StrideThreads(y.Length);
@@ -90,6 +96,11 @@ public static partial class UpsampleNearest2x
             throw new ArgumentException($"upsample_nearest2x backward: {dy.ShapeString} → {dx.ShapeString}");
         }
         var dev = dy.Device;
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.UpsampleNearest2xBackward(dev, dy.View, dx.View, planes, h, w);
+            return;
+        }
         var k = dev.Kernel(BackwardKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int,
             ArrayView<float>, ArrayView<float>>(BackwardKernel));
         int threads = dev.StrideThreads(dx.Length);

@@ -6,8 +6,10 @@
 //       4 channels and each weight feeds 4 columns (8 loads per 16 FMAs instead of 32). Default on CUDA.
 //   v3  implicit GEMM through TiledGemm (weights × im2col read on the fly), for GPUs.
 //   v4  the same on tensor cores through TensorCoreGemm (fp16 operands, fp32 sums).
-//   host  im2col blocks and HostGemm on the host's SIMD units (HostBackend.Conv2d): the CPU backend.
-// ForwardNormalized: v3/v4 reading GroupNorm(+scale-shift)(+SiLU) of x on the fly (NormalizedIm2ColOperand).
+//   host  HostConv on the host's SIMD units: per task the input rows it reads (normalized when fused) in a scratch,
+//         im2col panels packed from it, an AVX-512 8×32 (AVX2 6×16) micro-kernel with the weights read in place.
+// ForwardNormalized: v3/v4 reading GroupNorm(+scale-shift)(+SiLU) of x on the fly (NormalizedIm2ColOperand); host the same
+// (HostNorm), and BackwardWeightsNormalized recomputes it there for the weight gradient.
 // Backward (Conv2dBackward.cs, Conv2dBackwardKernels.cs, ConvGradOperands.cs, HostBackend.Conv2dBackward*):
 //   BackwardInput   dx (+)= conv_transpose(dy, w): dx[n,ci,iy,ix] = Σ_{co,ky,kx} w[co,ci,ky,kx]·dy[n,co,oy,ox] over the
 //                   taps with iy = oy·s − pad + ky (integer oy, ox in range).
@@ -18,7 +20,8 @@
 //         stride 1: B is im2col(dy) with the kernel flipped — the forward's Im2ColOperand (tap-major on v4 when Cout
 //         is a multiple of its slice); stride 2: ConvTransposeOperand, whose taps with no integer source read 0 —
 //         3/4 of K on average for k = 3, the price of one launch (ADM strides only in its downsampling convs).
-//     host  HostGemm wᵀ·dy into a column buffer, then col2im, one task per input channel (deterministic).
+//     host  stride 1: HostConv's forward of dy with wᵀ flipped; stride 2: HostGemm wᵀ·dy into a column buffer, then
+//           col2im, one task per input channel (deterministic).
 //   BackwardWeights dw += Σ_{n,oy,ox} dy ⊗ im2col(x), db += Σ dy — both accumulate (gradients sum over microbatches).
 //     v1  one dw element per grid-stride step.
 //     v2  4 output × 4 input channels of one tap per step (8 loads, 16 FMAs); on CUDA the N·Ho rows split so that
@@ -26,7 +29,8 @@
 //     v3/v4  implicit GEMM, M = Cout, N = Cin·k², K = pixels: dy rows (PixelRowsOperand) × im2col(x)ᵀ
 //         (PixelIm2ColOperand), split over (image, block of output rows) as the launch's batches into partials
 //         summed in a fixed order — M·N alone is a handful of 128×128 tiles.
-//     host  HostGemm dy·im2col(x)ᵀ with residual = dw, one block of output rows at a time.
+//     host  dot products of dy rows with the input's shifted rows (HostConv.Weights.cs), a task per block of input
+//           channels (deterministic).
 //     db  one group per channel, strided sums and a shared-memory tree (deterministic), or on the host.
 //   fp16 kernels (v4, HostSimdFp16): both products' operands rounded to fp16 (nearest-even; past 65504 → ±inf, which
 //   fp16 loss scaling detects), summed in fp32; db sums dy in fp32.
@@ -186,8 +190,9 @@ public static partial class Conv2d
     }
 
     /// <summary>
-    /// y = conv(act(GN(x)), w) + b (+ residual) in one implicit-GEMM launch (v3 or v4): the input is normalized while it is
-    /// read, from <paramref name="coefficients"/> = GroupNorm.Coefficients(x, ...), with SiLU when <paramref name="silu"/>.
+    /// y = conv(act(GN(x)), w) + b (+ residual) in one implicit-GEMM launch (v3 or v4) or on the host: the input is normalized
+    /// while it is read, from <paramref name="coefficients"/> = GroupNorm.Coefficients(x, ...), with SiLU when
+    /// <paramref name="silu"/>.
     /// </summary>
     public static void ForwardNormalized(Tensor x, Tensor coefficients, bool silu, ConvWeights w, Tensor? bias, Tensor y, int stride,
         Tensor? residual, MatmulKernel kernel)
@@ -197,9 +202,15 @@ public static partial class Conv2d
         {
             throw new ArgumentException($"conv2d: norm coefficients {coefficients.ShapeString} should be ({s.N}, {s.Cin}, 4)");
         }
+        if (kernel.IsHost())
+        {
+            HostBackend.Conv2d(x.Device, s, x.View, w.Float32For(kernel).View, bias?.View, residual?.View, y.View,
+                kernel.RoundsOperandsToHalf(), coefficients.View, silu);
+            return;
+        }
         if (!kernel.IsTiled())
         {
-            throw new NotSupportedException($"conv2d: the norm is fused only into the tiled kernels (v3, v4), not {kernel.Label()}");
+            throw new NotSupportedException($"conv2d: the norm is fused only into the tiled and host kernels, not {kernel.Label()}");
         }
         var norm = coefficients.View.Cast<Float4>();
         int act = silu ? 1 : 0;
@@ -274,6 +285,28 @@ public static partial class Conv2d
     /// </summary>
     public static void BackwardWeights(Tensor x, Tensor dy, Tensor dw, Tensor? db, int stride, MatmulKernel kernel) =>
         BackwardWeights(x, dy, dw, db, stride, kernel, splitRows: 0);
+
+    /// <summary>
+    /// <see cref="BackwardWeights(Tensor, Tensor, Tensor, Tensor?, int, MatmulKernel)"/> of a convolution that read act(GN(x))
+    /// (ForwardNormalized), recomputing the normalized input from <paramref name="coefficients"/> as it reads x: the host
+    /// kernels only.
+    /// </summary>
+    public static void BackwardWeightsNormalized(Tensor x, Tensor coefficients, bool silu, Tensor dy, Tensor dw, Tensor? db, int stride,
+        MatmulKernel kernel)
+    {
+        var s = BackwardShape("weight gradient", x, dw.Shape, dy, stride);
+        if (coefficients.Length != 4L * s.N * s.Cin || (db is not null && (db.Rank != 1 || db[0] != s.Cout)))
+        {
+            throw new ArgumentException($"conv2d weight gradient: norm coefficients {coefficients.ShapeString} should be ({s.N}, " +
+                                        $"{s.Cin}, 4), bias gradient {db?.ShapeString ?? "none"} ({s.Cout})");
+        }
+        if (!kernel.IsHost())
+        {
+            throw new NotSupportedException($"conv2d: the weight gradient reads a normalized input only on the host, not {kernel.Label()}");
+        }
+        HostBackend.Conv2dBackwardWeights(x.Device, s, x.View, dy.View, dw.View, db?.View, kernel.RoundsOperandsToHalf(), coefficients.View,
+            silu);
+    }
 
     /// <summary>
     /// BackwardWeights with the output rows per K split of v2–v4, otherwise chosen from the device (0) — for the tests,

@@ -288,6 +288,12 @@ public static partial class GroupNorm
             throw new ArgumentException($"group_norm backward: dScaleShift {dScaleShift?.ShapeString ?? "null"} should be " +
                                         $"({s.N}, {2 * s.C}) exactly when scaleShift is given");
         }
+        if (dev.RunsKernelsOnHost && reduction == Reduction.Auto)
+        {
+            HostBackend.GroupNormBackward(dev, s, x.View, stats.View, gamma.View, beta.View, scaleShift?.View, dy.View, dx.View,
+                dgamma.View, dbeta.View, dScaleShift?.View, accumulateInput);
+            return;
+        }
         var emb = scaleShift?.View ?? stats.View;
         int planes = s.N * s.C;
         bool parallel = reduction.For(dev) == Reduction.Parallel;

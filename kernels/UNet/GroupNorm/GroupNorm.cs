@@ -20,6 +20,7 @@
 // Coefficients: the same statistics folded per (n, c) into (mean, a, b, 0) with normalized = (x − mean)·a + b, for a
 // convolution that applies the norm while it reads its input (NormalizedIm2ColOperand) instead of a separate pass;
 // four floats per channel so that the convolution reads them with one 16-byte load.
+// host  the CPU backend (HostBackend.GroupNorm.cs): statistics, apply and backward in SIMD lanes, a run or plane per item.
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;
@@ -285,6 +286,11 @@ public static partial class GroupNorm
             throw new ArgumentException($"group_norm: output {y.ShapeString} does not match input {x.ShapeString}");
         }
         var s = Shape(x, gamma, beta, scaleShift, stats.Length / (2 * x[0]), DefaultEps, silu);
+        if (dev.RunsKernelsOnHost)
+        {
+            HostBackend.GroupNormApply(dev, s, x.View, stats.View, gamma.View, beta.View, scaleShift?.View, y.View);
+            return;
+        }
         var applyK = dev.Kernel(ApplyKernel, a => a.LoadAutoGroupedStreamKernel<Index1D, int, GroupNormShape,
             ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>, ArrayView<float>>(ApplyKernel));
         int threads = dev.StrideThreads(x.Length);
@@ -322,6 +328,12 @@ public static partial class GroupNorm
             throw new ArgumentException($"group_norm: {c} channels cannot form {groups} groups");
         }
         var s = new GroupNormShape { N = n, C = c, Spatial = x.Length / (n * c), Groups = groups, Eps = eps };
+        if (dev.RunsKernelsOnHost && reduction == Reduction.Auto)
+        {
+            var stats = dev.Allocate(n * groups, 2);
+            HostBackend.GroupNormStatistics(dev, s, x.View, stats.View);
+            return stats;
+        }
         return reduction.For(dev) == Reduction.Parallel ? StatisticsV2(dev, x, s) : StatisticsV1(dev, x, s);
     }
 

@@ -161,9 +161,16 @@ public sealed class Conv2dLayer : Module, IBlockLayer
         var stats = saved.Tensors[1];
         var scaleShift = saved.Tensors.Optional(2);
         using var da = p.Device.Allocate(x.Shape);
-        using (var a = p.Device.Allocate(x.Shape))
+        // The normalized input was never kept: recomputed from x and the statistics (cheaper than holding it) — as the
+        // weight gradient reads x where the plan fuses that, else into a temporary.
+        if (p.Plan.FusesNormsIntoWeightGradients && !(p.Training && saved.Dropout > 0))
         {
-            // The normalized input was never kept: recomputed from x and the statistics (cheaper than holding it).
+            using var coefficients = Kernels.GroupNorm.Coefficients(x, stats, saved.Norm.Weight.T, saved.Norm.Bias.T, scaleShift);
+            Conv2d.BackwardWeightsNormalized(x, coefficients, saved.Silu, dy, Weight.G, Bias.G, Stride, kernel);
+        }
+        else
+        {
+            using var a = p.Device.Allocate(x.Shape);
             saved.Norm.Apply(p, x, stats, saved.Silu, scaleShift, saved.Dropout, a);
             Conv2d.BackwardWeights(a, dy, Weight.G, Bias.G, Stride, kernel);
         }
@@ -259,8 +266,14 @@ public sealed class Conv1x1Layer : Module
             Conv2d.BackwardInput(dy, PlaneWeights, dx, 1, kernel);
             return dx;
         }
-        using (var a = p.Device.Allocate(x.Shape))
+        if (p.Plan.FusesNormsIntoWeightGradients)
         {
+            using var coefficients = Kernels.GroupNorm.Coefficients(x, stats, norm.Weight.T, norm.Bias.T, null);
+            Conv2d.BackwardWeightsNormalized(x, coefficients, false, dy, PlaneGradient, Bias.G, 1, kernel);
+        }
+        else
+        {
+            using var a = p.Device.Allocate(x.Shape);
             norm.Apply(p, x, stats, silu: false, scaleShift: null, dropout: 0, a);
             Conv2d.BackwardWeights(a, dy, PlaneGradient, Bias.G, 1, kernel);
         }

@@ -9,6 +9,9 @@ public abstract class AttentionTests(ExecutionPlan? plan)
     // Tolerance: NMSE ≤ 1e-10 — two fp32 GEMMs and an fp32 softmax against a double reference.
     const double NmseBound = 1e-10;
 
+    /// <summary>The products' kernel: v2 unless the device runs them on the host.</summary>
+    protected virtual MatmulKernel Products => MatmulKernel.Registers;
+
     [Theory]
     [InlineData(2, 8, 16, 2, true)]
     [InlineData(2, 8, 16, 2, false)]
@@ -20,7 +23,7 @@ public abstract class AttentionTests(ExecutionPlan? plan)
         var qkv = TestData.Uniform(n * 3 * channels * t, 11, 2f);
         using var dq = device!.Upload(qkv, n, 3 * channels, t);
         using var dy = device.Allocate(n, channels, t);
-        Attention.Forward(dq, dy, heads, legacy);
+        Attention.Forward(dq, dy, heads, legacy, Products);
         TensorAssert.NmseBelow(Attention.Reference(qkv, n, channels, t, heads, legacy), dy.ToArray(), NmseBound, "attention");
     }
 
@@ -37,6 +40,13 @@ public abstract class AttentionTests(ExecutionPlan? plan)
 
 [Collection("cpu")]
 public sealed class AttentionTestsCpu(CpuDeviceFixture f) : AttentionTests(f.Plan);
+
+/// <summary>The CPU backend: both products on HostGemm (the convolutions' micro-kernel), the softmax as host code.</summary>
+[Collection("cpu")]
+public sealed class AttentionTestsCpuSimd(CpuSimdDeviceFixture f) : AttentionTests(f.Plan)
+{
+    protected override MatmulKernel Products => MatmulKernel.HostSimd;
+}
 
 [Collection("cuda")]
 public sealed class AttentionTestsCuda(CudaDeviceFixture f) : AttentionTests(f.Plan);

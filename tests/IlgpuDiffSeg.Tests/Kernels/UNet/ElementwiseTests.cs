@@ -126,6 +126,10 @@ public abstract class ElementwiseTests(ExecutionPlan? plan)
 [Collection("cpu")]
 public sealed class ElementwiseTestsCpu(CpuDeviceFixture f) : ElementwiseTests(f.Plan);
 
+/// <summary>The CPU backend's host implementations (HostBackend.Elementwise.cs) against the same references.</summary>
+[Collection("cpu")]
+public sealed class ElementwiseTestsCpuSimd(CpuSimdDeviceFixture f) : ElementwiseTests(f.Plan);
+
 [Collection("cuda")]
 public sealed class ElementwiseTestsCuda(CudaDeviceFixture f) : ElementwiseTests(f.Plan);
 

@@ -138,6 +138,10 @@ public abstract class GroupNormBackwardTests(ExecutionPlan? plan)
 [Collection("cpu")]
 public sealed class GroupNormBackwardTestsCpu(CpuDeviceFixture f) : GroupNormBackwardTests(f.Plan);
 
+/// <summary>The CPU backend's host backward (HostBackend.GroupNorm.cs).</summary>
+[Collection("cpu")]
+public sealed class GroupNormBackwardTestsCpuSimd(CpuSimdDeviceFixture f) : GroupNormBackwardTests(f.Plan);
+
 /// <summary>The GPU plane sums (v2: 256-thread blocks per chunk) on the warp-32 simulator.</summary>
 [Collection("cpu")]
 public sealed class GroupNormBackwardTestsCpuWarp32(CpuWarp32DeviceFixture f) : GroupNormBackwardTests(f.Plan)

@@ -56,6 +56,10 @@ public abstract class GroupNormTests(ExecutionPlan? plan)
 [Collection("cpu")]
 public sealed class GroupNormTestsCpu(CpuDeviceFixture f) : GroupNormTests(f.Plan);
 
+/// <summary>The CPU backend's host statistics and apply (HostBackend.GroupNorm.cs).</summary>
+[Collection("cpu")]
+public sealed class GroupNormTestsCpuSimd(CpuSimdDeviceFixture f) : GroupNormTests(f.Plan);
+
 /// <summary>The GPU statistics (v2: 256-thread blocks) on the warp-32 simulator.</summary>
 [Collection("cpu")]
 public sealed class GroupNormTestsCpuWarp32(CpuWarp32DeviceFixture f) : GroupNormTests(f.Plan)

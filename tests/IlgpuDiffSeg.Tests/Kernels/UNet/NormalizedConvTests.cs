@@ -49,6 +49,10 @@ public abstract class NormalizedConvTests(ExecutionPlan? plan)
         TensorAssert.NmseBelow(Conv2d.Reference(normed, wt, b, s, r), dy.ToArray(), version == 4 ? 1e-6 : 1e-10, $"fused norm + conv v{version}");
     }
 
+    /// <summary>The plans of <see cref="UNetBlocksFusedMatchUnfused"/>: unfused v2 and fused v3 unless a device says otherwise.</summary>
+    protected virtual (ExecutionPlan Unfused, ExecutionPlan Fused) BlockPlans =>
+        (plan!.With(MatmulKernel.Registers), plan!.With(MatmulKernel.Tiled));
+
     /// <summary>A ResBlock (scale-shift, channel change) and an AttentionBlock, fused (v3) against the unfused v2 path.</summary>
     [Fact]
     public void UNetBlocksFusedMatchUnfused()
@@ -61,17 +65,27 @@ public abstract class NormalizedConvTests(ExecutionPlan? plan)
         using var x = device!.Upload(TestData.Uniform(2 * 32 * 6 * 6, 8), 2, 32, 6, 6);
         using var emb = device.Upload(TestData.Uniform(2 * 16, 9), 2, 16);
 
-        float[] Run(MatmulKernel kernel)
+        float[] Run(ExecutionPlan blockPlan)
         {
-            using var pass = new Pass(plan!.With(kernel));
+            using var pass = new Pass(blockPlan);
             using var h = resBlock.Forward(pass, x, emb);
             using var y = attention.Forward(pass, h, emb);
             return y.ToArray();
         }
 
-        Assert.True(plan!.With(MatmulKernel.Tiled).FusesNorms);
-        TensorAssert.NmseBelow(Run(MatmulKernel.Registers), Run(MatmulKernel.Tiled), 1e-10, "ResBlock + AttentionBlock fused vs unfused");
+        var (unfused, fused) = BlockPlans;
+        Assert.True(fused.FusesNorms);
+        Assert.False(unfused.FusesNorms);
+        TensorAssert.NmseBelow(Run(unfused), Run(fused), 1e-10, "ResBlock + AttentionBlock fused vs unfused");
     }
+}
+
+/// <summary>The CPU backend's fused norm (HostConv reading the normalized input), v3 = HostSimd, v4 = HostSimdFp16.</summary>
+[Collection("cpu")]
+public sealed class NormalizedConvTestsCpuSimd(CpuSimdDeviceFixture f) : NormalizedConvTests(f.Plan)
+{
+    protected override (ExecutionPlan Unfused, ExecutionPlan Fused) BlockPlans =>
+        (f.Plan.With(MatmulKernel.HostSimd, fuseNorms: false), f.Plan.With(MatmulKernel.HostSimd));
 }
 
 [Collection("cpu")]
