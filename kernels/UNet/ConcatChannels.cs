@@ -82,42 +82,39 @@ public static partial class ConcatChannels
         return y;
     }
 
-    public static void Forward(Tensor a, Tensor b, Tensor y)
+    public static void Forward(Tensor a, Tensor b, Tensor y) => Launch(a, b, y, forward: true);
+
+    /// <summary>dy (N, Ca + Cb, ...) split into da (N, Ca, ...) and db (N, Cb, ...).</summary>
+    public static void Backward(Tensor dy, Tensor da, Tensor db) => Launch(da, db, dy, forward: false);
+
+    /// <summary>The forward fills <paramref name="whole"/> = [a, b] along channels; the backward splits it into a and b.</summary>
+    static void Launch(Tensor a, Tensor b, Tensor whole, bool forward)
     {
         int n = a[0], ca = a[1], cb = b[1], spatial = a.Length / (n * ca);
-        if (b[0] != n || b.Length / (n * cb) != spatial || y.Length != n * (ca + cb) * spatial || y[1] != ca + cb)
+        if (b[0] != n || b.Length / (n * cb) != spatial || whole.Length != n * (ca + cb) * spatial || whole[1] != ca + cb)
         {
-            throw new ArgumentException($"concat: {a.ShapeString} ++ {b.ShapeString} → {y.ShapeString}");
+            throw new ArgumentException(forward
+                ? $"concat: {a.ShapeString} ++ {b.ShapeString} → {whole.ShapeString}"
+                : $"concat backward: {whole.ShapeString} → {a.ShapeString} ++ {b.ShapeString}");
         }
         var dev = a.Device;
         if (dev.RunsKernelsOnHost)
         {
-            HostBackend.Concat(dev, a.View, b.View, y.View, n, ca, cb, spatial, forward: true);
+            HostBackend.Concat(dev, a.View, b.View, whole.View, n, ca, cb, spatial, forward);
             return;
         }
-        var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
-        int threads = dev.StrideThreads(y.Length);
-        k(threads, threads, n, ca, cb, spatial, a.View, b.View, y.View);
-    }
-
-    /// <summary>dy (N, Ca + Cb, ...) split into da (N, Ca, ...) and db (N, Cb, ...).</summary>
-    public static void Backward(Tensor dy, Tensor da, Tensor db)
-    {
-        int n = da[0], ca = da[1], cb = db[1], spatial = da.Length / (n * ca);
-        if (db[0] != n || db.Length / (n * cb) != spatial || dy.Length != n * (ca + cb) * spatial || dy[1] != ca + cb)
+        int threads = dev.StrideThreads(whole.Length);
+        if (forward)
         {
-            throw new ArgumentException($"concat backward: {dy.ShapeString} → {da.ShapeString} ++ {db.ShapeString}");
+            var k = dev.Kernel(Kernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>>(Kernel));
+            k(threads, threads, n, ca, cb, spatial, a.View, b.View, whole.View);
         }
-        var dev = dy.Device;
-        if (dev.RunsKernelsOnHost)
+        else
         {
-            HostBackend.Concat(dev, da.View, db.View, dy.View, n, ca, cb, spatial, forward: false);
-            return;
+            var k = dev.Kernel(BackwardKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
+                ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
+            k(threads, threads, n, ca, cb, spatial, whole.View, a.View, b.View);
         }
-        var k = dev.Kernel(BackwardKernel, acc => acc.LoadAutoGroupedStreamKernel<Index1D, int, int, int, int, int,
-            ArrayView<float>, ArrayView<float>, ArrayView<float>>(BackwardKernel));
-        int threads = dev.StrideThreads(dy.Length);
-        k(threads, threads, n, ca, cb, spatial, dy.View, da.View, db.View);
     }
 }

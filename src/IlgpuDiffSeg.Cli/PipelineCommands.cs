@@ -117,22 +117,8 @@ public static class PipelineCommands
             var cfg = LoadConfig(r, config);
             using var dev = CommonOptions.OpenDevice(r, out var plan);
             // Ctrl+C saves the state at the current step instead of losing the run.
-            bool stopRequested = false;
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                stopRequested = true;
-            };
-            Console.CancelKeyPress += onCancel;
-            TrainingSummary s;
-            try
-            {
-                s = TrainingRun.Run(cfg, plan, Log, _ => stopRequested);
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
+            using var ctrlC = new CtrlC();
+            var s = TrainingRun.Run(cfg, plan, Log, _ => ctrlC.Requested);
             Console.WriteLine($"trained {cfg.ModelNum} members on {s.LabelledPixels:N0} labelled pixels of {s.Images} images: " +
                               $"{s.Iterations:N0} iterations, {s.Epochs} epochs, {Progress.Format(s.Seconds)}; wrote {s.EnsemblePath}");
         }));

@@ -101,25 +101,12 @@ public static class SynthesizeCommand
 
     static void Synthesize(SynthesizeOptions options, ExperimentConfig cfg, List<ExecutionPlan> plans, int index, int count)
     {
-        bool stop = false;
-        ConsoleCancelEventHandler onCancel = (_, e) =>
-        {
-            e.Cancel = true;
-            stop = true;
-        };
-        Console.CancelKeyPress += onCancel;
-        try
-        {
-            var sum = SynthesizeRun.Run(options, cfg, plans, Console.Error.WriteLine, () => stop);
-            Console.WriteLine(sum.NpzPath is null
-                ? $"shard {index}/{count}: {sum.BatchesDone} batches done, {sum.BatchesSkipped} already there; " +
-                  $"{sum.BatchesPresent} of {sum.BatchesTotal} present in {options.OutputDir}"
-                : $"synthesized {options.NumSamples} samples ({sum.BatchesDone} batches now, {Progress.Format(sum.Seconds)}); wrote " +
-                  $"{sum.NpzPath} and {sum.DatasetPath} ({sum.DatasetImages} images with masks)");
-        }
-        finally
-        {
-            Console.CancelKeyPress -= onCancel;
-        }
+        using var ctrlC = new CtrlC();
+        var sum = SynthesizeRun.Run(options, cfg, plans, Console.Error.WriteLine, () => ctrlC.Requested);
+        Console.WriteLine(sum.NpzPath is null
+            ? $"shard {index}/{count}: {sum.BatchesDone} batches done, {sum.BatchesSkipped} already there; " +
+              $"{sum.BatchesPresent} of {sum.BatchesTotal} present in {options.OutputDir}"
+            : $"synthesized {options.NumSamples} samples ({sum.BatchesDone} batches now, {Progress.Format(sum.Seconds)}); wrote " +
+              $"{sum.NpzPath} and {sum.DatasetPath} ({sum.DatasetImages} images with masks)");
     }
 }

@@ -93,24 +93,11 @@ public static class TrainDdpmCommand
             };
             options.Validate();
             using var dev = CommonOptions.OpenDevice(r, out var plan);
-            bool stopRequested = false;
-            ConsoleCancelEventHandler onCancel = (_, e) =>
-            {
-                e.Cancel = true;
-                stopRequested = true;
-            };
-            Console.CancelKeyPress += onCancel;
-            try
-            {
-                var s = DiffusionTrainingRun.Run(options, plan, r.GetValue(output)!, Console.Error.WriteLine, () => stopRequested);
-                Console.WriteLine($"trained steps {s.FirstStep}..{s.LastStep} in {Progress.Format(s.Seconds)}; " +
-                                  $"final loss {s.FinalLoss:F5}; " +
-                                  $"wrote {s.ModelPath}");
-            }
-            finally
-            {
-                Console.CancelKeyPress -= onCancel;
-            }
+            using var ctrlC = new CtrlC();
+            var s = DiffusionTrainingRun.Run(options, plan, r.GetValue(output)!, Console.Error.WriteLine, () => ctrlC.Requested);
+            Console.WriteLine($"trained steps {s.FirstStep}..{s.LastStep} in {Progress.Format(s.Seconds)}; " +
+                              $"final loss {s.FinalLoss:F5}; " +
+                              $"wrote {s.ModelPath}");
         }));
         return cmd;
     }
