@@ -44,7 +44,14 @@ public sealed class DiffusionTrainer : IDisposable
         o.Validate();
         this.plan = plan;
         fingerprint = o.Fingerprint();
-        diffusion = GaussianDiffusion.FromFlags(o.Flags);
+        try
+        {
+            diffusion = GaussianDiffusion.FromFlags(o.Flags);
+        }
+        catch (DiffSegException e) when (flagsSource is not null)
+        {
+            throw DiffSegException.For(flagsSource, e.Message);
+        }
         sampler = ScheduleSampler.Create(o.ScheduleSampler, diffusion.Steps);
         LgLossScale = o.InitialLgLossScale;
         model = ModelWeights.BuildChecked(o.Flags, flagsSource ?? "flags");

@@ -39,7 +39,9 @@ public static partial class TrainingCheckpoint
         var steps = Directory.EnumerateFiles(runDir)
             .Select(f => ModelName().Match(Path.GetFileName(f)))
             .Where(m => m.Success)
-            .Select(m => long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture))
+            .Select(m => long.TryParse(m.Groups[1].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long s)
+                ? s
+                : throw DiffSegException.For(Path.Combine(runDir, m.Value), "names a step past 2^63; not a checkpoint of this run"))
             .ToList();
         if (steps.Count == 0)
         {
