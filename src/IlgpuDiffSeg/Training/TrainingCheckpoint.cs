@@ -127,9 +127,17 @@ public static partial class TrainingCheckpoint
             Read(file, parameters[i].Name + ".exp_avg", parameters[i].Shape, moments[i].M);
             Read(file, parameters[i].Name + ".exp_avg_sq", parameters[i].Shape, moments[i].V);
         }
-        return new OptimizerState(step, Long(file, "adam_steps"),
-            double.Parse(file.Metadata.GetValueOrDefault("lg_loss_scale", "20"), CultureInfo.InvariantCulture),
-            file.Metadata.GetValueOrDefault("sampler", ""), saved);
+        long adamSteps = Long(file, "adam_steps");
+        if (adamSteps < 0 || adamSteps > step)
+        {
+            throw DiffSegException.For(path, $"has adam_steps {adamSteps}, not a count of the {step} steps taken");
+        }
+        if (!double.TryParse(file.Metadata.GetValueOrDefault("lg_loss_scale", "20"), NumberStyles.Float, CultureInfo.InvariantCulture,
+                out double lg) || !double.IsFinite(lg))
+        {
+            throw DiffSegException.For(path, "has no finite lg_loss_scale in its metadata");
+        }
+        return new OptimizerState(step, adamSteps, lg, file.Metadata.GetValueOrDefault("sampler", ""), saved);
     }
 
     /// <summary>Reads a model-format file's tensors into <paramref name="into"/> (one per parameter, in order).</summary>

@@ -127,6 +127,38 @@ public sealed class NewerCommandsBadInputTests : IDisposable
     }
 
     [Fact]
+    public void TrainDdpmRefusesAnOptimizerStateItCannotRead()
+    {
+        string run = tmp.File("run");
+        string[] args = ["train-ddpm", "--flags", flags, "--synthetic-scenes", "-o", run, "--device", "cpu", "--max-steps"];
+        Assert.Equal(0, CliRunner.Run([.. args, "1"]).ExitCode);
+        string opt = TrainingCheckpoint.OptimizerFile(run, 1);
+        var original = File.ReadAllBytes(opt);
+        foreach (var (key, value, phrase) in new[]
+                 {
+                     ("lg_loss_scale", "abc", "no finite lg_loss_scale"), ("adam_steps", "-5", "adam_steps -5"),
+                     ("sampler", "{nope", "schedule sampler state"),
+                 })
+        {
+            File.WriteAllBytes(opt, WithMetadata(original, key, value));
+            CliRunner.AssertOneLineError(CliRunner.Run([.. args, "2"]), "opt000001.safetensors", phrase);
+            Assert.False(File.Exists(TrainingCheckpoint.ModelFile(run, 2)));
+        }
+    }
+
+    /// <summary>A safetensors file with one metadata entry replaced (the header re-padded to 8 bytes).</summary>
+    static byte[] WithMetadata(byte[] file, string key, string value)
+    {
+        int length = (int)BitConverter.ToInt64(file, 0);
+        var header = System.Text.Json.Nodes.JsonNode.Parse(file.AsSpan(8, length))!.AsObject();
+        header["__metadata__"]![key] = value;
+        string json = header.ToJsonString();
+        json += new string(' ', (8 - System.Text.Encoding.UTF8.GetByteCount(json) % 8) % 8);
+        var bytes = System.Text.Encoding.UTF8.GetBytes(json);
+        return [.. BitConverter.GetBytes((long)bytes.Length), .. bytes, .. file.AsSpan(8 + length)];
+    }
+
+    [Fact]
     public void OptionValuesTheParserRefusesNameTheOption()
     {
         CliRunner.AssertOneLineError(TrainDdpm(Data(2), tmp.File("run"), "--precision", "fp8"), "--precision 'fp8'", "fp32 or fp16");
