@@ -193,6 +193,7 @@ sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Va
         $"q3 {Values["loss_q3"]:F3}) · " +
         $"mse {Values["mse"]:F4} · vb {Values["vb"]:F4} · grad_norm {Values["grad_norm"]:F3}");
 
+    /// <summary>A row as <see cref="ToCsv"/> writes it, or null for anything else (the log is rewritten without it).</summary>
     public static ProgressRow? Parse(string line)
     {
         var f = line.Split(',');
@@ -200,11 +201,18 @@ sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Va
         {
             return null;
         }
-        double D(int i) => double.Parse(f[i], CultureInfo.InvariantCulture);
-        var values = Columns.Select((c, i) => (c, D(2 + i))).ToDictionary(p => p.c, p => p.Item2);
-        int k = 2 + Columns.Length;
-        return new ProgressRow(step, long.Parse(f[1], CultureInfo.InvariantCulture), values, D(k), D(k + 1),
-            int.Parse(f[k + 2], CultureInfo.InvariantCulture), D(k + 3));
+        try
+        {
+            double D(int i) => double.Parse(f[i], CultureInfo.InvariantCulture);
+            var values = Columns.Select((c, i) => (c, D(2 + i))).ToDictionary(p => p.c, p => p.Item2);
+            int k = 2 + Columns.Length;
+            return new ProgressRow(step, long.Parse(f[1], CultureInfo.InvariantCulture), values, D(k), D(k + 1),
+                int.Parse(f[k + 2], CultureInfo.InvariantCulture), D(k + 3));
+        }
+        catch (Exception e) when (e is FormatException or OverflowException)
+        {
+            return null;
+        }
     }
 }
 

@@ -158,7 +158,25 @@ public static partial class TrainingCheckpoint
             throw DiffSegException.For(file.Path, $"has no tensor '{name}' of shape ({string.Join(", ", shape)})");
         }
         using var mapped = file.Map(entry);
+        // A NaN weight, EMA value or moment would train on silently and be saved again: refuse it, naming the file.
+        int bad = FirstNonFinite(mapped.Span);
+        if (bad >= 0)
+        {
+            throw DiffSegException.For(file.Path, $"tensor '{name}' holds {mapped.Span[bad]} at flat index {bad}: not a state to resume");
+        }
         into.CopyFrom(mapped.Span);
+    }
+
+    static int FirstNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                return i;
+            }
+        }
+        return -1;
     }
 
     static long Long(SafetensorsFile file, string key) =>

@@ -127,7 +127,7 @@ public sealed class NewerCommandsBadInputTests : IDisposable
     }
 
     [Fact]
-    public void TrainDdpmRefusesAnOptimizerStateItCannotRead()
+    public void TrainDdpmRefusesAStateItCannotResumeFromAndSkipsBadLogRows()
     {
         string run = tmp.File("run");
         string[] args = ["train-ddpm", "--flags", flags, "--synthetic-scenes", "-o", run, "--device", "cpu", "--max-steps"];
@@ -144,6 +144,21 @@ public sealed class NewerCommandsBadInputTests : IDisposable
             CliRunner.AssertOneLineError(CliRunner.Run([.. args, "2"]), "opt000001.safetensors", phrase);
             Assert.False(File.Exists(TrainingCheckpoint.ModelFile(run, 2)));
         }
+        File.WriteAllBytes(opt, original);
+
+        // A NaN in a saved EMA would be trained on and saved again.
+        string ema = TrainingCheckpoint.EmaFile(run, 0.9999, 1);
+        var emaBytes = File.ReadAllBytes(ema);
+        BitConverter.GetBytes(float.NaN).CopyTo(emaBytes, 8 + BitConverter.ToInt64(emaBytes, 0) + 4 * 7);
+        File.WriteAllBytes(ema, emaBytes);
+        CliRunner.AssertOneLineError(CliRunner.Run([.. args, "2"]), "ema_0.9999_000001.safetensors", "NaN at flat index 7");
+        File.Delete(ema);
+        File.Copy(TrainingCheckpoint.ModelFile(run, 1), ema);
+
+        // progress.csv is a log: a row it cannot parse (a count past 2^63) is dropped, not an internal error.
+        File.AppendAllText(Path.Combine(run, "progress.csv"), "1," + new string('9', 30) + string.Concat(Enumerable.Repeat(",1", 21)) + "\n");
+        var r = CliRunner.Run([.. args, "2"]);
+        Assert.True(r.ExitCode == 0, r.Error);
     }
 
     /// <summary>A safetensors file with one metadata entry replaced (the header re-padded to 8 bytes).</summary>
