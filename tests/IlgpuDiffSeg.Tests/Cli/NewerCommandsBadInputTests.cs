@@ -156,7 +156,8 @@ public sealed class NewerCommandsBadInputTests : IDisposable
         File.Copy(TrainingCheckpoint.ModelFile(run, 1), ema);
 
         // progress.csv is a log: a row it cannot parse (a count past 2^63) is dropped, not an internal error.
-        File.AppendAllText(Path.Combine(run, "progress.csv"), "1," + new string('9', 30) + string.Concat(Enumerable.Repeat(",1", 21)) + "\n");
+        string row = "1," + new string('9', 30) + string.Concat(Enumerable.Repeat(",1", 21));
+        File.AppendAllText(Path.Combine(run, "progress.csv"), row + "\n");
         var r = CliRunner.Run([.. args, "2"]);
         Assert.True(r.ExitCode == 0, r.Error);
     }
