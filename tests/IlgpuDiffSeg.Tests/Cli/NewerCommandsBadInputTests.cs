@@ -59,6 +59,10 @@ public sealed class NewerCommandsBadInputTests : IDisposable
         Assert.False(Directory.Exists(run));
         CliRunner.AssertOneLineError(TrainDdpm(Data(2), run, "--batch-size", "5"), "data", "fewer than one batch");
         Assert.False(Directory.Exists(run));
+        // A file that is no image at all is refused before the first step, wherever the stream would meet it.
+        CliRunner.AssertOneLineError(TrainDdpm(Data(2, ("z.png", "not an image"u8.ToArray())), run), "z.png", "not a PNG, JPEG or GIF");
+        Assert.False(Directory.Exists(run));
+        File.Delete(Path.Combine(tmp.File("data"), "z.png"));
         File.WriteAllBytes(tmp.File("init.safetensors"), File.ReadAllBytes(model)[..1000]);
         CliRunner.AssertOneLineError(TrainDdpm(Data(2), run, "--init", tmp.File("init.safetensors")), "init.safetensors");
         Assert.False(Directory.Exists(run));
@@ -69,10 +73,12 @@ public sealed class NewerCommandsBadInputTests : IDisposable
     [Fact]
     public void TrainDdpmKeepsTheCheckpointsSavedBeforeALaterFailureOrAStop()
     {
-        // Two images and one that is no image: with batch 1 and seed 1 the stream meets it at step 2, after step 1 was saved.
-        string data = Data(2, ("bad.png", "not an image"u8.ToArray())), run = tmp.File("run");
+        // Two images and a PNG cut short (whole signature, damaged data): with batch 1 and seed 1 the stream meets it at
+        // step 2, after step 1 was saved.
+        var png = File.ReadAllBytes(Path.Combine(Fixtures.Root, "images", "inputs", "rgb_67x35.png"));
+        string data = Data(2, ("bad.png", png[..(png.Length * 9 / 10)])), run = tmp.File("run");
         var r = TrainDdpm(data, run, "--max-steps", "6", "--save-interval", "1", "--seed", "1");
-        CliRunner.AssertErrorLast(r, "bad.png", "not a PNG, JPEG or GIF");
+        CliRunner.AssertErrorLast(r, "bad.png", "corrupt image");
         Assert.True(File.Exists(TrainingCheckpoint.ModelFile(run, 1)), string.Join(", ", Directory.GetFiles(run)));
         Assert.True(File.Exists(TrainingCheckpoint.OptimizerFile(run, 1)) && File.Exists(Path.Combine(run, "progress.csv")));
 
