@@ -29,12 +29,25 @@ public static class Program
         {
             // One line, not the whole help: which argument is wrong, and where the help is.
             string command = parsed.CommandResult.Command == root ? "" : " " + parsed.CommandResult.Command.Name;
-            var messages = parsed.Errors.Select(e => System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s+", " ").Trim().TrimEnd('.'));
+            var messages = parsed.Errors
+                .Select(e => System.Text.RegularExpressions.Regex.Replace(e.Message, @"\s+", " ").Trim().TrimEnd('.'))
+                .Select(m => AfterOption(m, args));
             Console.Error.WriteLine($"error: {string.Join("; ", messages)} (see 'diffseg{command} --help')");
             // Exit 1 like every other bad input; 2 is kept for internal errors, so scripts can tell the two apart.
             return 1;
         }
         return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+    }
+
+    /// <summary>
+    /// "Unrecognized command or argument 'maybe'" right after an option (a flag's value it cannot parse, as in
+    /// --clip-denoised maybe) also names that option.
+    /// </summary>
+    static string AfterOption(string message, string[] args)
+    {
+        var m = System.Text.RegularExpressions.Regex.Match(message, "^Unrecognized command or argument '(.*)'$");
+        int i = m.Success ? Array.IndexOf(args, m.Groups[1].Value) : -1;
+        return i > 0 && args[i - 1].StartsWith('-') ? $"{args[i - 1]} '{m.Groups[1].Value}': not a value it takes ({message})" : message;
     }
 
     /// <summary>
@@ -68,6 +81,8 @@ public static class Program
         }
         catch (IlgpuDiffSeg.Training.TrainingStoppedException e)
         {
+            // A stop request (Ctrl+C) ends at a safe point: what was written is complete, and the same command resumes from it.
+            outputs.Commit();
             Console.Error.WriteLine(e.Message);
             return 130;
         }
@@ -115,9 +130,23 @@ public static class CommonOptions
 
     static CommonOptions()
     {
-        Device.AcceptOnlyFromAmong("auto", "cpu", "cuda");
-        CpuBackend.AcceptOnlyFromAmong("simd", "ilgpu");
-        Precision.AcceptOnlyFromAmong("fp32", "fp16");
+        OneOf(Device, "auto", "cpu", "cuda");
+        OneOf(CpuBackend, "simd", "ilgpu");
+        OneOf(Precision, "fp32", "fp16");
+    }
+
+    /// <summary>Accepts only <paramref name="values"/>, refusing anything else with a message that names the option.</summary>
+    public static void OneOf(Option<string> option, params string[] values)
+    {
+        option.Validators.Add(result =>
+        {
+            string? value = result.Tokens.Count > 0 ? result.Tokens[^1].Value : null;
+            if (value is not null && !values.Contains(value, StringComparer.Ordinal))
+            {
+                result.AddError($"{option.Name} '{value}': expected {string.Join(", ", values.SkipLast(1))} or {values[^1]}");
+            }
+        });
+        option.CompletionSources.Add(values);
     }
 
     public static DeviceChoice DeviceChoiceOf(ParseResult r) => r.GetValue(Device) switch

@@ -76,6 +76,7 @@ public static class TrainDdpmCommand
             var options = new TrainingOptions
             {
                 Flags = admFlags,
+                FlagsPath = flagsPath,
                 Data = folder ?? SyntheticImages.Name,
                 InitPath = r.GetValue(init),
                 Lr = r.GetValue(lr),

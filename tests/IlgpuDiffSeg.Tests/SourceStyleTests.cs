@@ -35,7 +35,6 @@ public sealed partial class SourceStyleTests
         "kernels/Gemm/Gemm.cs",
         "src/IlgpuDiffSeg.Cli/DemoCommand.cs",
         "src/IlgpuDiffSeg.Cli/PipelineCommands.cs",
-        "src/IlgpuDiffSeg.Cli/Program.cs",
         "src/IlgpuDiffSeg.Cli/UNetCommand.cs",
         "src/IlgpuDiffSeg/Classifier/PixelEnsemble.cs",
         "src/IlgpuDiffSeg/IO/Safetensors.cs",

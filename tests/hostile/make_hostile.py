@@ -3,10 +3,12 @@
 and masks, each with the diffseg command that reads it. Run by run_hostile.py (see tests/hostile/README.md); needs
 /usr/bin/python3 with torch and numpy, and a built diffseg (the product itself never needs Python).
 
-    python3 tests/hostile/make_hostile.py DIFFSEG WORKDIR [--quick]
+    python3 tests/hostile/make_hostile.py DIFFSEG WORKDIR [--quick] [--only=GROUP,...]
 
 writes WORKDIR/base (a converted tiny model, a 4+4-image data set, a trained 2-member experiment) and
-WORKDIR/cases.jsonl: one case per line, {id, kind, note, cmd, names, cwd, gadget}.
+WORKDIR/cases.jsonl: one case per line, {id, kind, note, cmd, names, cwd, gadget}. The cases of the newer commands
+(train-ddpm, loss, sample, synthesize, export) are in hostile_commands.py; --only=train_ddpm_cases,loss_cases builds
+just those groups (the function names).
 """
 import collections
 import io
@@ -831,7 +833,12 @@ if __name__ == "__main__":
     os.makedirs(WORK, exist_ok=True)
     if not os.path.exists(os.path.join(BASE, "exp", "50_150_2_5_7", "ensemble.safetensors")):
         setup_base()
-    for f in (pt_cases, flags_cases, npy_cases, model_st_cases, ensemble_cases, config_cases, image_cases):
+    from hostile_commands import command_cases  # noqa: E402
+    groups = [pt_cases, flags_cases, npy_cases, model_st_cases, ensemble_cases, config_cases, image_cases] + command_cases(globals())
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--only=")), None)
+    for f in groups:
+        if only and f.__name__ not in only:
+            continue
         f()
         print(f"{f.__name__}: {len(cases)} cases so far", flush=True)
     with open(os.path.join(WORK, "cases.jsonl"), "w") as out:

@@ -28,7 +28,7 @@ ap.add_argument("--diffseg", default=None, help="run this diffseg instead of the
 args = ap.parse_args()
 
 ORDER = [".pt checkpoint (convert)", "flags.json", ".npy (x, t, image, noise, mask)", "model .safetensors",
-         "ensemble .safetensors", "experiment JSON", "images and PNG masks"]
+         "ensemble .safetensors", "experiment JSON", "images and PNG masks", "train-ddpm", "loss", "sample", "synthesize", "export"]
 
 
 def snapshot(root):

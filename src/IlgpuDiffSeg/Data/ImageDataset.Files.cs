@@ -153,6 +153,37 @@ public sealed partial class ImageDataset
     }
 
     /// <summary>The PNG's bit depth from its IHDR chunk, 0 if the bytes are not a PNG.</summary>
+    /// <summary>
+    /// Reads the first bytes of every file before the stream starts, so that a file that is no image at all (empty, text,
+    /// an error page saved as .jpg, a dangling link) is refused at once, naming it, and not when the stream reaches it
+    /// after hours of training. Damage past the signature is found when the file is decoded.
+    /// </summary>
+    static void ProbeSignatures(IReadOnlyList<string> files)
+    {
+        Span<byte> head = stackalloc byte[8];
+        foreach (var path in files)
+        {
+            int n;
+            try
+            {
+                using var s = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 1);
+                n = s.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw DiffSegException.For(path, e is FileNotFoundException ? "file not found (a dangling link?)"
+                    : $"cannot read ({e.Message.TrimEnd('.')})");
+            }
+            bool png = n == 8 && head.SequenceEqual((ReadOnlySpan<byte>)[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]);
+            bool jpeg = n >= 2 && head[0] == 0xFF && head[1] == 0xD8;
+            bool gif = n >= 6 && head[..6].SequenceEqual("GIF87a"u8) || n >= 6 && head[..6].SequenceEqual("GIF89a"u8);
+            if (!png && !jpeg && !gif)
+            {
+                throw DiffSegException.For(path, n == 0 ? "empty file, not an image" : "not a PNG, JPEG or GIF image");
+            }
+        }
+    }
+
     static int PngDepth(byte[] b) => b.Length > 25 && b[0] == 0x89 && b[1] == (byte)'P' && b[12] == (byte)'I' ? b[24] : 0;
 
     /// <summary>

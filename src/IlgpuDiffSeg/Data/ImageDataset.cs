@@ -111,6 +111,7 @@ public sealed partial class ImageDataset : IDisposable
             throw DiffSegException.For(folder, "no images (jpg, jpeg, png, gif) found in it or its sub-folders");
         }
         Files = all.Where((_, i) => i % options.NumShards == options.Shard).ToList();
+        ProbeSignatures(Files);
         if (options.ClassCond)
         {
             var (names, ids) = ClassesOf(all);

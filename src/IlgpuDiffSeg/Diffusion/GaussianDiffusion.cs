@@ -230,11 +230,12 @@ public static class Respacing
     public static HashSet<int> Kept(int steps, string spec)
     {
         spec = spec.Trim();
+        string shown = spec.Length > 60 ? spec[..60] + "…" : spec;
         if (spec.StartsWith("ddim", StringComparison.Ordinal))
         {
             if (!int.TryParse(spec[4..], out int wanted) || wanted <= 0)
             {
-                throw new DiffSegException($"timestep_respacing \"{spec}\": ddim needs a positive step count, as in ddim25");
+                throw new DiffSegException($"timestep_respacing \"{shown}\": ddim needs a positive step count, as in ddim25");
             }
             for (int stride = 1; stride < steps; stride++)
             {
@@ -243,16 +244,17 @@ public static class Respacing
                     return Enumerable.Range(0, wanted).Select(i => i * stride).ToHashSet();
                 }
             }
-            throw new DiffSegException($"timestep_respacing \"{spec}\": no integer stride takes {wanted} of {steps} steps");
+            throw new DiffSegException($"timestep_respacing \"{shown}\": no integer stride takes {wanted} of {steps} steps");
         }
         int[] counts;
         try
         {
             counts = spec.Split(',').Select(c => int.Parse(c.Trim(), System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         }
-        catch (FormatException)
+        catch (Exception e) when (e is FormatException or OverflowException)
         {
-            throw new DiffSegException($"timestep_respacing \"{spec}\" is neither ddimN nor comma-separated step counts");
+            throw new DiffSegException($"timestep_respacing \"{shown}\" is neither ddimN nor comma-separated step counts" +
+                                       (e is OverflowException ? " (a count past 2^31)" : ""));
         }
         int baseSize = steps / counts.Length, longer = steps % counts.Length;
         var kept = new HashSet<int>();
@@ -262,7 +264,7 @@ public static class Respacing
             int size = baseSize + (i < longer ? 1 : 0), count = counts[i];
             if (count < 0 || count > size)
             {
-                throw new DiffSegException($"timestep_respacing \"{spec}\": a section of {size} steps cannot keep {count}");
+                throw new DiffSegException($"timestep_respacing \"{shown}\": a section of {size} steps cannot keep {count}");
             }
             double stride = count <= 1 ? 1 : (size - 1) / (double)(count - 1);
             double position = 0;

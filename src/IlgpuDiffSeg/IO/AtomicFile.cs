@@ -25,7 +25,16 @@ public static class AtomicFile
         {
             throw DiffSegException.For(path, "is a folder, expected a file name");
         }
+        // Writing beside and renaming over would replace a device or kernel file (/dev/full, /proc/…) with a plain file.
+        string full = Path.GetFullPath(path);
+        if (!OperatingSystem.IsWindows() && SystemFolders.Any(f => full.StartsWith(f, StringComparison.Ordinal)) &&
+            !full.StartsWith("/dev/shm/", StringComparison.Ordinal))
+        {
+            throw DiffSegException.For(path, "is in a device or kernel folder, not a place for an output file");
+        }
     }
+
+    static readonly string[] SystemFolders = ["/dev/", "/proc/", "/sys/"];
 
     public static void Write(string path, Action<Stream> write)
     {

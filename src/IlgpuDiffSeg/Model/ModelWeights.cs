@@ -133,6 +133,10 @@ public static class ModelWeights
             {
                 throw DiffSegException.For(flagsOutPath, "is also the output checkpoint; give the flags another name");
             }
+            if (SamePath(flagsOutPath, modelPath))
+            {
+                throw DiffSegException.For(flagsOutPath, "is the input model; give the flags another name");
+            }
         }
         if (SamePath(outputPath, modelPath))
         {
@@ -162,7 +166,15 @@ public static class ModelWeights
                     mapped.Span.CopyTo(span);
                 }, half);
             }).ToList();
-            SafetensorsFile.Write(outputPath, tensors, metadata);
+            try
+            {
+                SafetensorsFile.Write(outputPath, tensors, metadata);
+            }
+            catch (DiffSegException e) when (half)
+            {
+                // A weight past fp16's range is the input's (or the --half request's) problem, not the output file's.
+                throw DiffSegException.For(modelPath, $"--half: {e.Message}");
+            }
             log?.Invoke($"{modelPath}: {tensors.Count} tensors written as " + (half ? "F16" : "F32"));
             WriteFlags(flags, flagsOutPath, outputPath);
             return;

@@ -98,16 +98,35 @@ public sealed class SampleRun
                 AtomicFile.CheckWritable(path);
             }
         }
+        if (o.RawPath is not null && new[] { o.OutputPath, SampleImages.GridPathFor(o.OutputPath) }.Any(p => SamePath(p, o.RawPath)))
+        {
+            throw DiffSegException.For(o.RawPath, $"--raw names a file this command also writes ({o.OutputPath} and its grid)");
+        }
+        foreach (var input in new[] { o.ModelPath, o.ClassifierPath, o.ClassLabelsPath, o.NoisePath, o.BaseSamplesPath })
+        {
+            if (input is not null && new[] { o.OutputPath, SampleImages.GridPathFor(o.OutputPath), o.RawPath }.Any(p => SamePath(p, input)))
+            {
+                throw DiffSegException.For(input, "is an input and also an output of this command; give the output another name");
+            }
+        }
         if (o.NumSamples <= 0 || o.BatchSize <= 0)
         {
             throw new DiffSegException($"--num-samples {o.NumSamples} and --batch-size {o.BatchSize} must be positive");
         }
-        if (o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
+        if (!double.IsFinite(o.Eta) || o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
         {
             string eta = o.Eta.ToString(CultureInfo.InvariantCulture);
             throw new DiffSegException($"--eta {eta}: η is DDIM's (with --use-ddim), and not negative");
         }
+        if (!double.IsFinite(o.ClassifierScale))
+        {
+            throw new DiffSegException($"--classifier-scale {o.ClassifierScale.ToString(CultureInfo.InvariantCulture)} is not finite");
+        }
         var flags = ReadFlags(o.ModelPath);
+        // All samples stay in memory until the end (float, then uint8, labels): refuse a count that could never fit.
+        int perSample = 3 * flags.ImageSize * flags.ImageSize;
+        MemoryEstimate.CheckArray($"--num-samples {o.NumSamples}", o.NumSamples, perSample);
+        MemoryEstimate.Check($"--num-samples {o.NumSamples}", o.NumSamples, 5.0 * perSample + 16, 0, null);
         GaussianDiffusion diffusion;
         try
         {
@@ -128,10 +147,18 @@ public sealed class SampleRun
             int size = flags.ImageSize;
             var a = Npy.Read(o.NoisePath);
             Npy.CheckShape(o.NoisePath, a, [diffusion.Steps + 1, o.NumSamples, 3, size, size]);
-            recorded = new RecordedNoise(a.ToFloat32(o.NoisePath), a.Shape);
+            var values = a.ToFloat32(o.NoisePath);
+            int bad = Array.FindIndex(values, v => !float.IsFinite(v));
+            if (bad >= 0)
+            {
+                throw DiffSegException.For(o.NoisePath, $"holds a non-finite value ({values[bad]}) at flat index {bad}");
+            }
+            recorded = new RecordedNoise(values, a.Shape);
         }
         return new SampleRun(o, flags, diffusion, labels, recorded, classifier, baseSamples);
     }
+
+    static bool SamePath(string? a, string? b) => a is not null && b is not null && Path.GetFullPath(a) == Path.GetFullPath(b);
 
     /// <summary>The flags in a converted model's metadata, read without loading its weights.</summary>
     public static AdmFlags ReadFlags(string modelPath)
@@ -238,6 +265,8 @@ public sealed class SampleRun
         var sampler = new Sampler(model, diffusion, new SamplerOptions(o.UseDdim, o.Eta, o.ClipDenoised));
         int size = flags.ImageSize, perSample = 3 * size * size;
         ISamplerNoise noise = recorded is null ? new DrawnNoise(o.Seed) : recorded;
+        MemoryEstimate.Check($"--batch-size {o.BatchSize}", Math.Min(o.BatchSize, o.NumSamples),
+            MemoryEstimate.ActivationBytesPerImage(flags, training: classifierModel is not null), model.ParameterCount * 4.0, plan);
         log?.Invoke($"model: {model.ParameterCount:N0} parameters at {size}×{size}; {diffusion.Steps} " +
                     $"{(o.UseDdim ? "DDIM" : "ancestral")} steps of {diffusion.OriginalSteps}, {o.NumSamples} samples in batches of " +
                     $"{o.BatchSize}; noise {(recorded is null ? $"drawn with seed {o.Seed}" : "from " + o.NoisePath)}" +

@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using IlgpuDiffSeg.Diffusion;
 using IlgpuDiffSeg.IO;
 using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
 using IlgpuDiffSeg.Training;
 
 namespace IlgpuDiffSeg.Pipeline;
@@ -66,11 +67,11 @@ public static class SynthesizeRun
         {
             throw new DiffSegException($"--num-samples {o.NumSamples} and --batch-size {o.BatchSize} must be positive");
         }
-        if (o.UncertaintyPortion is < 0 or >= 1)
+        if (!(o.UncertaintyPortion is >= 0 and < 1))
         {
             throw new DiffSegException($"--uncertainty-portion {Text(o.UncertaintyPortion)} is not in [0, 1)");
         }
-        if (o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
+        if (!double.IsFinite(o.Eta) || o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
         {
             throw new DiffSegException($"--eta {Text(o.Eta)}: η is DDIM's (with --use-ddim), and not negative");
         }
@@ -95,8 +96,14 @@ public static class SynthesizeRun
         }
         if (flags.ImageSize != cfg.ImageSize)
         {
-            throw DiffSegException.For(cfg.SourcePath, $"dim[0] is {cfg.ImageSize}, the model samples {flags.ImageSize}×{flags.ImageSize}");
+            throw DiffSegException.For(cfg.SourcePath,
+                $"dim[0] is {cfg.ImageSize}, the model samples {flags.ImageSize}×{flags.ImageSize}");
         }
+        // The assembled outputs hold every sample (image, mask, the float batch being labelled): refuse what could never fit.
+        int pixels = cfg.ImageSize * cfg.ImageSize;
+        MemoryEstimate.CheckArray($"--num-samples {o.NumSamples}", o.NumSamples, 3 * pixels);
+        MemoryEstimate.Check($"--num-samples {o.NumSamples}", o.NumSamples, 4.0 * pixels + 4, 0, null);
+        MemoryEstimate.Check($"--batch-size {o.BatchSize}", Math.Min(o.BatchSize, o.NumSamples), 16.0 * pixels, 0, null);
         CheckManifest(o, cfg);
         return cfg;
     }
@@ -120,9 +127,23 @@ public static class SynthesizeRun
     static void CheckManifest(SynthesizeOptions o, ExperimentConfig cfg)
     {
         string path = Path.Combine(o.OutputDir, ManifestFile);
+        if (File.Exists(o.OutputDir))
+        {
+            throw DiffSegException.For(o.OutputDir, "exists and is a file, expected a folder");
+        }
         if (File.Exists(path) && Directory.Exists(Path.Combine(o.OutputDir, BatchFolder)))
         {
-            var theirs = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+            JsonObject theirs;
+            try
+            {
+                theirs = JsonNode.Parse(File.ReadAllText(path)) as JsonObject
+                         ?? throw DiffSegException.For(path, "is not a JSON object; not a manifest 'diffseg synthesize' wrote");
+            }
+            catch (JsonException e)
+            {
+                throw DiffSegException.For(path, $"is not valid JSON ({e.Message.Split('\n')[0]}); not a manifest 'diffseg synthesize' " +
+                                                 "wrote");
+            }
             foreach (var (key, value) in Manifest(o, cfg))
             {
                 string a = theirs[key]?.ToJsonString() ?? "(none)", b = value!.ToJsonString();
@@ -153,7 +174,9 @@ public static class SynthesizeRun
     public static Summary Run(SynthesizeOptions o, ExperimentConfig cfg, IReadOnlyList<ExecutionPlan> plans, Action<string>? log = null,
         Func<bool>? stopRequested = null)
     {
-        Directory.CreateDirectory(Path.Combine(o.OutputDir, BatchFolder));
+        // Made through the output scope: a run that fails before its first batch leaves nothing behind; a finished batch stays
+        // (with the manifest that says how it was made), so the same command resumes after a failure or a stop.
+        OutputScope.CreateDirectory(Path.Combine(o.OutputDir, BatchFolder));
         string manifest = Path.Combine(o.OutputDir, ManifestFile);
         if (!File.Exists(manifest))
         {
@@ -163,6 +186,12 @@ public static class SynthesizeRun
         int batches = (o.NumSamples + o.BatchSize - 1) / o.BatchSize;
         var mine = Enumerable.Range(0, batches).Where(b => b % o.Shards == o.Shard).ToList();
         var todo = mine.Where(b => !File.Exists(BatchPath(o.OutputDir, b))).ToList();
+        // Batches already there (this shard's or another's) are read before any new work: a damaged one is refused now,
+        // not after hours of sampling, and nothing new is left beside it.
+        foreach (int b in Enumerable.Range(0, batches).Where(b => File.Exists(BatchPath(o.OutputDir, b))))
+        {
+            SyntheticDataset.ReadBatch(o, cfg, b);
+        }
         var clock = Stopwatch.StartNew();
         log?.Invoke($"shard {o.Shard}/{o.Shards}: {mine.Count} of {batches} batches of {o.BatchSize}, " +
                     $"{mine.Count - todo.Count} already done" + (plans.Count > 1 ? $"; {plans.Count} devices" : ""));
@@ -205,6 +234,8 @@ public static class SynthesizeRun
         }
         var clock = Stopwatch.StartNew();
         using var segmenter = Segmenter.Open(cfg, plan);
+        MemoryEstimate.Check($"--batch-size {o.BatchSize}", Math.Min(o.BatchSize, o.NumSamples),
+            MemoryEstimate.ActivationBytesPerImage(segmenter.Model.Flags, training: false), 0, plan);
         var diffusion = GaussianDiffusion.FromFlags(segmenter.Model.Flags, o.TimestepRespacing);
         var sampler = new Sampler(segmenter.Model, diffusion, new SamplerOptions(o.UseDdim, o.Eta, o.ClipDenoised));
         log?.Invoke($"{tag}sampling {diffusion.Steps} {(o.UseDdim ? "DDIM" : "ancestral")} steps of {diffusion.OriginalSteps}; " +
@@ -257,11 +288,14 @@ public static class SynthesizeRun
             }
             uncertainty[s] = (float)seg.Uncertainty;
         }
-        Npz.Write(BatchPath(o.OutputDir, batch),
+        string path = BatchPath(o.OutputDir, batch);
+        Npz.Write(path,
         [
             NpzEntry.Of("arr_0", images, n, size, size, 3),
             NpzEntry.Of("arr_1", masks, n, size, size),
             NpzEntry.Of("arr_2", uncertainty, n),
         ]);
+        OutputScope.Keep(path);
+        OutputScope.Keep(Path.Combine(o.OutputDir, ManifestFile));
     }
 }

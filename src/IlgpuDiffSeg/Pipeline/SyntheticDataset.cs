@@ -39,15 +39,8 @@ public static class SyntheticDataset
         for (int b = 0; b < batches; b++)
         {
             string path = SynthesizeRun.BatchPath(o.OutputDir, b);
-            var arrays = Npz.Read(path);
-            int first = b * o.BatchSize, count = Math.Min(o.BatchSize, n - first);
-            if (!arrays.TryGetValue("arr_0", out var im) || !arrays.TryGetValue("arr_1", out var ms) ||
-                !arrays.TryGetValue("arr_2", out var un) || un.Count != count ||
-                !im.Shape.SequenceEqual([count, size, size, 3]) || !ms.Shape.SequenceEqual([count, size, size]) ||
-                im.Type != NpyType.UInt8 || ms.Type != NpyType.UInt8)
-            {
-                throw DiffSegException.For(path, $"is not a batch of {count} {size}×{size} samples with masks; delete it to redo it");
-            }
+            var (im, ms, un) = ReadBatch(o, cfg, b);
+            int first = b * o.BatchSize;
             im.Data.CopyTo(images.AsSpan(first * pixels * 3));
             ms.Data.CopyTo(masks.AsSpan(first * pixels));
             un.ToFloat32(path).CopyTo(uncertainty.AsSpan(first));
@@ -78,6 +71,22 @@ public static class SyntheticDataset
         log?.Invoke($"wrote {npz} ({n} samples) and {folder} ({kept.Length} kept: {how}, uncertainty portion " +
                     $"{o.UncertaintyPortion.ToString(CultureInfo.InvariantCulture)})");
         return (npz, folder, kept.Length);
+    }
+
+    /// <summary>Batch <paramref name="b"/> as RunBatch wrote it (images, masks, uncertainty), refused naming the file if not.</summary>
+    public static (NpyArray Images, NpyArray Masks, NpyArray Uncertainty) ReadBatch(SynthesizeOptions o, ExperimentConfig cfg, int b)
+    {
+        string path = SynthesizeRun.BatchPath(o.OutputDir, b);
+        int size = cfg.ImageSize, count = Math.Min(o.BatchSize, o.NumSamples - b * o.BatchSize);
+        var arrays = Npz.Read(path);
+        if (!arrays.TryGetValue("arr_0", out var im) || !arrays.TryGetValue("arr_1", out var ms) ||
+            !arrays.TryGetValue("arr_2", out var un) || un.Count != count ||
+            !im.Shape.SequenceEqual([count, size, size, 3]) || !ms.Shape.SequenceEqual([count, size, size]) ||
+            im.Type != NpyType.UInt8 || ms.Type != NpyType.UInt8)
+        {
+            throw DiffSegException.For(path, $"is not a batch of {count} {size}×{size} samples with masks; delete it to redo it");
+        }
+        return (im, ms, un);
     }
 
     static int IndexOf(string file) =>

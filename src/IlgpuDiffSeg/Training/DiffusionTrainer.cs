@@ -44,7 +44,14 @@ public sealed class DiffusionTrainer : IDisposable
         o.Validate();
         this.plan = plan;
         fingerprint = o.Fingerprint();
-        diffusion = GaussianDiffusion.FromFlags(o.Flags);
+        try
+        {
+            diffusion = GaussianDiffusion.FromFlags(o.Flags);
+        }
+        catch (DiffSegException e) when (flagsSource is not null)
+        {
+            throw DiffSegException.For(flagsSource, e.Message);
+        }
         sampler = ScheduleSampler.Create(o.ScheduleSampler, diffusion.Steps);
         LgLossScale = o.InitialLgLossScale;
         model = ModelWeights.BuildChecked(o.Flags, flagsSource ?? "flags");
@@ -99,7 +106,16 @@ public sealed class DiffusionTrainer : IDisposable
         {
             TrainingCheckpoint.LoadWeights(TrainingCheckpoint.EmaFile(runDir, rate, step), model, values);
         }
-        sampler.Restore(state.SamplerState == "" ? null : JsonNode.Parse(state.SamplerState));
+        try
+        {
+            sampler.Restore(state.SamplerState == "" ? null : JsonNode.Parse(state.SamplerState));
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or NullReferenceException or
+                                      FormatException or InvalidCastException or DiffSegException)
+        {
+            throw DiffSegException.For(TrainingCheckpoint.OptimizerFile(runDir, step),
+                $"its schedule sampler state cannot be restored ({e.Message.Split('\n')[0]})");
+        }
         Step = step;
         AdamSteps = state.AdamSteps;
         LgLossScale = state.LgLossScale;

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using IlgpuDiffSeg.IO;
 using IlgpuDiffSeg.Kernels;
+using IlgpuDiffSeg.Model;
 using IlgpuDiffSeg.Pipeline;
 
 namespace IlgpuDiffSeg.Training;
@@ -28,9 +29,11 @@ public static class DiffusionTrainingRun
         {
             throw DiffSegException.For(options.Data, "data folder not found");
         }
-        Directory.CreateDirectory(runDir);
+        CheckMemory(options, plan);
+        // Made through the output scope: a run that fails before its first checkpoint leaves no folder behind.
+        OutputScope.CreateDirectory(runDir);
         AtomicFile.CheckWritable(Path.Combine(runDir, CsvFile));
-        using var trainer = new DiffusionTrainer(options, plan);
+        using var trainer = new DiffusionTrainer(options, plan, options.FlagsPath);
         long? resumed = trainer.Resume(runDir);
         long first = trainer.Step, last = options.LastStep;
         using var data = options.Data == SyntheticImages.Name
@@ -69,19 +72,48 @@ public static class DiffusionTrainingRun
             }
             if (done % options.SaveInterval == 0 || done == last)
             {
-                trainer.Save(runDir);
+                Save(trainer, runDir, options);
                 savedAt = done;
             }
             if (stopRequested?.Invoke() == true && done < last)
             {
                 if (savedAt != done)
                 {
-                    trainer.Save(runDir);
+                    Save(trainer, runDir, options);
                 }
                 throw new TrainingStoppedException($"stopped at step {done}; saved to {runDir} (run the same command to resume)");
             }
         }
         return new Summary(first, trainer.Step, clock.Elapsed.TotalSeconds, lastLoss, TrainingCheckpoint.ModelFile(runDir, trainer.Step));
+    }
+
+    /// <summary>Refuses a batch (host arrays) or microbatch (one pass's activations) that could never fit the device.</summary>
+    static void CheckMemory(TrainingOptions o, ExecutionPlan plan)
+    {
+        using var model = ModelWeights.BuildChecked(o.Flags, o.FlagsPath ?? "flags");
+        double imageBytes = 4.0 * 3 * o.Flags.ImageSize * o.Flags.ImageSize * (o.Flags.IsSuperResolution ? 2 : 1);
+        // The batch as the data stream hands it over, and the copy being decoded ahead.
+        MemoryEstimate.Check($"--batch-size {o.BatchSize}", o.BatchSize, 3 * imageBytes, 0, plan);
+        double weights = model.ParameterCount * 4.0 * (4 + o.EmaRates.Length);
+        MemoryEstimate.Check(o.MicrobatchSize < o.BatchSize ? $"--microbatch {o.MicrobatchSize}" : $"--batch-size {o.BatchSize}",
+            o.MicrobatchSize, MemoryEstimate.ActivationBytesPerImage(o.Flags, training: true), weights + 3 * o.BatchSize * imageBytes,
+            plan);
+    }
+
+    /// <summary>
+    /// Writes the current step's checkpoint and keeps it, with the log beside it, even if the command fails later (a corrupt
+    /// image met at step 5000): a saved step is complete, and the same command resumes from it.
+    /// </summary>
+    static void Save(DiffusionTrainer trainer, string runDir, TrainingOptions options)
+    {
+        long step = trainer.Step;
+        trainer.Save(runDir);
+        foreach (var path in options.EmaRates.Select(r => TrainingCheckpoint.EmaFile(runDir, r, step))
+                     .Append(TrainingCheckpoint.OptimizerFile(runDir, step)).Append(TrainingCheckpoint.ModelFile(runDir, step))
+                     .Append(Path.Combine(runDir, CsvFile)).Append(Path.Combine(runDir, CurveFile)))
+        {
+            OutputScope.Keep(path);
+        }
     }
 }
 
@@ -161,6 +193,7 @@ sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Va
         $"q3 {Values["loss_q3"]:F3}) · " +
         $"mse {Values["mse"]:F4} · vb {Values["vb"]:F4} · grad_norm {Values["grad_norm"]:F3}");
 
+    /// <summary>A row as <see cref="ToCsv"/> writes it, or null for anything else (the log is rewritten without it).</summary>
     public static ProgressRow? Parse(string line)
     {
         var f = line.Split(',');
@@ -168,11 +201,18 @@ sealed record ProgressRow(long Step, long Samples, Dictionary<string, double> Va
         {
             return null;
         }
-        double D(int i) => double.Parse(f[i], CultureInfo.InvariantCulture);
-        var values = Columns.Select((c, i) => (c, D(2 + i))).ToDictionary(p => p.c, p => p.Item2);
-        int k = 2 + Columns.Length;
-        return new ProgressRow(step, long.Parse(f[1], CultureInfo.InvariantCulture), values, D(k), D(k + 1),
-            int.Parse(f[k + 2], CultureInfo.InvariantCulture), D(k + 3));
+        try
+        {
+            double D(int i) => double.Parse(f[i], CultureInfo.InvariantCulture);
+            var values = Columns.Select((c, i) => (c, D(2 + i))).ToDictionary(p => p.c, p => p.Item2);
+            int k = 2 + Columns.Length;
+            return new ProgressRow(step, long.Parse(f[1], CultureInfo.InvariantCulture), values, D(k), D(k + 1),
+                int.Parse(f[k + 2], CultureInfo.InvariantCulture), D(k + 3));
+        }
+        catch (Exception e) when (e is FormatException or OverflowException)
+        {
+            return null;
+        }
     }
 }
 

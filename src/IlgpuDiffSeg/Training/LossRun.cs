@@ -13,15 +13,17 @@ namespace IlgpuDiffSeg.Training;
 /// </summary>
 public sealed class LossRun
 {
-    readonly string modelPath;
+    readonly string modelPath, xPath, tPath;
+    readonly string? yPath;
     readonly float[] x0, noise;
     readonly int[] shape;
     readonly long[] t;
     readonly long[]? y;
 
-    LossRun(string modelPath, float[] x0, float[] noise, int[] shape, long[] t, long[]? y)
+    LossRun(string modelPath, float[] x0, float[] noise, int[] shape, long[] t, long[]? y, (string X, string T, string? Y) paths)
     {
         this.modelPath = modelPath;
+        (xPath, tPath, yPath) = paths;
         this.x0 = x0;
         this.noise = noise;
         this.shape = shape;
@@ -37,12 +39,21 @@ public sealed class LossRun
         if (outputPath is not null)
         {
             AtomicFile.CheckWritable(outputPath);
+            string full = Path.GetFullPath(outputPath);
+            if (new[] { modelPath, xPath, tPath, noisePath, yPath }.Any(p => p is not null && Path.GetFullPath(p) == full))
+            {
+                throw DiffSegException.For(outputPath, "is also one of the inputs; give the gradients another name");
+            }
         }
         if (!File.Exists(modelPath))
         {
             throw DiffSegException.For(modelPath, "file not found");
         }
         var x = Npy.ReadFloat32(xPath, out var shape, -1, AdmFlags.InChannels, -1, -1);
+        if (shape[0] == 0)
+        {
+            throw DiffSegException.For(xPath, $"holds no images: shape ({string.Join(", ", shape)})");
+        }
         CheckFinite(xPath, x);
         var eps = Npy.ReadFloat32(noisePath, out var noiseShape);
         if (!noiseShape.SequenceEqual(shape))
@@ -60,7 +71,7 @@ public sealed class LossRun
             Npy.CheckShape(yPath, yArray, [shape[0]]);
             labels = yArray.ToInt64(yPath);
         }
-        return new LossRun(modelPath, x, eps, shape, tArray.ToInt64(tPath), labels);
+        return new LossRun(modelPath, x, eps, shape, tArray.ToInt64(tPath), labels, (xPath, tPath, yPath));
     }
 
     static void CheckFinite(string path, float[] values)
@@ -82,7 +93,8 @@ public sealed class LossRun
         {
             if (t[i] < 0 || t[i] >= diffusion.Steps)
             {
-                throw new DiffSegException($"timestep {t[i]} (sample {i}) is outside [0, {diffusion.Steps}) of {modelPath}'s diffusion");
+                throw DiffSegException.For(tPath, $"timestep {t[i]} (sample {i}) is outside [0, {diffusion.Steps}) of {modelPath}'s " +
+                                                  "diffusion");
             }
             steps[i] = (int)t[i];
         }
@@ -91,6 +103,18 @@ public sealed class LossRun
             throw DiffSegException.For(modelPath, model.Flags.ClassCond ? "is class-conditional: pass class labels with --y"
                 : "is not class-conditional: --y must not be given");
         }
+        if (y is not null && Array.FindIndex(y, v => v < 0 || v >= model.Flags.NumClasses) is var badLabel and >= 0)
+        {
+            throw DiffSegException.For(yPath!, $"class label {y[badLabel]} (sample {badLabel}) is outside [0, {model.Flags.NumClasses})");
+        }
+        if (shape[2] % model.SizeMultiple != 0 || shape[3] % model.SizeMultiple != 0)
+        {
+            throw DiffSegException.For(xPath, $"images of {shape[2]}×{shape[3]}: {modelPath}'s UNet needs sides divisible by " +
+                                              $"{model.SizeMultiple}");
+        }
+        MemoryEstimate.Check($"{xPath}: a batch of {n} at {shape[2]}×{shape[3]}", n,
+            MemoryEstimate.ActivationBytesPerImage(model.Flags, training: true, (double)shape[2] * shape[3]), model.ParameterCount * 8.0,
+            plan);
         log?.Invoke($"model: {model.ParameterCount:N0} parameters; batch {n} at {shape[2]}×{shape[3]}; " +
                     $"loss {diffusion.LossType}, variance {diffusion.VarianceType}, mean {diffusion.MeanType}");
         model.AllocateGradients(plan.Device);

@@ -39,7 +39,9 @@ public static partial class TrainingCheckpoint
         var steps = Directory.EnumerateFiles(runDir)
             .Select(f => ModelName().Match(Path.GetFileName(f)))
             .Where(m => m.Success)
-            .Select(m => long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture))
+            .Select(m => long.TryParse(m.Groups[1].Value, NumberStyles.None, CultureInfo.InvariantCulture, out long s)
+                ? s
+                : throw DiffSegException.For(Path.Combine(runDir, m.Value), "names a step past 2^63; not a checkpoint of this run"))
             .ToList();
         if (steps.Count == 0)
         {
@@ -125,9 +127,17 @@ public static partial class TrainingCheckpoint
             Read(file, parameters[i].Name + ".exp_avg", parameters[i].Shape, moments[i].M);
             Read(file, parameters[i].Name + ".exp_avg_sq", parameters[i].Shape, moments[i].V);
         }
-        return new OptimizerState(step, Long(file, "adam_steps"),
-            double.Parse(file.Metadata.GetValueOrDefault("lg_loss_scale", "20"), CultureInfo.InvariantCulture),
-            file.Metadata.GetValueOrDefault("sampler", ""), saved);
+        long adamSteps = Long(file, "adam_steps");
+        if (adamSteps < 0 || adamSteps > step)
+        {
+            throw DiffSegException.For(path, $"has adam_steps {adamSteps}, not a count of the {step} steps taken");
+        }
+        if (!double.TryParse(file.Metadata.GetValueOrDefault("lg_loss_scale", "20"), NumberStyles.Float, CultureInfo.InvariantCulture,
+                out double lg) || !double.IsFinite(lg))
+        {
+            throw DiffSegException.For(path, "has no finite lg_loss_scale in its metadata");
+        }
+        return new OptimizerState(step, adamSteps, lg, file.Metadata.GetValueOrDefault("sampler", ""), saved);
     }
 
     /// <summary>Reads a model-format file's tensors into <paramref name="into"/> (one per parameter, in order).</summary>
@@ -148,7 +158,25 @@ public static partial class TrainingCheckpoint
             throw DiffSegException.For(file.Path, $"has no tensor '{name}' of shape ({string.Join(", ", shape)})");
         }
         using var mapped = file.Map(entry);
+        // A NaN weight, EMA value or moment would train on silently and be saved again: refuse it, naming the file.
+        int bad = FirstNonFinite(mapped.Span);
+        if (bad >= 0)
+        {
+            throw DiffSegException.For(file.Path, $"tensor '{name}' holds {mapped.Span[bad]} at flat index {bad}: not a state to resume");
+        }
         into.CopyFrom(mapped.Span);
+    }
+
+    static int FirstNonFinite(ReadOnlySpan<float> values)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                return i;
+            }
+        }
+        return -1;
     }
 
     static long Long(SafetensorsFile file, string key) =>

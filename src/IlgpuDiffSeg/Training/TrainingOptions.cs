@@ -18,6 +18,12 @@ public sealed record TrainingOptions
     public required string Data { get; init; }
 
     public string? InitPath { get; init; }
+
+    /// <summary>The file the flags came from, named by refusals of them (not part of the fingerprint).</summary>
+    public string? FlagsPath { get; init; }
+
+    /// <summary>The most EMA rates a run keeps: each is a full copy of the weights, updated every step.</summary>
+    public const int MaxEmaRates = 16;
     public double Lr { get; init; } = 1e-4;
     public int BatchSize { get; init; } = 1;
 
@@ -53,6 +59,9 @@ public sealed record TrainingOptions
         Require(Microbatch == -1 || (Microbatch >= 1 && Microbatch <= BatchSize),
             $"--microbatch must be -1 or between 1 and the batch size {BatchSize}, not {Microbatch}");
         Require(EmaRates.Length > 0 && EmaRates.All(r => r > 0 && r < 1), "--ema-rate values must lie in (0, 1)");
+        Require(EmaRates.Distinct().Count() == EmaRates.Length, "--ema-rate lists a rate twice (each names its own checkpoint files)");
+        Require(EmaRates.Length <= MaxEmaRates, $"--ema-rate lists {EmaRates.Length} rates, more than {MaxEmaRates} " +
+                                                "(each is a full copy of the weights)");
         Require(WeightDecay >= 0 && double.IsFinite(WeightDecay), $"--weight-decay must be non-negative, not {WeightDecay}");
         Require(LrAnnealSteps >= 0 && MaxSteps >= 0, "--lr-anneal-steps and --max-steps must be non-negative");
         Require(LrAnnealSteps > 0 || MaxSteps > 0, "give --max-steps (or --lr-anneal-steps): the original trains until it is killed");

@@ -31,6 +31,21 @@ public static class CliRunner
         }
     }
 
+    /// <summary>
+    /// The contract for a command that fails after it began (progress lines first): exit code 1, and the last stderr line
+    /// the only "error: …" one, mentioning <paramref name="mentions"/>.
+    /// </summary>
+    public static void AssertErrorLast(Result r, params string[] mentions)
+    {
+        Assert.Equal(1, r.ExitCode);
+        Assert.True(r.ErrorLines.Count(l => l.StartsWith("error: ", StringComparison.Ordinal)) == 1 &&
+                    r.ErrorLines[^1].StartsWith("error: ", StringComparison.Ordinal), $"expected one last error line, got:\n{r.Error}");
+        foreach (var m in mentions)
+        {
+            Assert.Contains(m, r.ErrorLines[^1]);
+        }
+    }
+
     /// <summary>Exit code non-zero, exactly one stderr line "error: …" mentioning <paramref name="mentions"/>.</summary>
     public static void AssertOneLineError(Result r, params string[] mentions)
     {

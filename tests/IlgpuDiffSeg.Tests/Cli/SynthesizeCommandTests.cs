@@ -147,5 +147,47 @@ public sealed class SynthesizeCommandTests : IDisposable
         File.WriteAllText(Path.Combine(dir, SynthesizeRun.ManifestFile), """{"seed": 7}""");
         CliRunner.AssertOneLineError(Synthesize(dir), "synthesize.json", "was started with");
         CliRunner.AssertOneLineError(Synthesize(tmp.File("exp")), "not a synthesize output folder");
+        // Values that pass a range check by being NaN, and a manifest that is not one.
+        CliRunner.AssertOneLineError(Synthesize(tmp.File("a"), "--use-ddim", "--eta", "NaN"), "--eta NaN");
+        CliRunner.AssertOneLineError(CliRunner.Run("synthesize", "--config", config, "--num-samples", "2", "-o", tmp.File("a"),
+            "--uncertainty-portion", "NaN", "--device", "cpu"), "--uncertainty-portion NaN");
+        CliRunner.AssertOneLineError(CliRunner.Run("synthesize", "--config", config, "--num-samples", "2147483647", "-o", tmp.File("a"),
+            "--device", "cpu"), "--num-samples 2147483647");
+        Assert.False(Directory.Exists(tmp.File("a")));
+        foreach (var text in new[] { "", "{nope", "[1, 2]" })
+        {
+            File.WriteAllText(Path.Combine(dir, SynthesizeRun.ManifestFile), text);
+            CliRunner.AssertOneLineError(Synthesize(dir), "synthesize.json", "not a manifest");
+        }
+        File.WriteAllText(tmp.File("file"), "x");
+        CliRunner.AssertOneLineError(Synthesize(tmp.File("file")), "file", "is a file");
+    }
+
+    [Fact]
+    public void AFailedRunLeavesNoFolderAndAStoppedRunKeepsItsBatches()
+    {
+        // A run whose ensemble cannot be read fails before its first batch: no output folder.
+        string cfgCopy = tmp.File("broken.json"), expDir = tmp.File("broken");
+        File.WriteAllText(cfgCopy, File.ReadAllText(config).Replace(tmp.File("exp"), expDir));
+        Directory.CreateDirectory(Path.Combine(expDir, "50_2"));
+        File.WriteAllBytes(Path.Combine(expDir, "50_2", TrainingRun.EnsembleFile), new byte[100]);
+        var r = CliRunner.Run("synthesize", "--config", cfgCopy, "--num-samples", "2", "-o", tmp.File("out"), "--device", "cpu");
+        CliRunner.AssertErrorLast(r, TrainingRun.EnsembleFile);
+        Assert.False(Directory.Exists(tmp.File("out")));
+
+        // Through the command's output scope, a stop (Ctrl+C) after the first batch keeps it and the manifest.
+        string stopped = tmp.File("stopped");
+        var o = new SynthesizeOptions { ConfigPath = config, OutputDir = stopped, NumSamples = 5, BatchSize = 2, TimestepRespacing = "2" };
+        using var dev = ComputeDevice.Create(DeviceChoice.Cpu, hostKernels: true);
+        int code = IlgpuDiffSeg.Cli.Program.Run(() => SynthesizeRun.Run(o, SynthesizeRun.Prepare(o), ExecutionPlan.For(dev),
+            stopRequested: () => File.Exists(SynthesizeRun.BatchPath(stopped, 0))));
+        Assert.Equal(130, code);
+        Assert.True(File.Exists(SynthesizeRun.BatchPath(stopped, 0)) && File.Exists(Path.Combine(stopped, SynthesizeRun.ManifestFile)));
+
+        // A damaged batch is refused when the run resumes, before any new batch is sampled.
+        string batch0 = SynthesizeRun.BatchPath(stopped, 0);
+        File.WriteAllBytes(batch0, File.ReadAllBytes(batch0)[..^200]);
+        CliRunner.AssertOneLineError(Synthesize(stopped, "--timestep-respacing", "2"), "batch_000000.npz");
+        Assert.Single(Directory.GetFiles(Path.Combine(stopped, SynthesizeRun.BatchFolder)));
     }
 }

@@ -219,9 +219,18 @@ public sealed class ImageDatasetTests : IDisposable
             img.SaveAsPng(ms);
             File.WriteAllBytes(Path.Combine(dir, "b_truncated.png"), ms.ToArray()[..(int)(ms.Length / 2)]);
         }
-        File.WriteAllText(Path.Combine(dir, "c_text.jpg"), "not an image at all");
+        // Files that are no image at all are refused before the stream starts (their first bytes are read up front).
+        string other = tmp.File("other");
+        Directory.CreateDirectory(other);
+        File.WriteAllText(Path.Combine(other, "c_text.jpg"), "not an image at all");
+        File.WriteAllBytes(Path.Combine(other, "e_empty.png"), []);
+        WritePng(Path.Combine(other, "a.png"), 1);
+        string Refusal() => Assert.Throws<DiffSegException>(() => new ImageDataset(other, Options(batch: 1))).Message;
+        Assert.Contains("c_text.jpg: not a PNG, JPEG or GIF", Refusal());
+        File.Delete(Path.Combine(other, "c_text.jpg"));
+        Assert.Contains("e_empty.png: empty file", Refusal());
+        File.WriteAllText(Path.Combine(other, "c_text.jpg"), "not an image at all");
         File.WriteAllBytes(Path.Combine(dir, "d_noise.gif"), [.. "GIF89a"u8, .. Enumerable.Range(0, 64).Select(i => (byte)(i * 37))]);
-        File.WriteAllBytes(Path.Combine(dir, "e_empty.png"), []);
         var jpeg = File.ReadAllBytes(Path.Combine(Fixtures.Root, "images", "inputs", "photo_64x48.jpg"));
         File.WriteAllBytes(Path.Combine(dir, "f_cut.jpg"), jpeg[..(jpeg.Length / 2)]);
         var png = File.ReadAllBytes(Path.Combine(Fixtures.Root, "images", "inputs", "rgb_67x35.png"));
@@ -245,7 +254,8 @@ public sealed class ImageDatasetTests : IDisposable
         ];
         foreach (var (file, problem) in cases)
         {
-            var bad = Assert.Throws<DiffSegException>(() => ImageDataset.LoadImage(Path.Combine(dir, file), 8));
+            string path = Path.Combine(File.Exists(Path.Combine(other, file)) ? other : dir, file);
+            var bad = Assert.Throws<DiffSegException>(() => ImageDataset.LoadImage(path, 8));
             Assert.Contains($"{file}: {problem}", bad.Message);
         }
     }
