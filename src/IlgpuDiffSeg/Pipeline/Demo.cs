@@ -11,7 +11,8 @@ namespace IlgpuDiffSeg.Pipeline;
 
 /// <summary>
 /// `diffseg demo`: the whole method on a data set it builds itself (procedural scenes, classes told by shape alone), with the small
-/// ADM shipped in weights/, through the same code as train and evaluate. The demo UNet has random weights — see
+/// ADM shipped in weights/ (a DDPM trained here with train-ddpm on unlabelled scenes of the same kind, weights/README.md),
+/// through the same code as train and evaluate. --write-model gives the random-weight baseline — see
 /// <see cref="WeightsStatement"/>.
 /// </summary>
 public static class Demo
