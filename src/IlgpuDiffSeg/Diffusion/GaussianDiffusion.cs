@@ -62,6 +62,10 @@ public sealed class GaussianDiffusion
     public double[] FixedLargeVariance { get; }
     public double[] FixedLargeLogVariance { get; }
 
+    /// <summary>The variance a fixed-variance model uses (fixed small: β̃, fixed large: β with β̃₁ at t = 0), and its log;
+    /// chosen once from the variance type. Unused by learned-range models.</summary>
+    (double[] Variance, double[] LogVariance) FixedVarianceTables { get; }
+
     public GaussianDiffusion(double[] baseBetas, IReadOnlySet<int> kept, ModelMeanType meanType, ModelVarianceType varianceType,
         LossType lossType, bool rescaleTimesteps)
     {
@@ -110,6 +114,9 @@ public sealed class GaussianDiffusion
         LogBetas = Map(i => Math.Log(Betas[i]));
         FixedLargeVariance = Map(i => i == 0 && n > 1 ? PosteriorVariance[1] : Betas[i]);
         FixedLargeLogVariance = Map(i => Math.Log(FixedLargeVariance[i]));
+        FixedVarianceTables = varianceType == ModelVarianceType.FixedSmall
+            ? (PosteriorVariance, PosteriorLogVarianceClipped)
+            : (FixedLargeVariance, FixedLargeLogVariance);
 
         double[] Map(Func<int, double> f) => Enumerable.Range(0, n).Select(f).ToArray();
     }
@@ -167,9 +174,6 @@ public sealed class GaussianDiffusion
             LossType.RescaledMse => (float)(Steps / 1000.0),
             _ => 1f,
         };
-        var (fixedVariance, fixedLog) = VarianceType == ModelVarianceType.FixedSmall
-            ? (PosteriorVariance, PosteriorLogVarianceClipped)
-            : (FixedLargeVariance, FixedLargeLogVariance);
         return new LossCoefficients
         {
             SqrtRecipAlphaBar = (float)SqrtRecipAlphasCumprod[t],
@@ -178,7 +182,7 @@ public sealed class GaussianDiffusion
             PosteriorCoef2 = (float)PosteriorMeanCoef2[t],
             PosteriorLogVariance = (float)PosteriorLogVarianceClipped[t],
             LogBeta = (float)LogBetas[t],
-            FixedLogVariance = (float)fixedLog[t],
+            FixedLogVariance = (float)FixedVarianceTables.LogVariance[t],
             Weight = weight,
             VbScale = vbScale,
             IsFirstStep = t == 0 ? 1 : 0,
@@ -196,9 +200,6 @@ public sealed class GaussianDiffusion
     public StepCoefficients StepCoefficientsAt(int t, bool ddim, double eta, bool clipDenoised, float? guidanceScale = null)
     {
         CheckStep(t);
-        var (fixedVariance, fixedLog) = VarianceType == ModelVarianceType.FixedSmall
-            ? (PosteriorVariance, PosteriorLogVarianceClipped)
-            : (FixedLargeVariance, FixedLargeLogVariance);
         return new StepCoefficients
         {
             SqrtRecipAlphaBar = (float)SqrtRecipAlphasCumprod[t],
@@ -207,8 +208,8 @@ public sealed class GaussianDiffusion
             PosteriorCoef2 = (float)PosteriorMeanCoef2[t],
             PosteriorLogVariance = (float)PosteriorLogVarianceClipped[t],
             LogBeta = (float)LogBetas[t],
-            FixedVariance = (float)fixedVariance[t],
-            FixedLogVariance = (float)fixedLog[t],
+            FixedVariance = (float)FixedVarianceTables.Variance[t],
+            FixedLogVariance = (float)FixedVarianceTables.LogVariance[t],
             AlphaBar = (float)AlphasCumprod[t],
             AlphaBarPrev = (float)AlphasCumprodPrev[t],
             Eta = (float)eta,
