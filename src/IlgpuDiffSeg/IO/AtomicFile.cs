@@ -1,3 +1,5 @@
+using System.Diagnostics.CodeAnalysis;
+
 namespace IlgpuDiffSeg.IO;
 
 /// <summary>
@@ -35,6 +37,11 @@ public static class AtomicFile
     }
 
     static readonly string[] SystemFolders = ["/dev/", "/proc/", "/sys/"];
+
+    /// <summary>Whether two paths name the same file (after resolving them against the working directory); null names none.
+    /// Commands use it to refuse an output that would overwrite one of their inputs, or another of their outputs.</summary>
+    public static bool SamePath([NotNullWhen(true)] string? a, [NotNullWhen(true)] string? b) =>
+        a is not null && b is not null && Path.GetFullPath(a) == Path.GetFullPath(b);
 
     public static void Write(string path, Action<Stream> write)
     {

@@ -129,16 +129,16 @@ public static class ModelWeights
         if (flagsOutPath is not null)
         {
             AtomicFile.CheckWritable(flagsOutPath);
-            if (SamePath(flagsOutPath, outputPath))
+            if (AtomicFile.SamePath(flagsOutPath, outputPath))
             {
                 throw DiffSegException.For(flagsOutPath, "is also the output checkpoint; give the flags another name");
             }
-            if (SamePath(flagsOutPath, modelPath))
+            if (AtomicFile.SamePath(flagsOutPath, modelPath))
             {
                 throw DiffSegException.For(flagsOutPath, "is the input model; give the flags another name");
             }
         }
-        if (SamePath(outputPath, modelPath))
+        if (AtomicFile.SamePath(outputPath, modelPath))
         {
             throw DiffSegException.For(outputPath, "is the input model; give the checkpoint another name");
         }
@@ -219,8 +219,6 @@ public static class ModelWeights
             throw;
         }
     }
-
-    static bool SamePath(string a, string b) => Path.GetFullPath(a) == Path.GetFullPath(b);
 
     /// <summary>Builds the model the flags describe, naming the flags' source in any error.</summary>
     public static UNetModel BuildChecked(AdmFlags flags, string flagsSource)

@@ -98,13 +98,14 @@ public sealed class SampleRun
                 AtomicFile.CheckWritable(path);
             }
         }
-        if (o.RawPath is not null && new[] { o.OutputPath, SampleImages.GridPathFor(o.OutputPath) }.Any(p => SamePath(p, o.RawPath)))
+        string grid = SampleImages.GridPathFor(o.OutputPath);
+        if (AtomicFile.SamePath(o.RawPath, o.OutputPath) || AtomicFile.SamePath(o.RawPath, grid))
         {
             throw DiffSegException.For(o.RawPath, $"--raw names a file this command also writes ({o.OutputPath} and its grid)");
         }
         foreach (var input in new[] { o.ModelPath, o.ClassifierPath, o.ClassLabelsPath, o.NoisePath, o.BaseSamplesPath })
         {
-            if (input is not null && new[] { o.OutputPath, SampleImages.GridPathFor(o.OutputPath), o.RawPath }.Any(p => SamePath(p, input)))
+            if (input is not null && new[] { o.OutputPath, grid, o.RawPath }.Any(p => AtomicFile.SamePath(p, input)))
             {
                 throw DiffSegException.For(input, "is an input and also an output of this command; give the output another name");
             }
@@ -157,8 +158,6 @@ public sealed class SampleRun
         }
         return new SampleRun(o, flags, diffusion, labels, recorded, classifier, baseSamples);
     }
-
-    static bool SamePath(string? a, string? b) => a is not null && b is not null && Path.GetFullPath(a) == Path.GetFullPath(b);
 
     /// <summary>The flags in a converted model's metadata, read without loading its weights.</summary>
     public static AdmFlags ReadFlags(string modelPath)

@@ -39,8 +39,7 @@ public sealed class LossRun
         if (outputPath is not null)
         {
             AtomicFile.CheckWritable(outputPath);
-            string full = Path.GetFullPath(outputPath);
-            if (new[] { modelPath, xPath, tPath, noisePath, yPath }.Any(p => p is not null && Path.GetFullPath(p) == full))
+            if (new[] { modelPath, xPath, tPath, noisePath, yPath }.Any(p => AtomicFile.SamePath(p, outputPath)))
             {
                 throw DiffSegException.For(outputPath, "is also one of the inputs; give the gradients another name");
             }
