@@ -1,10 +1,22 @@
+using System.Globalization;
 using IlgpuDiffSeg.Kernels;
 using IlgpuDiffSeg.Model;
 
 namespace IlgpuDiffSeg.Diffusion;
 
 /// <summary>How a sampling loop steps: ancestral (p_sample_loop) or DDIM with η (ddim_sample_loop), and clip_denoised.</summary>
-public sealed record SamplerOptions(bool Ddim = false, double Eta = 0, bool ClipDenoised = true);
+public sealed record SamplerOptions(bool Ddim = false, double Eta = 0, bool ClipDenoised = true)
+{
+    /// <summary>Refuses an η that no sampler takes: η belongs to DDIM, and is finite and not negative (sample, synthesize).</summary>
+    public static void CheckEta(double eta, bool ddim)
+    {
+        if (!double.IsFinite(eta) || eta < 0 || (eta != 0 && !ddim))
+        {
+            throw new DiffSegException($"--eta {eta.ToString(CultureInfo.InvariantCulture)}: " +
+                                       "η is DDIM's (with --use-ddim), and not negative");
+        }
+    }
+}
 
 /// <summary>
 /// The noise a sampling loop draws, as numbered streams: stream 0 is x_T, stream k + 1 the draw of sampling step k (t from

@@ -114,11 +114,7 @@ public sealed class SampleRun
         {
             throw new DiffSegException($"--num-samples {o.NumSamples} and --batch-size {o.BatchSize} must be positive");
         }
-        if (!double.IsFinite(o.Eta) || o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
-        {
-            string eta = o.Eta.ToString(CultureInfo.InvariantCulture);
-            throw new DiffSegException($"--eta {eta}: η is DDIM's (with --use-ddim), and not negative");
-        }
+        SamplerOptions.CheckEta(o.Eta, o.UseDdim);
         if (!double.IsFinite(o.ClassifierScale))
         {
             throw new DiffSegException($"--classifier-scale {o.ClassifierScale.ToString(CultureInfo.InvariantCulture)} is not finite");

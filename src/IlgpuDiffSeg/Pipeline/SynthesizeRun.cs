@@ -71,10 +71,7 @@ public static class SynthesizeRun
         {
             throw new DiffSegException($"--uncertainty-portion {Text(o.UncertaintyPortion)} is not in [0, 1)");
         }
-        if (!double.IsFinite(o.Eta) || o.Eta < 0 || (o.Eta != 0 && !o.UseDdim))
-        {
-            throw new DiffSegException($"--eta {Text(o.Eta)}: η is DDIM's (with --use-ddim), and not negative");
-        }
+        SamplerOptions.CheckEta(o.Eta, o.UseDdim);
         var cfg = ExperimentConfig.Load(o.ConfigPath, log);
         string ensemble = Path.Combine(cfg.ExpDir, TrainingRun.EnsembleFile);
         if (!File.Exists(ensemble))
